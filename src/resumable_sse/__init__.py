@@ -1,0 +1,61 @@
+"""resumable-sse: Server-Sent Events streams that survive disconnects.
+
+A producer writes every event into a durable, ordered event log (in memory, or in Redis shared by many processes);
+any number of clients read it, and a client that reconnects with ``Last-Event-ID`` (or ``?last_event_id=``) gets
+exactly the events it missed, then the live tail. The producer runs once per stream, whatever the clients do.
+"""
+
+from ._event import TERMINAL_EVENTS, Entry, Event, EventId
+from ._log import Claim, EventLog, StreamState
+from ._streamer import Producer, Reset, Streamer, Subscription, validate_stream_id
+from .aiohttp import STREAMER_KEY, resumable_handler, setup
+from .exceptions import (
+    EventTooLarge,
+    InvalidEventId,
+    InvalidStreamId,
+    ProducerError,
+    ResumableSSEError,
+    StoreFull,
+    StoreUnavailable,
+    StreamAlreadyClaimed,
+    StreamEnded,
+    StreamerClosed,
+    StreamFenced,
+    StreamNotFound,
+)
+from .stores import MemoryStore, from_url
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "STREAMER_KEY",
+    "TERMINAL_EVENTS",
+    "Claim",
+    "Entry",
+    "Event",
+    "EventId",
+    "EventLog",
+    "EventTooLarge",
+    "InvalidEventId",
+    "InvalidStreamId",
+    "MemoryStore",
+    "Producer",
+    "ProducerError",
+    "Reset",
+    "ResumableSSEError",
+    "StoreFull",
+    "StoreUnavailable",
+    "StreamAlreadyClaimed",
+    "StreamEnded",
+    "StreamFenced",
+    "StreamNotFound",
+    "StreamState",
+    "Streamer",
+    "StreamerClosed",
+    "Subscription",
+    "__version__",
+    "from_url",
+    "resumable_handler",
+    "setup",
+    "validate_stream_id",
+]

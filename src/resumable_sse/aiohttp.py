@@ -1,0 +1,213 @@
+"""The aiohttp side: a handler factory that turns a generator into a resumable SSE endpoint.
+
+::
+
+    app.router.add_get("/stream/{stream_id}", resumable_handler(generate))
+
+The handler implements DESIGN §4: it reads the position from ``Last-Event-ID`` (else ``?last_event_id=``), starts
+the producer only for a new stream, and sends a reader the events after its position, then the live tail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any, Final, Literal
+
+from aiohttp import web
+from aiohttp_sse import EventSourceResponse
+
+from ._event import EventId, encode_retry
+from ._streamer import Source, Streamer, Subscription, validate_stream_id
+from .exceptions import (
+    InvalidEventId,
+    InvalidStreamId,
+    StoreFull,
+    StoreUnavailable,
+    StreamerClosed,
+    StreamNotFound,
+)
+
+__all__ = ["STREAMER_KEY", "ResumableResponse", "resumable_handler", "setup"]
+
+logger = logging.getLogger("resumable_sse")
+
+STREAMER_KEY: Final = web.AppKey("resumable_sse.streamer", Streamer)
+"""Where :func:`setup` keeps the application's :class:`~resumable_sse.Streamer`."""
+
+ProducerFunction = Callable[[web.Request], Source]
+"""``producer(request)``: an async generator function, or a plain generator function (run in a worker thread)."""
+
+StreamIdFunction = Callable[[web.Request], str]
+AuthorizeFunction = Callable[[web.Request, str], "bool | Awaitable[bool]"]
+
+_DEFAULT_STREAMERS: weakref.WeakKeyDictionary[web.Application, Streamer] = weakref.WeakKeyDictionary()
+_PING_IN_INIT: Final = "ping_interval" in inspect.signature(EventSourceResponse.__init__).parameters
+
+
+def setup(app: web.Application, streamer: Streamer | None = None) -> Streamer:
+    """Register ``streamer`` (default: one on a new memory store) with ``app`` and tie it to the app's lifetime.
+
+    On shutdown open responses end cleanly (clients reconnect, elsewhere if the store is shared), then running
+    producers get the streamer's grace period and are cancelled. Returns the streamer.
+    """
+    streamer = streamer if streamer is not None else Streamer()
+    app[STREAMER_KEY] = streamer
+
+    async def end_responses(_app: web.Application) -> None:
+        streamer.end_readers()
+
+    async def lifetime(_app: web.Application) -> AsyncIterator[None]:
+        yield
+        await streamer.close()
+
+    app.on_shutdown.append(end_responses)
+    app.cleanup_ctx.append(lifetime)
+    return streamer
+
+
+def _streamer_for(request: web.Request) -> Streamer:
+    streamer = request.config_dict.get(STREAMER_KEY)
+    if streamer is None:
+        # No setup(): one embedded memory store per application (it cannot join a frozen app's cleanup, so
+        # producers are not given a grace period on shutdown; call setup() for that).
+        streamer = _DEFAULT_STREAMERS.get(request.app)
+        if streamer is None:
+            streamer = _DEFAULT_STREAMERS[request.app] = Streamer()
+    return streamer
+
+
+class ResumableResponse(EventSourceResponse):
+    """aiohttp-sse's response with LF line ends and a configurable heartbeat, written to in whole batches."""
+
+    def __init__(self, *, heartbeat: float, headers: Mapping[str, str] | None = None) -> None:
+        options: dict[str, Any] = {"headers": headers, "sep": "\n"}
+        if _PING_IN_INIT:
+            options["ping_interval"] = heartbeat
+        super().__init__(**options)
+        if not _PING_IN_INIT:  # aiohttp-sse < 3 takes it through a property
+            self.ping_interval = heartbeat
+
+
+def _plain(status: int, message: str) -> web.Response:
+    return web.Response(status=status, text=message + "\n")
+
+
+def resumable_handler(
+    producer: ProducerFunction,
+    *,
+    streamer: Streamer | None = None,
+    stream_id: StreamIdFunction | None = None,
+    authorize: AuthorizeFunction | None = None,
+    heartbeat: float = 15.0,
+    retry: int = 2000,
+    on_unknown: Literal["gone", "restart"] = "gone",
+    headers: Mapping[str, str] | None = None,
+) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """An aiohttp handler serving the resumable stream that ``producer(request)`` generates.
+
+    :param producer: called once per stream, when a request finds the stream unknown and claims it; an async
+        generator function, or a plain generator function (run in a worker thread). It runs in the background and
+        keeps running when the client that started it goes away. It yields ``str``, ``bytes`` (UTF-8), JSON-able
+        ``dict``/``list``, or :class:`~resumable_sse.Event`.
+    :param streamer: the engine to use; default: the one :func:`setup` registered, else an embedded memory store.
+    :param stream_id: ``stream_id(request) -> str``; default: the route's ``{stream_id}``, else the ``stream_id``
+        query parameter. Validated (``[A-Za-z0-9._:-]``, at most 128 characters) before anything else.
+    :param authorize: ``authorize(request, stream_id) -> bool`` (or awaitable); False means 403, nothing started or
+        read.
+    :param heartbeat: seconds between comment lines that keep proxies from closing a quiet stream.
+    :param retry: milliseconds a browser waits before reconnecting (sent as ``retry:``).
+    :param on_unknown: what a request with a position for an unknown (expired) stream gets: ``gone``: 410 Gone,
+        which makes EventSource stop reconnecting; ``restart``: the producer runs again as a new epoch and the
+        client gets a ``reset`` first.
+    :param headers: extra response headers for the event stream.
+    """
+    if on_unknown not in ("gone", "restart"):
+        raise ValueError("on_unknown must be 'gone' or 'restart'")
+    if heartbeat <= 0:
+        raise ValueError("heartbeat must be positive")
+    retry_bytes = encode_retry(retry)
+
+    def resolve_stream_id(request: web.Request) -> str:
+        if stream_id is not None:
+            return stream_id(request)
+        value = request.match_info.get("stream_id") or request.query.get("stream_id")
+        if value is None:
+            raise InvalidStreamId("no stream id: route {stream_id} and query parameter stream_id are both missing")
+        return value
+
+    async def open_subscription(
+        request: web.Request, engine: Streamer, sid: str, position: str | None
+    ) -> Subscription | web.Response:
+        def source() -> Source:
+            return producer(request)
+
+        if position is None:
+            await engine.start(sid, source)
+            return await engine.subscribe(sid)
+        try:
+            return await engine.subscribe(sid, position)
+        except StreamNotFound:
+            if on_unknown == "gone":
+                return _plain(410, f"stream {sid!r} is unknown or has expired; it is not generated again")
+            await engine.start(sid, source)
+            return await engine.subscribe(sid, position)
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        engine = streamer if streamer is not None else _streamer_for(request)
+        position = request.headers.get("Last-Event-ID") or request.query.get("last_event_id") or None
+        try:
+            sid = validate_stream_id(resolve_stream_id(request))
+            if position is not None:
+                EventId.parse(position)
+        except (InvalidStreamId, InvalidEventId) as exc:
+            return _plain(400, str(exc))
+        if authorize is not None:
+            allowed = authorize(request, sid)
+            if inspect.isawaitable(allowed):
+                allowed = await allowed
+            if not allowed:
+                return _plain(403, "not allowed to read this stream")
+        try:
+            opened = await open_subscription(request, engine, sid, position)
+        except StreamNotFound:
+            return _plain(410, f"stream {sid!r} is unknown or has expired")
+        except (StoreUnavailable, StoreFull, StreamerClosed) as exc:
+            logger.warning("stream %r not served: %s", sid, exc)
+            return _plain(503, "the stream service is unavailable; try again shortly")
+        if isinstance(opened, web.Response):
+            return opened
+        subscription = opened
+        if subscription.at_end:
+            return web.Response(status=204)
+        response = ResumableResponse(heartbeat=heartbeat, headers=headers)
+        await response.prepare(request)
+        # The heartbeat task ends when a write fails: the client is gone, so stop waiting for events at once.
+        watcher = asyncio.ensure_future(response.wait())
+
+        def client_gone(task: asyncio.Future[None]) -> None:
+            subscription.close()
+            if not task.cancelled():
+                task.exception()  # retrieved: a failed heartbeat only means the client is gone
+
+        watcher.add_done_callback(client_gone)
+        try:
+            first = retry_bytes if subscription.reset is None else retry_bytes + subscription.reset.wire()
+            subscription.reset = None
+            await response.write(first)
+            async for batch in subscription.batches():
+                await response.write(b"".join([item.wire() for item in batch]))
+        except (ConnectionResetError, StreamNotFound):
+            pass  # the client went away, or the stream expired under it: either way this response is over
+        except StoreUnavailable:
+            logger.warning("store unreachable while serving %r; the client will reconnect", sid)
+        finally:
+            subscription.close()
+            watcher.cancel()
+            response.stop_streaming()
+        return response
+
+    return handler

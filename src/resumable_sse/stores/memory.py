@@ -1,0 +1,264 @@
+"""The embedded memory store: one process, no dependencies, bounded.
+
+Streams live in a dict; each keeps its retained entries in a list with a moving head so that appends, trims and
+reads from any position are O(1) amortized plus the entries returned. Nothing runs in the background: expired
+streams are swept when the store is used, so an idle store holds no task, no timer and no future.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from typing import Final
+
+from .._event import Entry, Status, new_epoch
+from .._log import Claim, NewEvent, StreamState
+from ..exceptions import StoreFull, StreamFenced, StreamNotFound
+
+__all__ = ["MemoryStore"]
+
+
+class _Stream:
+    """One stream's entries and state. Entries ``[head:]`` of ``entries`` are retained."""
+
+    __slots__ = (
+        "entries",
+        "epoch",
+        "expires_at",
+        "head",
+        "last_token",
+        "lease_until",
+        "status",
+        "token",
+        "waiters",
+    )
+
+    def __init__(self, epoch: str, token: str, lease_until: float) -> None:
+        self.epoch = epoch
+        self.status: Status = "running"
+        self.token: str | None = token
+        self.last_token: str | None = None  # who made the last append (to recognise a retried append)
+        self.lease_until = lease_until
+        self.expires_at = 0.0  # set when the stream finishes
+        self.entries: list[Entry] = []
+        self.head = 0
+        self.waiters: list[asyncio.Future[None]] = []
+
+    @property
+    def last_seq(self) -> int:
+        return self.entries[-1].seq if self.entries else 0
+
+    @property
+    def first_seq(self) -> int:
+        return self.entries[self.head].seq if self.head < len(self.entries) else self.last_seq + 1
+
+    def after(self, after: int, limit: int) -> list[Entry]:
+        if not self.entries:
+            return []
+        # Sequence numbers are contiguous, so an entry's index follows from its seq.
+        start = max(self.head, after + 1 - self.entries[0].seq)
+        return self.entries[start : start + limit]
+
+    def wake(self) -> None:
+        waiters, self.waiters = self.waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+
+class MemoryStore:
+    """An :class:`~resumable_sse.EventLog` in this process's memory.
+
+    Streams are shared by every reader in the process and lost when it exits (a new stream after a restart gets a
+    new epoch, so resuming clients are told, never silently misled). Use
+    :class:`~resumable_sse.stores.redis.RedisStore` to share streams between processes.
+
+    :param max_events: entries kept per stream; older ones are trimmed (a reader that falls further behind is sent
+        a ``reset``).
+    :param ttl: seconds a finished stream is kept for late readers and reconnects.
+    :param max_streams: streams kept at once; beyond it the oldest finished streams are dropped early, and when
+        all are running a new stream is refused with :class:`~resumable_sse.exceptions.StoreFull`.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_events: int = 10_000,
+        ttl: float = 600.0,
+        max_streams: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if max_events < 1:
+            raise ValueError("max_events must be at least 1")
+        if ttl <= 0:
+            raise ValueError("ttl must be positive")
+        if max_streams < 1:
+            raise ValueError("max_streams must be at least 1")
+        self.max_events: Final = max_events
+        self.ttl: Final = ttl
+        self.max_streams: Final = max_streams
+        self._clock = clock
+        self._streams: dict[str, _Stream] = {}
+        # Finished streams in the order they finished, which is also the order they expire in (one ttl for all).
+        self._finished: OrderedDict[str, None] = OrderedDict()
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return (
+            f"MemoryStore(max_events={self.max_events}, ttl={self.ttl}, max_streams={self.max_streams}, "
+            f"streams={len(self._streams)})"
+        )
+
+    def __len__(self) -> int:
+        """The number of streams held now, expired ones excluded."""
+        self._sweep()
+        return len(self._streams)
+
+    # -- bookkeeping ------------------------------------------------------------------------------------------
+
+    def _sweep(self) -> None:
+        now = self._clock()
+        while self._finished:
+            stream_id = next(iter(self._finished))
+            if self._streams[stream_id].expires_at > now:
+                break
+            self._forget(stream_id)
+
+    def _forget(self, stream_id: str) -> None:
+        stream = self._streams.pop(stream_id)
+        self._finished.pop(stream_id, None)
+        stream.wake()  # waiters see the stream gone
+
+    def _get(self, stream_id: str) -> _Stream | None:
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            return None
+        now = self._clock()
+        if stream.status != "running":
+            if stream.expires_at <= now:
+                self._sweep()
+                return None
+        elif stream.lease_until + self.ttl <= now:
+            # A producer that vanished long ago and that nobody marked lost: forget it like a finished stream.
+            self._forget(stream_id)
+            return None
+        return stream
+
+    def _state(self, stream_id: str, stream: _Stream) -> StreamState:
+        return StreamState(stream_id, stream.epoch, stream.status, stream.first_seq, stream.last_seq)
+
+    def _add(self, stream: _Stream, events: Sequence[NewEvent]) -> int:
+        seq = stream.last_seq
+        epoch = stream.epoch
+        entries = stream.entries
+        for event, data in events:
+            seq += 1
+            entries.append(Entry(epoch, seq, event, data))
+        excess = len(entries) - stream.head - self.max_events
+        if excess > 0:
+            stream.head += excess
+            if stream.head > len(entries) // 2:  # compact now and then: amortized O(1) per entry
+                del entries[: stream.head]
+                stream.head = 0
+        stream.wake()
+        return seq
+
+    def _finish(self, stream_id: str, stream: _Stream, status: Status) -> None:
+        stream.status = status
+        stream.token = None
+        stream.expires_at = self._clock() + self.ttl
+        self._finished[stream_id] = None
+
+    # -- EventLog ---------------------------------------------------------------------------------------------
+
+    async def claim(self, stream_id: str, token: str, lease: float) -> Claim:
+        """See :meth:`EventLog.claim <resumable_sse.EventLog.claim>`."""
+        self._sweep()
+        stream = self._get(stream_id)
+        if stream is not None:
+            return Claim(False, self._state(stream_id, stream))
+        if len(self._streams) >= self.max_streams:
+            if not self._finished:
+                raise StoreFull(f"the memory store holds max_streams={self.max_streams} running streams")
+            self._forget(next(iter(self._finished)))
+        stream = self._streams[stream_id] = _Stream(new_epoch(), token, self._clock() + lease)
+        return Claim(True, self._state(stream_id, stream))
+
+    async def append(
+        self, stream_id: str, token: str, events: Sequence[NewEvent], *, after: int, final: Status | None = None
+    ) -> int:
+        """See :meth:`EventLog.append <resumable_sse.EventLog.append>`."""
+        stream = self._get(stream_id)
+        if stream is None:
+            raise StreamNotFound(stream_id)
+        last_seq = stream.last_seq
+        if last_seq != after:
+            if stream.last_token == token and last_seq == after + len(events):
+                return last_seq  # a retry of an append that was applied
+            raise StreamFenced(stream_id)
+        if stream.status != "running" or stream.token != token:
+            raise StreamFenced(stream_id)
+        stream.last_token = token
+        if final is not None:
+            if not events:
+                raise ValueError("a final append needs the terminal entry")
+            self._finish(stream_id, stream, final)
+        return self._add(stream, events)
+
+    async def renew(self, stream_id: str, token: str, lease: float) -> bool:
+        """See :meth:`EventLog.renew <resumable_sse.EventLog.renew>`."""
+        stream = self._get(stream_id)
+        if stream is None or stream.status != "running" or stream.token != token:
+            return False
+        stream.lease_until = self._clock() + lease
+        return True
+
+    async def end(self, stream_id: str, status: Status, data: str, *, only_if_expired: bool = False) -> bool:
+        """See :meth:`EventLog.end <resumable_sse.EventLog.end>`."""
+        stream = self._get(stream_id)
+        if stream is None or stream.status != "running":
+            return False
+        if only_if_expired and stream.lease_until > self._clock():
+            return False
+        self._finish(stream_id, stream, status)
+        stream.last_token = None
+        self._add(stream, [(status, data)])
+        return True
+
+    async def state(self, stream_id: str) -> StreamState | None:
+        """See :meth:`EventLog.state <resumable_sse.EventLog.state>`."""
+        stream = self._get(stream_id)
+        return None if stream is None else self._state(stream_id, stream)
+
+    async def read(self, stream_id: str, after: int, limit: int) -> list[Entry]:
+        """See :meth:`EventLog.read <resumable_sse.EventLog.read>`."""
+        stream = self._get(stream_id)
+        if stream is None:
+            raise StreamNotFound(stream_id)
+        return stream.after(after, limit)
+
+    async def wait(self, stream_id: str, after: int, limit: int, timeout: float) -> list[Entry]:
+        """See :meth:`EventLog.wait <resumable_sse.EventLog.wait>`."""
+        stream = self._get(stream_id)
+        if stream is None:
+            raise StreamNotFound(stream_id)
+        if stream.last_seq > after or stream.status != "running" or self._closed:
+            return stream.after(after, limit)
+        waiter = asyncio.get_running_loop().create_future()
+        stream.waiters.append(waiter)
+        try:
+            await asyncio.wait_for(waiter, timeout)
+        except asyncio.TimeoutError:
+            return []
+        finally:
+            if waiter in stream.waiters:
+                stream.waiters.remove(waiter)
+        return await self.read(stream_id, after, limit)
+
+    async def close(self) -> None:
+        """Wake every waiter; the streams stay readable until the store is dropped."""
+        self._closed = True
+        for stream in self._streams.values():
+            stream.wake()
