@@ -157,7 +157,12 @@ class Entry:
         """The entry as an SSE event, exactly as it goes on the wire."""
         wire = self._wire
         if wire is None:
-            wire = self._wire = encode_event(self.data, id=self.id, event=self.event)
+            data = self.data
+            if self.event is None and "\n" not in data and "\r" not in data:  # a token: the common case
+                wire = f"id: {self.id}\ndata: {data}\n\n".encode()
+            else:
+                wire = encode_event(data, id=self.id, event=self.event)
+            self._wire = wire
         return wire
 
     def json(self) -> Any:

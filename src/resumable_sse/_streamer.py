@@ -334,6 +334,7 @@ class _Run:
         self.pending: list[NewEvent] = []
         self.wake = asyncio.Event()
         self.space: asyncio.Future[None] | None = None
+        self.limit = min(16, streamer.batch_size)  # how far the pump may run ahead of the writer
         self.stop_reason: tuple[Status, str] | None = None  # why we stopped the pump ourselves
         self.fenced = False
         self.last_seq = 0  # what the log holds of this run; appends name it so that a retry cannot duplicate
@@ -357,7 +358,7 @@ class _Run:
 
     async def has_space(self) -> None:
         """Wait until the writer has taken the pending batch (backpressure on a fast producer)."""
-        if len(self.pending) >= self.streamer.batch_size:
+        if len(self.pending) >= self.limit:
             self.space = asyncio.get_running_loop().create_future()
             await self.space
 
@@ -366,10 +367,17 @@ class _Run:
         if isinstance(source, AsyncIterable):
             iterator = aiter(source)
             try:
-                push, batch_size = self.push, self.streamer.batch_size
+                # The hot loop: a plain short str (a token) skips normalize(); anything else is checked fully.
+                pending, append, wake = self.pending, self.pending.append, self.wake.set
+                max_bytes = self.streamer.max_event_bytes
+                short = max_bytes // 4  # a str this short cannot exceed max_bytes in UTF-8
                 async for item in iterator:
-                    push(item)
-                    if len(self.pending) >= batch_size:
+                    if type(item) is str and len(item) <= short:
+                        append((None, item))
+                    else:
+                        append(normalize(item, max_bytes))
+                    wake()
+                    if len(pending) >= self.limit:
                         await self.has_space()
             finally:
                 aclose = getattr(iterator, "aclose", None)
@@ -392,7 +400,10 @@ class _Run:
             self.pump.cancel()
 
     async def flush(self) -> None:
-        batch, self.pending = self.pending, []
+        batch = self.pending.copy()  # the pump keeps appending to the same list object
+        self.pending.clear()
+        # Start small so the first events go out at once, then grow to batch_size for throughput.
+        self.limit = min(self.limit * 2, self.streamer.batch_size)
         space = self.space
         if space is not None and not space.done():
             space.set_result(None)
@@ -434,7 +445,7 @@ class _Run:
                 )
             except StreamFenced:
                 return await self._outside_end()
-            self.pending = []
+            self.pending.clear()
             return status
         finally:
             self.streamer._runs.pop(self.stream_id, None)
@@ -520,12 +531,28 @@ class Streamer:
         self._tails: dict[str, _Tail] = {}
         self._subscriptions: weakref.WeakSet[Subscription] = weakref.WeakSet()
         self._lease_task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def __repr__(self) -> str:
         return f"Streamer({self.store!r}, producers={len(self._runs)}, tails={len(self._tails)})"
 
     async def __aenter__(self) -> Streamer:
+        self.bind_loop()
         return self
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop | None:
+        """The event loop this Streamer runs on, once it has been used (or bound); None before.
+
+        :class:`~resumable_sse.SyncStreamer` sends its calls here from other threads.
+        """
+        return self._loop
+
+    def bind_loop(self) -> None:
+        """Record the running event loop as this Streamer's own (first use wins); :func:`setup` calls it at
+        application startup so that sync code can reach the Streamer before any stream has started."""
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
@@ -540,6 +567,7 @@ class Streamer:
         already exists (another request or process produces it, or it has finished and not yet expired).
         """
         validate_stream_id(stream_id)
+        self.bind_loop()
         if self.closing:
             raise StreamerClosed("the Streamer is closing and starts no new producers")
         token = secrets.token_hex(16)
@@ -628,6 +656,7 @@ class Streamer:
         """
         validate_stream_id(stream_id)
         position = EventId.parse(last_event_id) if last_event_id is not None else None
+        self.bind_loop()
         if self.closing:
             raise StreamerClosed("the Streamer is closing")
         state = await self.store.state(stream_id)

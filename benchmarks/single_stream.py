@@ -1,0 +1,172 @@
+"""One producer, 100,000 small tokens, one reader over a real loopback socket in another process.
+
+Rows (all measured in the same run, on the same server process):
+  baseline   plain aiohttp-sse: one ``send`` per event, no log (the reference the ratios are taken against)
+  memory     resumable_handler on the embedded memory store
+  (more rows: see ROWS below; each row is a route on the one server)
+
+For each row it prints events/s (first byte of the request to the terminal event) and the first-event latency,
+median of ``--repeat`` runs, and the ratio to the baseline.
+
+    python benchmarks/single_stream.py [--events 100000] [--repeat 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from aiohttp import web
+from aiohttp_sse import sse_response
+
+from resumable_sse import MemoryStore, Streamer, resumable_handler
+
+TOKEN = "tok "
+
+
+@dataclass
+class Row:
+    """A benchmark row: a label, the route prefix it is served under, and how to add that route to the app."""
+
+    label: str
+    prefix: str
+    install: Callable[[web.Application, int], Awaitable[None]]
+
+
+async def _install_baseline(app: web.Application, events: int) -> None:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        async with sse_response(request) as response:
+            for _ in range(events):
+                await response.send(TOKEN)
+            await response.send("{}", event="done")
+        return response
+
+    app.router.add_get("/baseline/{stream_id}", handler)
+
+
+def _tokens(events: int) -> Callable[[web.Request], AsyncIterator[str]]:
+    async def produce(_request: web.Request) -> AsyncIterator[str]:
+        for _ in range(events):
+            yield TOKEN
+
+    return produce
+
+
+async def _install_memory(app: web.Application, events: int) -> None:
+    streamer = Streamer(MemoryStore(max_events=events + 10))
+    app.router.add_get("/memory/{stream_id}", resumable_handler(_tokens(events), streamer=streamer))
+    app.on_cleanup.append(lambda _app: streamer.close())
+
+
+ROWS: list[Row] = [
+    Row("baseline: aiohttp-sse, send per event, no log", "/baseline", _install_baseline),
+    Row("resumable-sse, memory store", "/memory", _install_memory),
+]
+
+
+# -- the reader (runs in its own process) ------------------------------------------------------------------------
+
+
+def read_stream(url: str) -> dict[str, float]:
+    """Read one stream to its terminal event over a plain blocking socket (so the reader is never the bottleneck).
+
+    Events are counted by their ``data:`` lines (every token is one line); chunked-encoding framing never splits an
+    event because each server write is one chunk of whole events.
+    """
+    parts = urlsplit(url)
+    count = 0
+    first_at = 0.0
+    tail = b""
+    started = time.perf_counter()
+    with socket.create_connection((parts.hostname, parts.port)) as sock:
+        sock.sendall(f"GET {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\nAccept: text/event-stream\r\n\r\n".encode())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += sock.recv(65536)
+        status_line, _, body = head.partition(b"\r\n")
+        if b" 200 " not in status_line:
+            raise SystemExit(f"unexpected response: {status_line!r}")
+        chunk = body.partition(b"\r\n\r\n")[2]
+        while True:
+            window = tail + chunk
+            found = window.count(b"data: ")
+            if found and not first_at:
+                first_at = time.perf_counter()
+            count += found
+            if b"event: done" in window:
+                break
+            tail = window[-10:]
+            chunk = sock.recv(1 << 20)
+            if not chunk:
+                raise SystemExit("connection closed before the terminal event")
+    elapsed = time.perf_counter() - started
+    return {"events": count - 1, "seconds": elapsed, "first_event_ms": (first_at - started) * 1000}
+
+
+def reader_main(url: str) -> None:
+    print(json.dumps(read_stream(url)))
+
+
+# -- the driver -----------------------------------------------------------------------------------------------------
+
+
+def run_reader(url: str) -> dict[str, float]:
+    out = subprocess.run(
+        [sys.executable, __file__, "--reader", url], check=True, capture_output=True, text=True, timeout=900
+    )
+    return dict(json.loads(out.stdout))
+
+
+async def main(events: int, repeat: int, only: list[str] | None) -> None:
+    app = web.Application()
+    rows = [row for row in ROWS if not only or any(word in row.prefix for word in only)]
+    for row in rows:
+        await row.install(app, events)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    print(f"{events} events per stream, {repeat} runs per row, median; Python {sys.version.split()[0]}")
+    results: dict[str, tuple[float, float]] = {}
+    try:
+        for row in rows:
+            rates, firsts = [], []
+            for run in range(repeat):
+                url = f"http://127.0.0.1:{port}{row.prefix}/bench-{run}-{time.monotonic_ns()}"
+                result = await asyncio.to_thread(run_reader, url)
+                if result["events"] != events:
+                    raise SystemExit(f"{row.label}: reader saw {result['events']} events, expected {events}")
+                rates.append(events / result["seconds"])
+                firsts.append(result["first_event_ms"])
+            results[row.prefix] = (statistics.median(rates), statistics.median(firsts))
+    finally:
+        await runner.cleanup()
+    base = results.get("/baseline", (0.0, 0.0))[0]
+    print(f"{'row':50} {'events/s':>12} {'first event':>12} {'vs baseline':>12}")
+    for row in rows:
+        rate, first = results[row.prefix]
+        ratio = f"{rate / base:.2f}x" if base else "-"
+        print(f"{row.label:50} {rate:12,.0f} {first:10.2f}ms {ratio:>12}")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=100_000)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--only", nargs="*", help="run only rows whose route prefix contains one of these words")
+    parser.add_argument("--reader", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.reader:
+        reader_main(args.reader)
+    else:
+        asyncio.run(main(args.events, args.repeat, args.only), debug=False)
