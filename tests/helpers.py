@@ -1,0 +1,66 @@
+"""Small test helpers: a strict reading of SSE bodies and producers that tests can steer."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+
+@dataclass
+class SSE:
+    """One parsed event."""
+
+    id: str | None
+    event: str | None
+    data: str
+
+
+def parse(body: str | bytes) -> list[SSE]:
+    """Parse an SSE body written by this library (LF line ends); comments and retry lines are skipped."""
+    text = body.decode() if isinstance(body, bytes) else body
+    events = []
+    for block in text.split("\n\n"):
+        id_ = event = None
+        data: list[str] = []
+        for line in block.split("\n"):
+            if not line or line.startswith((":", "retry: ")):
+                continue
+            name, _, value = line.partition(": ")
+            if name == "id":
+                id_ = value
+            elif name == "event":
+                event = value
+            elif name == "data":
+                data.append(value)
+            else:
+                raise AssertionError(f"unexpected line {line!r}")
+        if data:
+            events.append(SSE(id_, event, "\n".join(data)))
+    return events
+
+
+@dataclass
+class Gate:
+    """A producer that yields ``tokens`` one at a time, each only after the test opens the gate for it."""
+
+    tokens: list[Any]
+    runs: int = 0
+    closed: bool = False
+    opened: asyncio.Queue[None] = field(default_factory=asyncio.Queue)
+
+    def release(self, count: int = 1) -> None:
+        for _ in range(count):
+            self.opened.put_nowait(None)
+
+    async def produce(self, _request: web.Request | None = None) -> AsyncIterator[Any]:
+        self.runs += 1
+        try:
+            for token in self.tokens:
+                await self.opened.get()
+                yield token
+        finally:
+            self.closed = True

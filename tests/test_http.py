@@ -1,0 +1,498 @@
+"""DESIGN §4 over real HTTP through aiohttp's test client: every row of the table, wire bytes exact."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+from aiohttp import ClientResponse, web
+from aiohttp.test_utils import TestClient
+
+from resumable_sse import Event, MemoryStore, ProducerError, Streamer, resumable_handler, setup
+
+from .helpers import Gate, parse
+
+ClientFactory = Callable[[web.Application], Awaitable[TestClient[web.Request, web.Application]]]
+Client = TestClient[web.Request, web.Application]
+
+
+async def wait_for_seq(streamer: Streamer, stream_id: str, seq: int) -> None:
+    for _ in range(500):
+        state = await streamer.status(stream_id)
+        if state is not None and state.last_seq >= seq:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"stream {stream_id} never reached seq {seq}")
+
+
+async def read_event(response: ClientResponse) -> bytes:
+    """The next SSE block (event, retry or comment) from a streaming response."""
+    return await asyncio.wait_for(response.content.readuntil(b"\n\n"), 5)
+
+
+async def app_with(
+    aiohttp_client: ClientFactory, producer: Any, *, streamer: Streamer | None = None, **options: Any
+) -> tuple[Client, Streamer]:
+    app = web.Application()
+    streamer = setup(app, streamer or Streamer(MemoryStore()))
+    app.router.add_get("/stream/{stream_id}", resumable_handler(producer, **options))
+    return await aiohttp_client(app), streamer
+
+
+async def hello(_request: web.Request) -> AsyncIterator[str]:
+    for token in ["Hello", ", ", "world"]:
+        yield token
+
+
+# -- new stream, join, resume -------------------------------------------------------------------------------------
+
+
+async def test_new_stream_streams_every_event_then_done_with_exact_bytes(aiohttp_client: ClientFactory) -> None:
+    client, streamer = await app_with(aiohttp_client, hello)
+    response = await client.get("/stream/s1")
+    assert response.status == 200
+    assert response.headers["Content-Type"] == "text/event-stream"
+    assert response.headers["Cache-Control"] == "no-cache"
+    assert response.headers["X-Accel-Buffering"] == "no"
+    body = await response.read()
+    state = await streamer.status("s1")
+    assert state is not None
+    e = state.epoch
+    assert (
+        body
+        == (
+            f"retry: 2000\n\n"
+            f"id: {e}-1\ndata: Hello\n\n"
+            f"id: {e}-2\ndata: , \n\n"
+            f"id: {e}-3\ndata: world\n\n"
+            f'id: {e}-4\nevent: done\ndata: {{"state":"done"}}\n\n'
+        ).encode()
+    )
+
+
+async def test_join_running_stream_gets_retained_events_then_live(aiohttp_client: ClientFactory) -> None:
+    gate = Gate(["a", "b", "c", "d"])
+    client, streamer = await app_with(aiohttp_client, gate.produce)
+    first = await client.get("/stream/j")
+    gate.release(2)
+    await wait_for_seq(streamer, "j", 2)
+    second = await client.get("/stream/j")  # no position: from the first event
+    assert (await read_event(second)) == b"retry: 2000\n\n"
+    assert parse(await read_event(second))[0].data == "a"
+    assert parse(await read_event(second))[0].data == "b"
+    gate.release(2)
+    bodies = [await first.read(), await second.read()]
+    assert [e.data for e in parse(bodies[0])] == ["a", "b", "c", "d", '{"state":"done"}']
+    assert [e.data for e in parse(bodies[1])] == ["c", "d", '{"state":"done"}']
+    assert gate.runs == 1
+
+
+async def test_resume_after_last_event_id_gets_strictly_later_events(aiohttp_client: ClientFactory) -> None:
+    client, _streamer = await app_with(aiohttp_client, hello)
+    events = parse(await (await client.get("/stream/r")).read())
+    response = await client.get("/stream/r", headers={"Last-Event-ID": events[0].id or ""})
+    assert response.status == 200
+    e = events[0].id.split("-")[0] if events[0].id else ""
+    assert (
+        await response.read()
+        == (
+            f"retry: 2000\n\nid: {e}-2\ndata: , \n\nid: {e}-3\ndata: world\n\n"
+            f'id: {e}-4\nevent: done\ndata: {{"state":"done"}}\n\n'
+        ).encode()
+    )
+
+
+async def test_query_parameter_position_and_header_wins(aiohttp_client: ClientFactory) -> None:
+    client, _ = await app_with(aiohttp_client, hello)
+    ids = [e.id for e in parse(await (await client.get("/stream/q")).read())]
+    by_query = parse(await (await client.get(f"/stream/q?last_event_id={ids[1]}")).read())
+    assert [e.id for e in by_query] == ids[2:]
+    both = parse(
+        await (await client.get(f"/stream/q?last_event_id={ids[1]}", headers={"Last-Event-ID": ids[0] or ""})).read()
+    )
+    assert [e.id for e in both] == ids[1:]
+
+
+async def test_reconnect_naming_the_terminal_event_gets_204(aiohttp_client: ClientFactory) -> None:
+    client, _ = await app_with(aiohttp_client, hello)
+    terminal = parse(await (await client.get("/stream/t")).read())[-1]
+    assert terminal.event == "done"
+    response = await client.get("/stream/t", headers={"Last-Event-ID": terminal.id or ""})
+    assert response.status == 204
+    assert await response.read() == b""
+    response = await client.get(f"/stream/t?last_event_id={terminal.id}")
+    assert response.status == 204
+
+
+async def test_position_from_another_epoch_gets_reset_then_full_replay(aiohttp_client: ClientFactory) -> None:
+    client, streamer = await app_with(aiohttp_client, hello)
+    await (await client.get("/stream/ep")).read()
+    state = await streamer.status("ep")
+    assert state is not None
+    body = await (await client.get("/stream/ep", headers={"Last-Event-ID": "0123456789abcdef-2"})).read()
+    assert body.startswith(
+        f'retry: 2000\n\nevent: reset\ndata: {{"reason":"epoch","first_id":"{state.epoch}-1"}}\n\n'
+        f"id: {state.epoch}-1\ndata: Hello\n\n".encode()
+    )
+    assert [e.data for e in parse(body)][1:] == ["Hello", ", ", "world", '{"state":"done"}']
+
+
+async def test_position_older_than_retained_history_gets_reset_trimmed(aiohttp_client: ClientFactory) -> None:
+    async def many(_request: web.Request) -> AsyncIterator[str]:
+        for i in range(1, 21):
+            yield str(i)
+
+    client, streamer = await app_with(aiohttp_client, many, streamer=Streamer(MemoryStore(max_events=5)))
+    await (await client.get("/stream/tr")).read()
+    state = await streamer.status("tr")
+    assert state is not None
+    assert (state.first_seq, state.last_seq) == (17, 21)
+    events = parse(await (await client.get("/stream/tr", headers={"Last-Event-ID": f"{state.epoch}-3"})).read())
+    assert events[0].event == "reset"
+    assert json.loads(events[0].data) == {"reason": "trimmed", "first_id": f"{state.epoch}-17"}
+    assert [e.data for e in events[1:-1]] == ["17", "18", "19", "20"]
+    assert events[-1].event == "done"
+
+
+async def test_position_beyond_the_end_gets_reset_position(aiohttp_client: ClientFactory) -> None:
+    client, streamer = await app_with(aiohttp_client, hello)
+    await (await client.get("/stream/b")).read()
+    state = await streamer.status("b")
+    assert state is not None
+    events = parse(await (await client.get("/stream/b", headers={"Last-Event-ID": f"{state.epoch}-99"})).read())
+    assert (events[0].event, json.loads(events[0].data)["reason"]) == ("reset", "position")
+    assert len(events) == 5
+
+
+async def test_position_for_unknown_stream_is_410_and_producer_not_run(aiohttp_client: ClientFactory) -> None:
+    gate = Gate(["x"])
+    client, streamer = await app_with(aiohttp_client, gate.produce)
+    response = await client.get("/stream/gone", headers={"Last-Event-ID": "0123456789abcdef-5"})
+    assert response.status == 410
+    assert "unknown or has expired" in await response.text()
+    assert gate.runs == 0
+    assert await streamer.status("gone") is None
+
+
+async def test_on_unknown_restart_reruns_producer_with_reset(aiohttp_client: ClientFactory) -> None:
+    client, streamer = await app_with(aiohttp_client, hello, on_unknown="restart")
+    events = parse(await (await client.get("/stream/re", headers={"Last-Event-ID": "0123456789abcdef-5"})).read())
+    state = await streamer.status("re")
+    assert state is not None
+    assert events[0].event == "reset"
+    assert json.loads(events[0].data) == {"reason": "epoch", "first_id": None}
+    assert [e.data for e in events[1:]] == ["Hello", ", ", "world", '{"state":"done"}']
+
+
+# -- bad input and authorization ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "position",
+    ["garbage", "abc", "-1", "0123456789abcdef-0", "0123456789abcdef-01", "ABC-1", "x" * 100 + "-1", "a-1-"],
+)
+async def test_malformed_position_is_400_and_nothing_started(aiohttp_client: ClientFactory, position: str) -> None:
+    gate = Gate(["x"])
+    client, streamer = await app_with(aiohttp_client, gate.produce)
+    for response in [
+        await client.get("/stream/m", headers={"Last-Event-ID": position}),
+        await client.get("/stream/m", params={"last_event_id": position}),
+    ]:
+        assert response.status == 400
+        text = await response.text()
+        assert "event id" in text
+        assert "Traceback" not in text
+    assert gate.runs == 0
+    assert await streamer.status("m") is None
+
+
+@pytest.mark.parametrize("stream_id", ["a" * 129, "has space", "semi;colon", "brace{x}", "ünï", "%00"])
+async def test_invalid_stream_id_is_400_and_nothing_started(aiohttp_client: ClientFactory, stream_id: str) -> None:
+    gate = Gate(["x"])
+    app = web.Application()
+    streamer = setup(app)
+    app.router.add_get("/q", resumable_handler(gate.produce))
+    client = await aiohttp_client(app)
+    response = await client.get("/q", params={"stream_id": stream_id})
+    assert response.status == 400
+    assert "stream id" in await response.text()
+    assert gate.runs == 0
+    assert len(streamer.store) == 0  # type: ignore[arg-type]
+
+
+async def test_missing_stream_id_is_400(aiohttp_client: ClientFactory) -> None:
+    app = web.Application()
+    setup(app)
+    app.router.add_get("/q", resumable_handler(hello))
+    client = await aiohttp_client(app)
+    response = await client.get("/q")
+    assert response.status == 400
+    assert "no stream id" in await response.text()
+
+
+async def test_stream_id_from_query_and_from_callable(aiohttp_client: ClientFactory) -> None:
+    app = web.Application()
+    streamer = setup(app)
+    app.router.add_get("/q", resumable_handler(hello))
+    app.router.add_get("/c/{user}", resumable_handler(hello, stream_id=lambda r: f"user:{r.match_info['user']}"))
+    client = await aiohttp_client(app)
+    assert len(parse(await (await client.get("/q?stream_id=abc")).read())) == 4
+    assert len(parse(await (await client.get("/c/42")).read())) == 4
+    assert await streamer.status("abc") is not None
+    assert await streamer.status("user:42") is not None
+
+
+@pytest.mark.parametrize("is_async", [False, True])
+async def test_authorize_refusal_is_403_nothing_started_nothing_read(
+    aiohttp_client: ClientFactory, is_async: bool
+) -> None:
+    gate = Gate(["x"])
+    seen: list[str] = []
+
+    def sync_check(_request: web.Request, stream_id: str) -> bool:
+        seen.append(stream_id)
+        return stream_id.startswith("mine-")
+
+    async def async_check(request: web.Request, stream_id: str) -> bool:
+        return sync_check(request, stream_id)
+
+    client, streamer = await app_with(aiohttp_client, gate.produce, authorize=async_check if is_async else sync_check)
+    response = await client.get("/stream/theirs-1")
+    assert response.status == 403
+    assert gate.runs == 0
+    assert await streamer.status("theirs-1") is None
+    gate.release()
+    assert (await client.get("/stream/mine-1")).status == 200
+    assert seen == ["theirs-1", "mine-1"]
+
+
+# -- the producer runs once -------------------------------------------------------------------------------------
+
+
+async def test_fifty_concurrent_first_requests_run_the_producer_once(aiohttp_client: ClientFactory) -> None:
+    runs = 0
+
+    async def produce(_request: web.Request) -> AsyncIterator[str]:
+        nonlocal runs
+        runs += 1
+        for i in range(20):
+            await asyncio.sleep(0.001)
+            yield f"t{i}"
+
+    client, _ = await app_with(aiohttp_client, produce)
+    responses = await asyncio.gather(*(client.get("/stream/once") for _ in range(50)))
+    bodies = await asyncio.gather(*(r.read() for r in responses))
+    assert runs == 1
+    assert all(r.status == 200 for r in responses)
+    assert len(set(bodies)) == 1
+    assert [e.data for e in parse(bodies[0])][:-1] == [f"t{i}" for i in range(20)]
+
+
+async def test_disconnect_does_not_stop_producer_and_reconnect_does_not_rerun(aiohttp_client: ClientFactory) -> None:
+    gate = Gate([f"t{i}" for i in range(6)])
+    client, streamer = await app_with(aiohttp_client, gate.produce)
+    response = await client.get("/stream/dc")
+    await read_event(response)  # retry
+    gate.release(2)
+    first = parse(await read_event(response))[0]
+    second = parse(await read_event(response))[0]
+    response.close()  # the client goes away mid-stream
+    gate.release(4)
+    await wait_for_seq(streamer, "dc", 7)
+    state = await streamer.status("dc")
+    assert state is not None
+    assert state.status == "done"
+    rest = parse(await (await client.get("/stream/dc", headers={"Last-Event-ID": second.id or ""})).read())
+    assert [first.data, second.data, *[e.data for e in rest][:-1]] == [f"t{i}" for i in range(6)]
+    assert gate.runs == 1
+
+
+async def test_many_reconnects_deliver_every_event_exactly_once(aiohttp_client: ClientFactory) -> None:
+    async def produce(_request: web.Request) -> AsyncIterator[str]:
+        for i in range(200):
+            if i % 10 == 0:
+                await asyncio.sleep(0.002)
+            yield f"e{i}"
+
+    client, _ = await app_with(aiohttp_client, produce)
+    received: list[str] = []
+    last_id: str | None = None
+    for attempt in range(500):
+        headers = {"Last-Event-ID": last_id} if last_id else {}
+        response = await client.get("/stream/rc", headers=headers)
+        if response.status == 204:
+            break
+        await read_event(response)  # retry
+        for _ in range(1 + attempt % 7):  # read a few events, then drop the connection
+            event = parse(await read_event(response))[0]
+            last_id = event.id
+            received.append(event.data)
+            if event.event == "done":
+                break
+        response.close()
+    assert received[:-1] == [f"e{i}" for i in range(200)]
+    assert received[-1] == '{"state":"done"}'
+
+
+# -- terminal states -----------------------------------------------------------------------------------------------
+
+
+async def test_producer_error_sends_safe_message_and_logs_traceback(
+    aiohttp_client: ClientFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def broken(_request: web.Request) -> AsyncIterator[str]:
+        yield "partial"
+        raise RuntimeError("database password is hunter2")
+
+    client, _ = await app_with(aiohttp_client, broken)
+    with caplog.at_level(logging.ERROR, logger="resumable_sse"):
+        body = await (await client.get("/stream/err")).read()
+    events = parse(body)
+    assert [e.data for e in events][:1] == ["partial"]
+    assert events[-1].event == "error"
+    assert json.loads(events[-1].data) == {"state": "error", "message": "the stream failed"}
+    assert b"hunter2" not in body
+    assert any("hunter2" in r.getMessage() or (r.exc_info and "hunter2" in str(r.exc_info[1])) for r in caplog.records)
+
+
+async def test_producer_error_with_a_public_message(aiohttp_client: ClientFactory) -> None:
+    async def quota(_request: web.Request) -> AsyncIterator[str]:
+        yield "a"
+        raise ProducerError("quota exceeded")
+
+    client, _ = await app_with(aiohttp_client, quota)
+    events = parse(await (await client.get("/stream/pe")).read())
+    assert json.loads(events[-1].data) == {"state": "error", "message": "quota exceeded"}
+
+
+async def test_cancel_ends_stream_for_every_reader_and_closes_producer(aiohttp_client: ClientFactory) -> None:
+    gate = Gate([f"t{i}" for i in range(100)])
+    client, streamer = await app_with(aiohttp_client, gate.produce)
+    readers = [await client.get("/stream/cx") for _ in range(3)]
+    gate.release(2)
+    await wait_for_seq(streamer, "cx", 2)
+    assert await streamer.cancel("cx") is True
+    assert await streamer.cancel("cx") is False  # once
+    bodies = await asyncio.wait_for(asyncio.gather(*(r.read() for r in readers)), 5)
+    for body in bodies:
+        events = parse(body)
+        assert [e.data for e in events[:2]] == ["t0", "t1"]
+        assert events[-1].event == "cancelled"
+    state = await streamer.status("cx")
+    assert state is not None
+    assert state.status == "cancelled"
+    for _ in range(100):
+        if gate.closed:
+            break
+        await asyncio.sleep(0.01)
+    assert gate.closed  # the generator was closed (its finally ran)
+    assert streamer.producer("cx") is None
+
+
+# -- payloads ------------------------------------------------------------------------------------------------------
+
+
+async def test_payload_types_and_multiline_framing(aiohttp_client: ClientFactory) -> None:
+    async def produce(_request: web.Request) -> AsyncIterator[Any]:
+        yield "plain"
+        yield "é".encode()
+        yield {"k": [1, "é"]}
+        yield [1, 2]
+        yield Event("typed", event="token")
+        yield "a\nb\r\nc\rd"
+        yield ""
+        yield Event({"x": 1}, event="meta")
+
+    client, streamer = await app_with(aiohttp_client, produce)
+    body = await (await client.get("/stream/p")).read()
+    state = await streamer.status("p")
+    assert state is not None
+    e = state.epoch
+    assert body.decode() == (
+        "retry: 2000\n\n"
+        f"id: {e}-1\ndata: plain\n\n"
+        f"id: {e}-2\ndata: é\n\n"
+        f'id: {e}-3\ndata: {{"k":[1,"é"]}}\n\n'
+        f"id: {e}-4\ndata: [1,2]\n\n"
+        f"id: {e}-5\nevent: token\ndata: typed\n\n"
+        f"id: {e}-6\ndata: a\ndata: b\ndata: c\ndata: d\n\n"
+        f"id: {e}-7\ndata: \n\n"
+        f'id: {e}-8\nevent: meta\ndata: {{"x":1}}\n\n'
+        f'id: {e}-9\nevent: done\ndata: {{"state":"done"}}\n\n'
+    )
+
+
+async def test_oversized_event_ends_stream_with_error_and_is_not_written(
+    aiohttp_client: ClientFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def produce(_request: web.Request) -> AsyncIterator[str]:
+        yield "small"
+        yield "x" * 2000
+        yield "never"
+
+    client, _ = await app_with(aiohttp_client, produce, streamer=Streamer(max_event_bytes=1000))
+    with caplog.at_level(logging.ERROR, logger="resumable_sse"):
+        body = await (await client.get("/stream/big")).read()
+    events = parse(body)
+    assert [e.data for e in events[:-1]] == ["small"]
+    assert json.loads(events[-1].data) == {"state": "error", "message": "an event was too large"}
+    assert b"xxxx" not in body
+    assert any("max_event_bytes=1000" in r.getMessage() for r in caplog.records)
+
+
+async def test_unsupported_payload_type_ends_with_error(aiohttp_client: ClientFactory) -> None:
+    async def produce(_request: web.Request) -> AsyncIterator[Any]:
+        yield "ok"
+        yield 42
+
+    client, _ = await app_with(aiohttp_client, produce)
+    events = parse(await (await client.get("/stream/ty")).read())
+    assert [e.event for e in events] == [None, "error"]
+
+
+# -- heartbeat, shutdown --------------------------------------------------------------------------------------------
+
+
+async def test_heartbeat_comments_while_idle(aiohttp_client: ClientFactory) -> None:
+    gate = Gate(["late"])
+    client, _ = await app_with(aiohttp_client, gate.produce, heartbeat=0.05)
+    response = await client.get("/stream/hb")
+    assert await read_event(response) == b"retry: 2000\n\n"
+    assert await read_event(response) == b": ping\n\n"
+    assert await read_event(response) == b": ping\n\n"
+    gate.release()
+    rest = await response.read()
+    assert [e.data for e in parse(rest)] == ["late", '{"state":"done"}']
+
+
+async def test_shutdown_ends_responses_and_cancels_producers_after_grace() -> None:
+    gate = Gate([f"t{i}" for i in range(100)])
+    store = MemoryStore()
+    app = web.Application()
+    setup(app, Streamer(store, grace_period=0.2))
+    app.router.add_get("/stream/{stream_id}", resumable_handler(gate.produce))
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    from aiohttp import ClientSession
+
+    async with ClientSession() as session:
+        response = await session.get(f"http://127.0.0.1:{port}/stream/sd")
+        gate.release()
+        await read_event(response)
+        assert parse(await read_event(response))[0].data == "t0"
+        await asyncio.wait_for(runner.cleanup(), 10)
+        rest = await asyncio.wait_for(response.read(), 5)  # the response ended cleanly: no exception
+        assert parse(rest) == []
+    state = await store.state("sd")
+    assert state is not None
+    assert state.status == "cancelled"
+    last = (await store.read("sd", state.last_seq - 1, 1))[0]
+    assert json.loads(last.data) == {"state": "cancelled", "message": "server shutdown"}
+    assert gate.closed

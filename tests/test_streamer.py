@@ -1,0 +1,257 @@
+"""The Streamer without HTTP: subscriptions, lost producers, idle limits, store limits, and nothing left behind."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+import socket
+from collections.abc import AsyncIterator
+
+import pytest
+from aiohttp import web
+
+from resumable_sse import (
+    Entry,
+    InvalidEventId,
+    InvalidStreamId,
+    MemoryStore,
+    Reset,
+    StoreFull,
+    Streamer,
+    StreamerClosed,
+    StreamNotFound,
+    resumable_handler,
+    setup,
+)
+
+from .helpers import Gate, parse
+
+
+async def collect(streamer: Streamer, stream_id: str, last_event_id: str | None = None) -> list[Entry | Reset]:
+    subscription = await streamer.subscribe(stream_id, last_event_id)
+    return [item async for item in subscription]
+
+
+async def tokens(count: int) -> AsyncIterator[str]:
+    for i in range(count):
+        yield f"t{i}"
+
+
+async def test_subscribe_without_http_in_order_to_done() -> None:
+    async with Streamer() as streamer:
+        producer = await streamer.start("s", lambda: tokens(50))
+        assert producer is not None
+        assert await streamer.start("s", lambda: tokens(1)) is None  # claimed already
+        items = await collect(streamer, "s")
+        assert await producer.wait() == "done"
+    assert [i.data for i in items if isinstance(i, Entry)][:-1] == [f"t{i}" for i in range(50)]
+    assert isinstance(items[-1], Entry)
+    assert items[-1].terminal
+    assert [i.seq for i in items if isinstance(i, Entry)] == list(range(1, 52))
+
+
+async def test_subscribe_rejects_bad_input_clearly() -> None:
+    async with Streamer() as streamer:
+        with pytest.raises(InvalidStreamId):
+            await streamer.subscribe("bad id")
+        with pytest.raises(StreamNotFound):
+            await streamer.subscribe("unknown")
+        await streamer.start("s", lambda: tokens(1))
+        with pytest.raises(InvalidEventId):
+            await streamer.subscribe("s", "nonsense")
+
+
+async def test_lost_producer_is_detected_by_readers_and_written_once() -> None:
+    store = MemoryStore()
+    # A producer elsewhere claimed the stream, wrote one event and died: nobody renews its lease.
+    claim = await store.claim("dead", "their-token", 0.3)
+    await store.append("dead", "their-token", [(None, "last words")], after=0)
+    async with Streamer(store, lease=0.3) as first, Streamer(store, lease=0.3) as second:
+        items = await asyncio.wait_for(
+            asyncio.gather(collect(first, "dead"), collect(second, "dead"), collect(first, "dead")), 5
+        )
+    for got in items:
+        assert next((i.event, i.data) for i in got if isinstance(i, Entry)) == (None, "last words")
+        assert isinstance(got[-1], Entry)
+        assert got[-1].event == "lost"
+        assert got[-1].seq == 2  # exactly one terminal entry
+    assert json.loads(items[0][-1].data)["state"] == "lost"
+    state = await store.state("dead")
+    assert state is not None
+    assert (state.status, state.epoch, state.last_seq) == ("lost", claim.state.epoch, 2)
+
+
+async def test_live_producer_is_not_declared_lost() -> None:
+    async def slow() -> AsyncIterator[str]:
+        for i in range(3):
+            await asyncio.sleep(0.4)  # quieter than the lease, but the lease is renewed
+            yield str(i)
+
+    async with Streamer(lease=0.3) as streamer:
+        await streamer.start("slow", slow)
+        items = await asyncio.wait_for(collect(streamer, "slow"), 5)
+    assert [i.data for i in items if isinstance(i, Entry)] == ["0", "1", "2", '{"state":"done"}']
+
+
+async def test_idle_producer_ends_with_error(caplog: pytest.LogCaptureFixture) -> None:
+    async def stuck() -> AsyncIterator[str]:
+        yield "one"
+        await asyncio.sleep(3600)
+        yield "never"
+
+    async with Streamer(lease=0.15, idle_timeout=0.3) as streamer:
+        producer = await streamer.start("idle", stuck)
+        assert producer is not None
+        assert await asyncio.wait_for(producer.wait(), 5) == "error"
+        items = await collect(streamer, "idle")
+    last = items[-1]
+    assert isinstance(last, Entry)
+    assert json.loads(last.data) == {"state": "error", "message": "the producer was idle too long"}
+    assert any("yielded nothing" in r.getMessage() for r in caplog.records)
+
+
+async def test_cancel_from_outside_fences_the_producer_at_its_next_write() -> None:
+    store = MemoryStore()
+    gate = Gate([f"t{i}" for i in range(10)])
+    async with Streamer(store) as streamer:
+        producer = await streamer.start("f", gate.produce)
+        assert producer is not None
+        gate.release()
+        await asyncio.sleep(0.05)
+        # Another process (another Streamer on the same store) cancels.
+        async with Streamer(store) as other:
+            assert await other.cancel("f") is True
+        gate.release(9)
+        assert await asyncio.wait_for(producer.wait(), 5) == "cancelled"
+        items = await collect(streamer, "f")
+    assert [i.event for i in items if isinstance(i, Entry)] == [None, "cancelled"]
+
+
+async def test_slow_reader_that_falls_behind_the_retained_history_gets_reset() -> None:
+    store = MemoryStore(max_events=10)
+    async with Streamer(store, batch_size=4, window=4) as streamer:
+        gate = Gate([f"t{i}" for i in range(40)])
+        await streamer.start("sl", gate.produce)
+        gate.release(2)
+        subscription = await streamer.subscribe("sl")
+        iterator = subscription.batches()
+        first = await iterator.__anext__()
+        assert [i.data for i in first][:1] == ["t0"]
+        gate.release(38)  # the reader sleeps while 38 more events come and go
+        producer = streamer.producer("sl")
+        assert producer is not None
+        await asyncio.wait_for(producer.wait(), 5)
+        rest = [item async for batch in iterator for item in batch]
+    assert isinstance(rest[0], Reset)
+    assert rest[0].reason == "trimmed"
+    assert [i.data for i in rest[1:] if isinstance(i, Entry)][:-1] == [f"t{i}" for i in range(31, 40)]
+
+
+async def test_store_full_is_503_and_nothing_started(aiohttp_client: object) -> None:
+    app = web.Application()
+    gate = Gate(["a"])
+    streamer = setup(app, Streamer(MemoryStore(max_streams=1)))
+    app.router.add_get("/stream/{stream_id}", resumable_handler(gate.produce))
+    client = await aiohttp_client(app)  # type: ignore[operator]
+    first = await client.get("/stream/one")
+    assert first.status == 200
+    second = await client.get("/stream/two")
+    assert second.status == 503
+    assert "unavailable" in await second.text()
+    with pytest.raises(StoreFull):
+        await streamer.store.claim("three", "t", 5)
+    gate.release()
+    await first.read()
+
+
+async def test_finished_streams_are_evicted_early_when_the_store_is_full() -> None:
+    store = MemoryStore(max_streams=2, ttl=600)
+    async with Streamer(store) as streamer:
+        for name in ["a", "b", "c"]:
+            producer = await streamer.start(name, lambda: tokens(1))
+            assert producer is not None
+            await producer.wait()
+        assert await store.state("a") is None  # the oldest finished stream made room
+        assert await store.state("c") is not None
+
+
+async def test_nothing_is_left_behind_after_a_stream_expires() -> None:
+    store = MemoryStore(ttl=0.2)
+    streamer = Streamer(store, lease=0.2)
+    baseline_tasks = len(asyncio.all_tasks())
+    producer = await streamer.start("x", lambda: tokens(100))
+    assert producer is not None
+    readers = [asyncio.ensure_future(collect(streamer, "x")) for _ in range(5)]
+    await asyncio.wait_for(asyncio.gather(*readers), 5)
+    await producer.wait()
+    await asyncio.sleep(0.5)  # past the TTL and past the tail's quiet interval
+    assert await store.state("x") is None
+    assert len(store) == 0
+    assert streamer._runs == {}
+    assert streamer._tails == {}
+    assert len(asyncio.all_tasks()) == baseline_tasks
+    gc.collect()
+    assert len(streamer._subscriptions) == 0
+    await streamer.close()
+
+
+async def test_closed_streamer_refuses_new_work() -> None:
+    streamer = Streamer()
+    await streamer.close()
+    with pytest.raises(StreamerClosed):
+        await streamer.start("s", lambda: tokens(1))
+
+
+def test_configuration_errors_are_clear() -> None:
+    with pytest.raises(ValueError, match="max_events"):
+        MemoryStore(max_events=0)
+    with pytest.raises(ValueError, match="ttl"):
+        MemoryStore(ttl=0)
+    with pytest.raises(ValueError, match="lease"):
+        Streamer(lease=0)
+    with pytest.raises(ValueError, match="on_unknown"):
+        resumable_handler(lambda r: tokens(1), on_unknown="maybe")  # type: ignore[arg-type]
+
+
+async def test_events_ready_together_go_out_in_one_socket_write() -> None:
+    """Over a real socket: a reader joining a finished stream gets all its events in one HTTP chunk."""
+    app = web.Application()
+    streamer = setup(app)
+    app.router.add_get("/stream/{stream_id}", resumable_handler(lambda _r: tokens(300)))
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        producer = await streamer.start("w", lambda: tokens(300))
+        assert producer is not None
+        await producer.wait()
+
+        def fetch() -> bytes:
+            with socket.create_connection(("127.0.0.1", port)) as sock:
+                sock.sendall(b"GET /stream/w HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                data = b""
+                while chunk := sock.recv(65536):
+                    data += chunk
+                return data
+
+        raw = await asyncio.to_thread(fetch)
+    finally:
+        await runner.cleanup()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert b"Transfer-Encoding: chunked" in head
+    chunks = []
+    while body:
+        size_line, _, body = body.partition(b"\r\n")
+        size = int(size_line, 16)
+        if size == 0:
+            break
+        chunks.append(body[:size])
+        body = body[size + 2 :]
+    assert chunks[0] == b"retry: 2000\n\n"
+    assert len(chunks) == 2  # every event and the terminal in a single write
+    events = parse(chunks[1])
+    assert [e.data for e in events][:-1] == [f"t{i}" for i in range(300)]
+    assert events[-1].event == "done"
