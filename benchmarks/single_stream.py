@@ -20,15 +20,16 @@ import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from aiohttp import web
 from aiohttp_sse import sse_response
 
-from resumable_sse import MemoryStore, Streamer, resumable_handler
+from resumable_sse import MemoryStore, Streamer, SyncStreamer, resumable_handler
 
 TOKEN = "tok "
 
@@ -67,9 +68,37 @@ async def _install_memory(app: web.Application, events: int) -> None:
     app.on_cleanup.append(lambda _app: streamer.close())
 
 
+async def _install_sync(app: web.Application, events: int) -> None:
+    """SyncStreamer.publish of a plain generator, run in a thread; readers served by the same handler."""
+    streamer = Streamer(MemoryStore(max_events=events + 10))
+    sync = SyncStreamer(streamer)  # made on the server's loop: shares it
+    loop = asyncio.get_running_loop()
+
+    def not_claimed(_request: web.Request) -> AsyncIterator[str]:
+        raise AssertionError("the stream should have been claimed by SyncStreamer.publish")
+
+    serve = resumable_handler(not_claimed, streamer=streamer)
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        claimed = asyncio.Event()
+
+        def tokens() -> Iterator[str]:
+            loop.call_soon_threadsafe(claimed.set)  # the first next() comes after the claim
+            for _ in range(events):
+                yield TOKEN
+
+        threading.Thread(target=sync.publish, args=(request.match_info["stream_id"], tokens()), daemon=True).start()
+        await claimed.wait()
+        return await serve(request)
+
+    app.router.add_get("/sync/{stream_id}", handler)
+    app.on_cleanup.append(lambda _app: streamer.close())
+
+
 ROWS: list[Row] = [
     Row("baseline: aiohttp-sse, send per event, no log", "/baseline", _install_baseline),
     Row("resumable-sse, memory store", "/memory", _install_memory),
+    Row("SyncStreamer.publish, plain generator, memory", "/sync", _install_sync),
 ]
 
 

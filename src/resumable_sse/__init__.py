@@ -10,6 +10,7 @@ from ._log import Claim, EventLog, StreamState
 from ._streamer import Producer, Reset, Streamer, Subscription, validate_stream_id
 from .aiohttp import STREAMER_KEY, resumable_handler, setup
 from .exceptions import (
+    EventLoopError,
     EventTooLarge,
     InvalidEventId,
     InvalidStreamId,
@@ -24,6 +25,7 @@ from .exceptions import (
     StreamNotFound,
 )
 from .stores import MemoryStore, from_url
+from .sync import SyncStreamer, SyncWriter
 
 __version__ = "0.1.0"
 
@@ -35,6 +37,7 @@ __all__ = [
     "Event",
     "EventId",
     "EventLog",
+    "EventLoopError",
     "EventTooLarge",
     "InvalidEventId",
     "InvalidStreamId",
@@ -53,6 +56,8 @@ __all__ = [
     "Streamer",
     "StreamerClosed",
     "Subscription",
+    "SyncStreamer",
+    "SyncWriter",
     "__version__",
     "from_url",
     "resumable_handler",

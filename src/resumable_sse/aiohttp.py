@@ -61,6 +61,7 @@ def setup(app: web.Application, streamer: Streamer | None = None) -> Streamer:
         streamer.end_readers()
 
     async def lifetime(_app: web.Application) -> AsyncIterator[None]:
+        streamer.bind_loop()  # the app's loop: a SyncStreamer sharing this Streamer calls in here
         yield
         await streamer.close()
 

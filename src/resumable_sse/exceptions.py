@@ -14,12 +14,15 @@ Every exception the library raises on purpose derives from :class:`ResumableSSEE
     ├── ProducerError          raise it in a producer to end the stream with ``error`` and a message
     │                          that is safe to show to clients
     ├── StreamEnded            a stream a client reads ended with error, lost or cancelled (client side)
-    └── StreamerClosed         the Streamer is shutting down or closed and takes no new work
+    ├── StreamerClosed         the Streamer is shutting down or closed and takes no new work
+    └── EventLoopError         (also RuntimeError) SyncStreamer called from its own event loop's thread (it would
+                               deadlock), or with no event loop known for its Streamer
 """
 
 from __future__ import annotations
 
 __all__ = [
+    "EventLoopError",
     "EventTooLarge",
     "InvalidEventId",
     "InvalidStreamId",
@@ -102,3 +105,11 @@ class StreamEnded(ResumableSSEError):
 
 class StreamerClosed(ResumableSSEError):
     """The Streamer is closed or shutting down and starts no new producers."""
+
+
+class EventLoopError(ResumableSSEError, RuntimeError):
+    """A :class:`~resumable_sse.SyncStreamer` cannot use its Streamer's event loop from here.
+
+    Raised when it is called from that loop's own thread (waiting there for the loop would deadlock: use the async
+    Streamer instead), or when no event loop is known for the Streamer yet.
+    """

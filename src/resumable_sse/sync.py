@@ -1,8 +1,21 @@
 """Where blocking code meets the event loop: the only module of resumable-sse that crosses threads.
 
-:func:`pump_in_thread` runs a plain (blocking) iterable in a worker thread and hands its events to the loop in
-batches: the thread appends to a shared buffer and schedules one wake-up on the loop only when none is pending, so
-a fast generator crosses threads once per batch, not once per event, and a slow one's event crosses at once.
+Two pieces, one idea each:
+
+* a **portal** (:meth:`SyncStreamer._call`): a blocking thread hands a coroutine to the Streamer's event loop with
+  :func:`asyncio.run_coroutine_threadsafe` and waits for its result. The loop is the application's own (a
+  :class:`SyncStreamer` sharing the aiohttp app's :class:`~resumable_sse.Streamer`) or one this module runs in a
+  thread of its own (:meth:`SyncStreamer.from_url`, for worker processes with no event loop). Called from that
+  loop's own thread the portal refuses (:class:`~resumable_sse.exceptions.EventLoopError`) instead of waiting for
+  itself forever.
+* a **feed** (:class:`_Feed`): the events of one stream crossing from blocking threads to the loop. Threads append
+  to a buffer under a lock and schedule one wake-up on the loop only when none is pending; the loop takes the whole
+  buffer at once. A fast producer therefore crosses threads once per batch, not once per event, while a slow
+  producer's event crosses at once (nothing waits on a timer). When the buffer is full the threads wait
+  (backpressure); when the stream stops (cancelled, lost, shutdown) they are told at their next event.
+
+Everything else is the async :class:`~resumable_sse.Streamer`: the feed is just another producer source, drained
+into the same run (batched appends, leases, cancel, terminal entry) as an async generator would be.
 """
 
 from __future__ import annotations
@@ -10,113 +23,473 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import Iterable
-from typing import TYPE_CHECKING
+import weakref
+from collections.abc import AsyncIterable, Callable, Coroutine, Iterable, Iterator, Mapping
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from ._event import normalize
-from ._log import NewEvent
+from ._event import Payload, Status, normalize
+from ._log import NewEvent, StreamState
+from ._streamer import Producer, Streamer
+from .exceptions import EventLoopError, StreamAlreadyClaimed, StreamerClosed, StreamFenced
 
 if TYPE_CHECKING:
     from ._streamer import _Run
 
-__all__ = ["pump_in_thread"]
+__all__ = ["SyncStreamer", "SyncWriter", "pump_in_thread"]
+
+T = TypeVar("T")
+
+_BUFFER_BATCHES = 2
+"""A feed holds up to this many of the Streamer's ``batch_size`` before its threads wait for the loop."""
 
 
-class _ThreadPump:
-    """A blocking iterable drained by a daemon thread into a buffer the loop takes from."""
+class _Feed:
+    """One stream's events on their way from blocking threads to the loop (see the module docstring).
 
-    def __init__(self, run: _Run, source: Iterable[object], loop: asyncio.AbstractEventLoop) -> None:
-        self.run = run
-        self.source = source
+    Thread side: :meth:`put` and :meth:`end`, from any number of threads. Loop side: :meth:`drain_into` (the
+    producer's pump) and :meth:`stop`. The lock guards every field below it.
+    """
+
+    def __init__(self, stream_id: str, loop: asyncio.AbstractEventLoop, max_bytes: int, batch_size: int) -> None:
+        self.stream_id = stream_id
         self.loop = loop
-        self.max_bytes = run.streamer.max_event_bytes
-        self.limit = run.streamer.batch_size
+        self.loop_thread = threading.get_ident()  # feeds are made on the loop
+        self.max_bytes = max_bytes
+        self.limit = batch_size * _BUFFER_BATCHES
         self.lock = threading.Lock()
         self.room = threading.Condition(self.lock)
-        self.buffer: list[NewEvent] = []
-        self.finished = False
+        self.buffer: list[NewEvent] = []  # one list object for the feed's life: threads may hold its append
+        self.finished = False  # the thread side ended the source (returned or raised)
         self.error: BaseException | None = None
-        self.stopped = False
+        self.stopped = False  # the loop side takes nothing more (cancel, lost, shutdown, or done)
         self.wake: asyncio.Future[None] | None = None
         self.wake_scheduled = False
 
-    # -- worker thread --------------------------------------------------------------------------------------------
+    def __iter__(self) -> Iterator[object]:
+        # Only so that a Streamer hands the feed to pump_in_thread like any plain iterable.
+        raise TypeError("a SyncStreamer feed is drained by its Streamer; it is not iterated")
 
-    def _signal(self) -> None:
-        """Called with the lock held: make sure the loop will look at the buffer."""
-        if not self.wake_scheduled:
-            self.wake_scheduled = True
-            self.loop.call_soon_threadsafe(self._on_loop_wake)
+    # -- thread side ----------------------------------------------------------------------------------------------
 
-    def work(self) -> None:
-        iterator = iter(self.source)
+    def _schedule_wake(self) -> None:
+        """With the lock held: make sure the loop will look at the buffer (one wake-up in flight at most)."""
+        self.wake_scheduled = True
+        try:
+            self.loop.call_soon_threadsafe(self._on_wake)
+        except RuntimeError:  # the loop is closed: nobody will ever drain this feed
+            self.stopped = True
+
+    def put(self, event: NewEvent) -> bool:
+        """Queue one normalized event; False (nothing queued) when the stream takes no more events."""
+        with self.lock:
+            if len(self.buffer) >= self.limit:
+                if threading.get_ident() == self.loop_thread:
+                    raise EventLoopError("a SyncWriter was written to from its event loop's thread while full")
+                while len(self.buffer) >= self.limit and not self.stopped and not self.finished:
+                    self.room.wait()
+            if self.stopped or self.finished:
+                return False
+            self.buffer.append(event)
+            if not self.wake_scheduled:
+                self._schedule_wake()
+            return True
+
+    def pull(self, iterator: Iterator[object]) -> BaseException | None:
+        """Drain a blocking ``iterator`` into the feed in this thread, then end the feed and close the iterator.
+
+        Stops pulling as soon as the stream takes no more events (the one item in hand is dropped). Returns what
+        the iterator raised, if anything; it also goes to the loop, which ends the stream with ``error``.
+        """
+        error: BaseException | None = None
+        max_bytes, short = self.max_bytes, self.max_bytes // 4
+        lock, buffer, append, limit = self.lock, self.buffer, self.buffer.append, self.limit
         try:
             for item in iterator:
-                event = normalize(item, self.max_bytes)
-                with self.lock:
-                    while len(self.buffer) >= self.limit and not self.stopped:
-                        self.room.wait()
-                    if self.stopped:  # cancelled (maybe while next() was blocking): pull nothing more
-                        break
-                    self.buffer.append(event)
-                    self._signal()
+                # The hot path, inlined: a short str needs no normalize(), and room in the buffer no waiting.
+                event = (None, item) if type(item) is str and len(item) <= short else normalize(item, max_bytes)
+                with lock:
+                    if len(buffer) < limit and not self.stopped and not self.finished:
+                        append(event)
+                        if not self.wake_scheduled:
+                            self._schedule_wake()
+                        continue
+                if not self.put(event):
+                    break
         except BaseException as exc:
-            self.error = exc
-        finally:
-            close = getattr(iterator, "close", None)
-            if close is not None:
-                try:
-                    close()
-                except Exception as exc:
-                    self.error = self.error or exc
-            with self.lock:
-                self.finished = True
-                with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting any more
-                    self._signal()
+            error = exc
+        close = getattr(iterator, "close", None)
+        if close is not None:
+            try:
+                close()
+            except Exception as exc:
+                error = error or exc
+        self.end(error)
+        return error
+
+    def end(self, error: BaseException | None = None) -> None:
+        """The source is over: returned (``error`` None) or raised ``error``. Later calls change nothing."""
+        with self.lock:
+            if self.finished:
+                return
+            self.finished = True
+            self.error = error
+            self.room.notify_all()
+            if not self.wake_scheduled:
+                self._schedule_wake()
 
     # -- event loop -----------------------------------------------------------------------------------------------
 
-    def _on_loop_wake(self) -> None:
+    def _on_wake(self) -> None:
         wake = self.wake
         if wake is not None and not wake.done():
             wake.set_result(None)
 
-    async def drain(self) -> None:
-        while True:
-            with self.lock:
-                events, self.buffer = self.buffer, []
-                finished = self.finished
-                self.wake_scheduled = False
-                if not events and not finished:
-                    self.wake = self.loop.create_future()
-                self.room.notify()
-            if events:
-                self.run.push_many(events)
-                await self.run.has_space()
-            elif finished:
-                if self.error is not None:
-                    raise self.error
-                return
-            else:
-                assert self.wake is not None
-                await self.wake
+    async def drain_into(self, run: _Run) -> None:
+        """Hand the buffered events to ``run`` in batches until the source ends; raise what the source raised."""
+        try:
+            while True:
+                with self.lock:
+                    events = self.buffer.copy()
+                    self.buffer.clear()
+                    finished = self.finished
+                    self.wake_scheduled = False
+                    if not events and not finished:
+                        self.wake = self.loop.create_future()
+                    self.room.notify_all()
+                if events:
+                    run.push_many(events)
+                    await run.has_space()
+                elif finished:
+                    break
+                else:
+                    assert self.wake is not None
+                    await self.wake
+        finally:
+            self.stop()
+        error = self.error
+        if error is None:
+            return
+        if isinstance(error, Exception):
+            raise error
+        # KeyboardInterrupt, SystemExit... belong to the producer's thread, not to the event loop.
+        raise RuntimeError(f"the producer's thread was interrupted by {type(error).__name__}") from error
 
     def stop(self) -> None:
+        """The stream takes no more events: waiting threads wake, and every later :meth:`put` returns False."""
         with self.lock:
             self.stopped = True
-            self.room.notify()
+            self.room.notify_all()
 
 
 async def pump_in_thread(run: _Run, source: Iterable[object]) -> None:
-    """Drain the blocking ``source`` in a worker thread into ``run``; never blocks the event loop.
+    """Drain the blocking ``source`` into ``run`` without blocking the event loop.
 
-    Cancelling this coroutine stops the thread at the source's next event (a ``next()`` already blocking cannot be
-    interrupted; the thread is a daemon so it never holds up interpreter exit).
+    A :class:`SyncStreamer` feed is drained directly (its threads are the caller's). Any other iterable, e.g. a
+    plain generator given to :func:`~resumable_sse.resumable_handler`, is pulled by a new daemon thread. Cancelling
+    this coroutine stops the thread at the source's next event (a ``next()`` already blocking cannot be
+    interrupted; the thread is a daemon so that it never holds up interpreter exit).
     """
-    pump = _ThreadPump(run, source, asyncio.get_running_loop())
-    thread = threading.Thread(target=pump.work, name=f"resumable-sse producer {run.stream_id}", daemon=True)
-    thread.start()
+    if isinstance(source, _Feed):
+        await source.drain_into(run)
+        return
+    streamer = run.streamer
+    feed = _Feed(run.stream_id, asyncio.get_running_loop(), streamer.max_event_bytes, streamer.batch_size)
+
+    def work() -> None:
+        try:
+            iterator = iter(source)
+        except BaseException as exc:
+            feed.end(exc)
+            return
+        feed.pull(iterator)
+
+    threading.Thread(target=work, name=f"resumable-sse producer {run.stream_id}", daemon=True).start()
+    await feed.drain_into(run)
+
+
+def _run_loop(loop: asyncio.AbstractEventLoop) -> None:
+    """The body of a SyncStreamer's own loop thread: run until stopped, then cancel what is left and close."""
+    asyncio.set_event_loop(loop)
     try:
-        await pump.drain()
+        loop.run_forever()
     finally:
-        pump.stop()
+        try:
+            tasks = asyncio.all_tasks(loop)
+            for task in tasks:
+                task.cancel()
+            if tasks:
+                loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+            loop.run_until_complete(loop.shutdown_asyncgens())
+        finally:
+            asyncio.set_event_loop(None)
+            loop.close()
+
+
+def _stop_loop(loop: asyncio.AbstractEventLoop) -> None:
+    if not loop.is_closed():
+        loop.call_soon_threadsafe(loop.stop)
+
+
+class SyncStreamer:
+    """The resumable streams of a :class:`~resumable_sse.Streamer`, for blocking code. Safe from many threads.
+
+    ::
+
+        sync = SyncStreamer(streamer)              # share the aiohttp app's Streamer (same process)
+        sync = SyncStreamer.from_url("redis://")   # a worker process: a Streamer on a loop thread of its own
+
+        state = sync.publish("answer-42", legacy_sdk_stream())   # blocks until the stream ends
+        with sync.writer("answer-43") as w:                      # callback-style SDKs: on_token=w.send
+            w.send("Hello")
+
+    There is one implementation underneath: every call runs the Streamer's own coroutine on the Streamer's event
+    loop and waits for it. Call it from any thread but that loop's own (that raises
+    :class:`~resumable_sse.exceptions.EventLoopError`; use the Streamer directly there).
+
+    :param streamer: the Streamer to use. Its event loop is the one it was bound to: by :func:`~resumable_sse.setup`
+        at application startup, by its first use, or the one running where this SyncStreamer is created.
+    :param loop: the Streamer's event loop, when none of those applies yet.
+    """
+
+    def __init__(self, streamer: Streamer, *, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        if loop is None and streamer.loop is None:
+            # Else found later: the Streamer binds its loop when the application starts or first uses it.
+            with contextlib.suppress(RuntimeError):
+                loop = asyncio.get_running_loop()
+        self.streamer = streamer
+        self._loop = loop
+        self._own_thread: threading.Thread | None = None  # the loop thread of from_url()
+        self._closed = False
+
+    @classmethod
+    def from_url(
+        cls, url: str, *, store_options: Mapping[str, Any] | None = None, **streamer_options: Any
+    ) -> SyncStreamer:
+        """A SyncStreamer with a Streamer of its own on the store at ``url``, run by a loop thread of its own.
+
+        For code with no event loop, e.g. a worker process publishing through Redis while an aiohttp process
+        serves the readers. ``store_options`` go to the store (see :func:`~resumable_sse.from_url`),
+        ``streamer_options`` to the :class:`~resumable_sse.Streamer`. Call :meth:`close` (or use ``with``) to
+        finish running streams and stop the thread.
+        """
+        from .stores import from_url as store_from_url
+
+        loop = asyncio.new_event_loop()
+        thread = threading.Thread(target=_run_loop, args=(loop,), name="resumable-sse SyncStreamer loop", daemon=True)
+        thread.start()
+
+        async def make() -> Streamer:
+            streamer = Streamer(store_from_url(url, **(store_options or {})), **streamer_options)
+            streamer.bind_loop()
+            return streamer
+
+        try:
+            streamer = asyncio.run_coroutine_threadsafe(make(), loop).result()
+        except BaseException:
+            _stop_loop(loop)
+            thread.join()
+            raise
+        sync = cls(streamer, loop=loop)
+        sync._own_thread = thread
+        # Forgotten without close(): stop the loop thread when the SyncStreamer is collected.
+        weakref.finalize(sync, _stop_loop, loop)
+        return sync
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "own loop thread" if self._own_thread else "shared loop"
+        return f"SyncStreamer({self.streamer!r}, {state})"
+
+    def __enter__(self) -> SyncStreamer:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- the portal -------------------------------------------------------------------------------------------------
+
+    def _target_loop(self) -> asyncio.AbstractEventLoop:
+        if self._closed:
+            raise StreamerClosed("this SyncStreamer is closed")
+        loop = self._loop or self.streamer.loop
+        if loop is None:
+            raise EventLoopError(
+                "the Streamer has no event loop yet: start the aiohttp application (setup(app, streamer) binds it), "
+                "create the SyncStreamer inside the running loop, or pass SyncStreamer(streamer, loop=...)"
+            )
+        if loop.is_closed() or not loop.is_running():
+            raise StreamerClosed("the Streamer's event loop is not running")
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            raise EventLoopError(
+                "SyncStreamer was called from its Streamer's own event loop thread, where it would wait for itself "
+                "forever: await the Streamer there, or call SyncStreamer from another thread (asyncio.to_thread)"
+            )
+        return loop
+
+    def _call(self, function: Callable[..., Coroutine[Any, Any, T]], *args: Any) -> T:
+        """Run ``function(*args)`` on the Streamer's loop and block this thread until it returns or raises."""
+        loop = self._target_loop()
+        coroutine = function(*args)
+        try:
+            future = asyncio.run_coroutine_threadsafe(coroutine, loop)
+        except BaseException:
+            coroutine.close()
+            raise
+        try:
+            return future.result()
+        except BaseException:
+            future.cancel()  # interrupted here (KeyboardInterrupt): do not leave the coroutine running
+            raise
+
+    # -- producers --------------------------------------------------------------------------------------------------
+
+    async def _claim(self, stream_id: str) -> tuple[_Feed, Producer]:
+        """On the loop: claim ``stream_id`` with a feed as its producer source; StreamAlreadyClaimed if taken."""
+        streamer = self.streamer
+        feed = _Feed(stream_id, asyncio.get_running_loop(), streamer.max_event_bytes, streamer.batch_size)
+        producer = await streamer.start(stream_id, lambda: feed)
+        if producer is None:
+            raise StreamAlreadyClaimed(stream_id)
+        # However the run ends (even before its pump started), senders must stop waiting.
+        producer._run.task.add_done_callback(lambda _: feed.stop())
+        return feed, producer
+
+    def publish(self, stream_id: str, source: Iterable[Payload]) -> Status:
+        """Claim ``stream_id``, drain the blocking ``source`` into it in this thread, and return the end state.
+
+        Returns ``done`` when ``source`` is exhausted, ``error`` when it raised (the traceback is logged; clients
+        get the message of a :class:`~resumable_sse.ProducerError`, else a generic one), ``cancelled`` when
+        :meth:`cancel` (from any thread or process) stopped it: ``source`` is then not pulled again and is closed.
+        Raises :class:`~resumable_sse.StreamAlreadyClaimed` when the stream already exists (running or finished).
+        """
+        if isinstance(source, AsyncIterable) and not isinstance(source, Iterable):
+            raise TypeError("publish() takes a plain iterable; start an async generator with Streamer.start()")
+        iterator = iter(source)
+        try:
+            feed, producer = self._call(self._claim, stream_id)
+        except BaseException:
+            close = getattr(iterator, "close", None)
+            if close is not None:
+                close()
+            raise
+        error = feed.pull(iterator)
+        if error is not None and not isinstance(error, Exception):
+            raise error  # KeyboardInterrupt and friends: the stream ends with error on the loop; do not wait
+        return self._call(producer.wait)
+
+    def writer(self, stream_id: str) -> SyncWriter:
+        """Claim ``stream_id`` and return a :class:`SyncWriter` whose ``send()`` appends to it.
+
+        Use it as a context manager: leaving the block ends the stream with ``done``, or with ``error`` when the
+        block raised. Raises :class:`~resumable_sse.StreamAlreadyClaimed` when the stream already exists.
+        """
+        feed, producer = self._call(self._claim, stream_id)
+        return SyncWriter(self, stream_id, feed, producer)
+
+    def cancel(self, stream_id: str) -> bool:
+        """End a running stream with ``cancelled``, wherever it is produced; True if this call ended it.
+
+        A stream produced by :meth:`publish` stops pulling its source at the next event; a writer's next
+        ``send()`` raises :class:`~resumable_sse.StreamFenced`.
+        """
+        return self._call(self.streamer.cancel, stream_id)
+
+    def status(self, stream_id: str) -> StreamState | None:
+        """The stream's current state (``.status`` is ``running`` or its end state), or None if it is unknown."""
+        return self._call(self.streamer.status, stream_id)
+
+    def close(self, grace_period: float | None = None) -> None:
+        """Stop taking calls. With a Streamer of its own (:meth:`from_url`): give running streams
+        ``grace_period`` seconds (default: the Streamer's), close the Streamer and its store, stop the loop thread.
+
+        A shared Streamer is left alone: the application that owns it closes it.
+        """
+        if self._closed:
+            return
+        thread = self._own_thread
+        if thread is None:
+            self._closed = True
+            return
+        loop = self._target_loop()
+        self._closed = True
+        try:
+            asyncio.run_coroutine_threadsafe(self.streamer.close(grace_period), loop).result()
+        finally:
+            _stop_loop(loop)
+            thread.join()
+
+
+class SyncWriter:
+    """A stream a blocking caller writes to event by event; from :meth:`SyncStreamer.writer`. Thread-safe.
+
+    ``send()`` calls from several threads are appended in the order they take the writer's lock. Each call costs a
+    lock, not a thread crossing: events sent while the loop is busy go over together.
+    """
+
+    def __init__(self, sync: SyncStreamer, stream_id: str, feed: _Feed, producer: Producer) -> None:
+        self.stream_id = stream_id
+        self._sync = sync
+        self._feed = feed
+        self._producer = producer
+        self._state: Status | None = None
+
+    def __repr__(self) -> str:
+        return f"SyncWriter({self.stream_id!r}, state={self.state!r})"
+
+    @property
+    def state(self) -> Status | None:
+        """How the stream ended (``done``, ``error``, ``cancelled``, ``lost``) once closed; None while open."""
+        return self._state
+
+    @property
+    def stopped(self) -> bool:
+        """True once the stream takes no more events (closed, cancelled, lost, or its Streamer shut down)."""
+        return self._feed.stopped or self._feed.finished
+
+    def send(self, data: Payload) -> None:
+        """Append one event: ``str``, ``bytes`` (UTF-8), a JSON-able ``dict``/``list``, or an Event.
+
+        Returns at once unless the loop is far behind (then it waits for room). Raises
+        :class:`~resumable_sse.StreamFenced` once the stream takes no more events (cancelled, lost, closed,
+        shutdown), so that a callback-driven SDK stops; :class:`~resumable_sse.EventTooLarge` for an oversized
+        event (nothing is written).
+        """
+        feed = self._feed
+        if not feed.put(normalize(data, feed.max_bytes)):
+            raise StreamFenced(self.stream_id)
+
+    def close(self) -> Status:
+        """End the stream with ``done`` (unless it already ended) and return how it ended."""
+        return self._finish(None)
+
+    def _finish(self, error: BaseException | None) -> Status:
+        if self._state is not None:
+            return self._state
+        self._feed.end(error)
+        state: Status = self._sync._call(self._producer.wait)
+        self._state = state
+        return state
+
+    def __enter__(self) -> SyncWriter:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
+    ) -> bool:
+        """End the stream: ``done``, or ``error`` when the block raised (the exception propagates).
+
+        The one exception swallowed is the :class:`~resumable_sse.StreamFenced` that ``send()`` raised because the
+        stream was stopped from outside (cancelled, lost, shutdown): the block was told to stop and did;
+        :attr:`state` says how the stream ended.
+        """
+        feed = self._feed
+        if exc is not None and not isinstance(exc, Exception):
+            feed.end(exc)  # KeyboardInterrupt and friends: end the stream, do not wait for it
+            return False
+        stopped_from_outside = feed.stopped and not feed.finished
+        self._finish(exc)
+        return isinstance(exc, StreamFenced) and exc.stream_id == self.stream_id and stopped_from_outside
