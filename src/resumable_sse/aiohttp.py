@@ -11,6 +11,7 @@ the producer only for a new stream, and sends a reader the events after its posi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import weakref
@@ -199,8 +200,9 @@ def resumable_handler(
             first = retry_bytes if subscription.reset is None else retry_bytes + subscription.reset.wire()
             subscription.reset = None
             await response.write(first)
-            async for batch in subscription.batches():
-                await response.write(b"".join([item.wire() for item in batch]))
+            async with contextlib.aclosing(subscription.batches()) as batches:
+                async for batch in batches:
+                    await response.write(b"".join([item.wire() for item in batch]))
         except (ConnectionResetError, StreamNotFound):
             pass  # the client went away, or the stream expired under it: either way this response is over
         except StoreUnavailable:
