@@ -15,7 +15,7 @@ import re
 import secrets
 import time
 import weakref
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Final, Union
 
@@ -231,7 +231,7 @@ class Subscription:
             return [Reset("trimmed", head.id), *entries]
         return list(entries)
 
-    async def batches(self, limit: int | None = None) -> AsyncIterator[Sequence[Entry | Reset]]:
+    async def batches(self, limit: int | None = None) -> AsyncGenerator[Sequence[Entry | Reset], None]:
         """Yield the entries ready together (up to ``limit`` each), oldest first, then wait for the live tail.
 
         The first batch starts with :attr:`reset` when there is one.
