@@ -261,6 +261,7 @@ class SyncStreamer:
         self._loop = loop
         self._own_thread: threading.Thread | None = None  # the loop thread of from_url()
         self._closed = False
+        self._feeds: dict[str, _Feed] = {}  # streams this facade produces now; touched on the loop only
 
     @classmethod
     def from_url(
@@ -354,9 +355,23 @@ class SyncStreamer:
         producer = await streamer.start(stream_id, lambda: feed)
         if producer is None:
             raise StreamAlreadyClaimed(stream_id)
-        # However the run ends (even before its pump started), senders must stop waiting.
-        producer._run.task.add_done_callback(lambda _: feed.stop())
+        self._feeds[stream_id] = feed
+
+        def ended(_task: object) -> None:
+            # However the run ends (even before its pump started), senders must stop waiting.
+            feed.stop()
+            if self._feeds.get(stream_id) is feed:
+                del self._feeds[stream_id]
+
+        producer._run.task.add_done_callback(ended)
         return feed, producer
+
+    async def _cancel(self, stream_id: str) -> bool:
+        ended = await self.streamer.cancel(stream_id)
+        feed = self._feeds.get(stream_id)
+        if feed is not None:
+            feed.stop()  # before cancel() returns: the producer's very next event is refused
+        return ended
 
     def publish(self, stream_id: str, source: Iterable[Payload]) -> Status:
         """Claim ``stream_id``, drain the blocking ``source`` into it in this thread, and return the end state.
@@ -396,7 +411,7 @@ class SyncStreamer:
         A stream produced by :meth:`publish` stops pulling its source at the next event; a writer's next
         ``send()`` raises :class:`~resumable_sse.StreamFenced`.
         """
-        return self._call(self.streamer.cancel, stream_id)
+        return self._call(self._cancel, stream_id)
 
     def status(self, stream_id: str) -> StreamState | None:
         """The stream's current state (``.status`` is ``running`` or its end state), or None if it is unknown."""
