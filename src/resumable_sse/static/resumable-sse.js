@@ -1,0 +1,255 @@
+/*
+ * resumable-sse.js: read a resumable-sse stream in a browser so that it survives a reload, a closed tab or a
+ * dropped network. No dependencies, no build step: serve this file or copy it into your project (MIT licence).
+ *
+ *   const stream = ResumableSSE.open("/stream/" + streamId, {
+ *     key: "answer:" + streamId,            // where to keep progress (localStorage); omit to keep none
+ *     initial: "",                          // the state before the first event
+ *     reduce: (text, data) => text + data,  // fold one event's data into the state
+ *     onUpdate: (text) => render(text),     // called after every change, and once at open with the saved state
+ *     onStatus: (status, message) => showStatus(status, message),
+ *   });
+ *   stream.close();                         // stop reading (the server keeps producing)
+ *
+ * What it does:
+ * - Keeps the state folded from the events together with the id of the last event folded into it, in one
+ *   storage entry, so that after a reload it shows the saved state and reconnects with ?last_event_id=<that id>
+ *   (EventSource cannot set the Last-Event-ID header itself): every event arrives once, none is missing.
+ * - A `reset` event (the server could not continue from that id) clears the state; the replay that follows
+ *   redraws it. onReset(info) is told why.
+ * - A terminal event (`done`, `error`, `cancelled`, `lost`) is saved and closes the connection; a stream already
+ *   finished in storage is shown without connecting at all.
+ * - When the server refuses the connection, EventSource stops with no status code; the helper then asks the same
+ *   URL with fetch() to learn why: 410 Gone (the server no longer has the stream: it expired, or a server with a
+ *   memory store restarted) gives the status `gone` and no further request; 204 means it had already ended;
+ *   a 5xx is retried a few times with backoff; any other status ends with `failed` and the server's message.
+ *
+ * Statuses given to onStatus: "connecting", "streaming", "reconnecting" (the network dropped; EventSource
+ * retries by itself), then one of "done", "error", "cancelled", "lost" (the terminal events), "gone", "ended"
+ * (204: it finished, how is unknown here) or "failed".
+ */
+(function (root) {
+  "use strict";
+
+  var TERMINAL = ["done", "error", "cancelled", "lost"];
+  var FINAL = TERMINAL.concat(["gone", "ended", "failed"]);
+
+  function clone(value) {
+    return value === undefined ? undefined : JSON.parse(JSON.stringify(value));
+  }
+
+  function parseJSON(text) {
+    try {
+      return JSON.parse(text);
+    } catch (e) {
+      return null;
+    }
+  }
+
+  function withPosition(url, lastEventId) {
+    if (!lastEventId) return url;
+    return url + (url.indexOf("?") === -1 ? "?" : "&") + "last_event_id=" + encodeURIComponent(lastEventId);
+  }
+
+  function defaultStorage() {
+    try {
+      return root.localStorage;
+    } catch (e) {
+      return null; // storage disabled: the stream still works, it just starts over after a reload
+    }
+  }
+
+  /**
+   * Open a resumable stream at `url`. Options (all optional):
+   *   key        storage key for this stream's progress; without it nothing is saved
+   *   storage    a Storage (default localStorage; sessionStorage keeps progress per tab)
+   *   initial    the state before any event (default "")
+   *   reduce     (state, data, type) => new state; default: string concatenation of the data
+   *   events     event types folded into the state besides unnamed messages (default [])
+   *   onUpdate   (state, info) after every change; info = {lastEventId, restored}
+   *   onStatus   (status, message) on every status change (see the list above)
+   *   onReset    ({reason, first_id}) before a replay that redraws the state
+   *   maxRetries how many times a 5xx refusal is retried (default 5)
+   * Returns {close(), state, lastEventId, status}.
+   */
+  function open(url, options) {
+    options = options || {};
+    var storage = options.key ? (options.storage === undefined ? defaultStorage() : options.storage) : null;
+    var initial = options.initial === undefined ? "" : options.initial;
+    var reduce =
+      options.reduce ||
+      function (state, data) {
+        return state + data;
+      };
+    var onUpdate = options.onUpdate || function () {};
+    var onStatus = options.onStatus || function () {};
+    var onReset = options.onReset || function () {};
+    var maxRetries = options.maxRetries === undefined ? 5 : options.maxRetries;
+
+    var record = load() || { lastEventId: null, state: clone(initial), status: "running", message: "" };
+    var source = null;
+    var closed = false;
+    var retries = 0;
+    var timer = null;
+
+    function load() {
+      if (!storage) return null;
+      var saved = parseJSON(storage.getItem(options.key));
+      return saved && saved.v === 1 ? saved : null;
+    }
+
+    function save() {
+      if (!storage) return;
+      record.v = 1;
+      try {
+        storage.setItem(options.key, JSON.stringify(record));
+      } catch (e) {
+        /* quota exceeded: keep streaming, a reload will replay from the start */
+      }
+    }
+
+    function setStatus(status, message) {
+      handle.status = status;
+      onStatus(status, message || "");
+    }
+
+    function finish(status, message) {
+      record.status = status;
+      record.message = message || "";
+      save();
+      stop();
+      setStatus(status, message);
+    }
+
+    function stop() {
+      closed = true;
+      if (timer !== null) clearTimeout(timer);
+      timer = null;
+      if (source) source.close();
+      source = null;
+    }
+
+    function fold(event) {
+      record.state = reduce(record.state, event.data, event.type);
+      if (event.lastEventId) record.lastEventId = event.lastEventId;
+      save();
+      onUpdate(record.state, { lastEventId: record.lastEventId, restored: false });
+    }
+
+    function connect() {
+      if (closed) return;
+      setStatus(retries ? "reconnecting" : "connecting");
+      var es = (source = new EventSource(withPosition(url, record.lastEventId)));
+      es.onopen = function () {
+        retries = 0;
+        setStatus("streaming");
+      };
+      es.onmessage = fold;
+      (options.events || []).forEach(function (type) {
+        es.addEventListener(type, fold);
+      });
+      es.addEventListener("reset", function (event) {
+        var info = parseJSON(event.data) || {};
+        record.state = clone(initial);
+        record.lastEventId = null; // what follows replays from the first retained event
+        save();
+        onReset(info);
+        onUpdate(record.state, { lastEventId: null, restored: false });
+      });
+      TERMINAL.forEach(function (type) {
+        es.addEventListener(type, function (event) {
+          // EventSource dispatches its own connection errors as "error" too: only a MessageEvent is the server's.
+          if (!(event instanceof MessageEvent)) return;
+          var info = parseJSON(event.data) || {};
+          if (event.lastEventId) record.lastEventId = event.lastEventId;
+          finish(type, info.message || "");
+        });
+      });
+      es.onerror = function (event) {
+        if (closed || source !== es || event instanceof MessageEvent) return; // a MessageEvent: `event: error`
+        if (es.readyState === EventSource.CONNECTING) {
+          setStatus("reconnecting"); // a dropped connection: EventSource retries by itself, with Last-Event-ID
+          return;
+        }
+        es.close(); // refused (a status other than 200): find out why, once
+        source = null;
+        diagnose();
+      };
+    }
+
+    function retryLater() {
+      if (retries >= maxRetries) {
+        finish("failed", "the server kept refusing the stream");
+        return;
+      }
+      var delay = Math.min(1000 * Math.pow(2, retries), 15000);
+      retries += 1;
+      setStatus("reconnecting");
+      timer = setTimeout(function () {
+        timer = null;
+        connect();
+      }, delay);
+    }
+
+    function diagnose() {
+      var controller = typeof AbortController === "function" ? new AbortController() : null;
+      fetch(withPosition(url, record.lastEventId), {
+        headers: { Accept: "text/event-stream" },
+        cache: "no-store",
+        signal: controller ? controller.signal : undefined,
+      }).then(
+        function (response) {
+          if (closed) return;
+          var status = response.status;
+          if (status === 200) {
+            if (controller) controller.abort(); // it works again: read it with EventSource
+            retryLater();
+          } else if (status === 204) {
+            finish("ended", "the stream had already ended");
+          } else if (status === 410) {
+            finish("gone", "the server no longer has this stream; it will not be sent again");
+          } else if (status >= 500) {
+            retryLater();
+          } else {
+            response.text().then(function (text) {
+              finish("failed", (text || "HTTP " + status).trim());
+            });
+          }
+        },
+        function () {
+          if (!closed) retryLater(); // the network is down: try again later
+        }
+      );
+    }
+
+    var handle = {
+      status: "connecting",
+      close: stop,
+      get state() {
+        return record.state;
+      },
+      get lastEventId() {
+        return record.lastEventId;
+      },
+    };
+
+    onUpdate(record.state, { lastEventId: record.lastEventId, restored: true });
+    if (FINAL.indexOf(record.status) !== -1) {
+      closed = true;
+      setStatus(record.status, record.message);
+    } else {
+      connect();
+    }
+    return handle;
+  }
+
+  /** Forget what was saved for `key` (e.g. when the user deletes a conversation). */
+  function forget(key, storage) {
+    storage = storage === undefined ? defaultStorage() : storage;
+    if (storage) storage.removeItem(key);
+  }
+
+  var api = { open: open, forget: forget, TERMINAL: TERMINAL.slice() };
+  if (typeof module === "object" && module.exports) module.exports = api;
+  else root.ResumableSSE = api;
+})(typeof self !== "undefined" ? self : this);
