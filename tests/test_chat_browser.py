@@ -1,0 +1,359 @@
+"""The chat example in a real browser: headless Chromium driven by Playwright, against the app in a subprocess.
+
+These are the project's end-to-end tests: the page, the browser helper (resumable-sse.js), EventSource's own
+reconnects and the server together. The server runs as ``python -m examples.aiohttp_chat`` (a separate process,
+so that a test can kill and restart it); Playwright's sync API runs in plain (non-async) tests, outside any event
+loop.
+
+Needs Debian's ``chromium`` (``/usr/bin/chromium``, or ``$RESUMABLE_SSE_CHROMIUM``) and the ``playwright`` pip
+package; never Playwright's own browser download. Without them the tests skip with the reason, except under
+``CI=true`` where they fail. Screenshots go to ``test-output/``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # the example lives beside the package, not inside it
+    sys.path.insert(0, str(ROOT))
+
+from examples.aiohttp_chat.fake_llm import answer_text  # noqa: E402
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser, BrowserContext, Page
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = os.environ.get("RESUMABLE_SSE_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+OUTPUT = ROOT / "test-output"
+PROMPT = "Why does the answer survive a refresh?"
+SECOND_PROMPT = "And what does the blocking SDK do?"
+TIMEOUT_MS = 20_000
+
+
+def _missing() -> str | None:
+    """Why the browser tests cannot run here, or None."""
+    if not Path(CHROMIUM).exists():
+        return f"Chromium not found at {CHROMIUM} (apt-get install chromium, or set $RESUMABLE_SSE_CHROMIUM)"
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "the playwright package is not installed (pip install playwright; no browser download needed)"
+    return None
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """Headless Debian Chromium, launched once for this module."""
+    reason = _missing()
+    if reason is not None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"browser tests must run in CI: {reason}")
+        pytest.skip(reason)
+    from playwright.sync_api import sync_playwright
+
+    OUTPUT.mkdir(exist_ok=True)
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class ChatServer:
+    """The example app in a subprocess, as a user runs it; can be killed and started again on the same port."""
+
+    def __init__(self, speed: float) -> None:
+        self.speed = speed
+        self.port = _free_port()
+        self.process: subprocess.Popen[str] | None = None
+        self.url = ""
+
+    def start(self) -> None:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        command = [sys.executable, "-m", "examples.aiohttp_chat", "--port", str(self.port), "--speed", str(self.speed)]
+        OUTPUT.mkdir(exist_ok=True)
+        log = OUTPUT / f"server-{self.port}.log"
+        with log.open("a") as stderr:
+            process = self.process = subprocess.Popen(
+                command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=stderr, text=True
+            )
+        assert process.stdout is not None
+        line = process.stdout.readline()  # printed once the port is listening
+        if "open http://" not in line:
+            self.kill()
+            pytest.fail(f"the example did not start: {line!r}; its stderr: {log.read_text()[-2000:]}")
+        self.url = line.rsplit(" ", 1)[1].strip()
+
+    def kill(self) -> None:
+        """Stop it abruptly, like a crash: no graceful shutdown, and the memory store is gone with it."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(timeout=10)
+        if self.process is not None and self.process.stdout is not None:
+            self.process.stdout.close()
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(timeout=10)
+        self.kill()
+
+    def stats(self) -> dict[str, Any]:
+        with urllib.request.urlopen(self.url + "api/stats", timeout=5) as response:
+            stats: dict[str, Any] = json.load(response)
+            return stats
+
+
+@pytest.fixture
+def make_server() -> Iterator[Any]:
+    """Start chat servers at a given model speed (tokens per second); all are stopped after the test."""
+    servers: list[ChatServer] = []
+
+    def make(speed: float) -> ChatServer:
+        server = ChatServer(speed)
+        server.start()
+        servers.append(server)
+        return server
+
+    yield make
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def context(browser: Browser) -> Iterator[BrowserContext]:
+    """A fresh browser profile (its own localStorage); fails the test on any uncaught page error."""
+    ctx = browser.new_context(viewport={"width": 1100, "height": 800})
+    ctx.set_default_timeout(TIMEOUT_MS)
+    errors: list[str] = []
+    ctx.on("page", lambda page: page.on("pageerror", lambda error: errors.append(str(error))))
+    yield ctx
+    ctx.close()
+    assert errors == [], f"the page raised: {errors}"
+
+
+def ask(page: Page, prompt: str, engine: str = "async") -> None:
+    page.select_option("#engine", engine)
+    page.fill("#prompt", prompt)
+    page.press("#prompt", "Enter")
+
+
+def answer(page: Page, index: int = -1) -> dict[str, Any]:
+    """The status, stream id and text an answer shows (the last one by default)."""
+    shown: dict[str, Any] = page.evaluate(
+        """(index) => {
+            const all = document.querySelectorAll(".answer");
+            const el = all[index < 0 ? all.length + index : index];
+            return el ? {status: el.dataset.status, streamId: el.dataset.streamId || null,
+                         text: el.querySelector(".text").textContent} : null;
+        }""",
+        index,
+    )
+    return shown
+
+
+def wait_for_status(page: Page, statuses: str, index: int = -1) -> None:
+    """Wait until answer ``index`` shows one of the space-separated ``statuses``."""
+    page.wait_for_function(
+        """([index, statuses]) => {
+            const all = document.querySelectorAll(".answer");
+            const el = all[index < 0 ? all.length + index : index];
+            return !!el && statuses.split(" ").includes(el.dataset.status);
+        }""",
+        arg=[index, statuses],
+    )
+
+
+def wait_for_text(page: Page, length: int, index: int = -1) -> None:
+    """Wait until answer ``index`` shows at least ``length`` characters."""
+    page.wait_for_function(
+        """([index, length]) => {
+            const all = document.querySelectorAll(".answer");
+            const el = all[index < 0 ? all.length + index : index];
+            return !!el && el.querySelector(".text").textContent.length >= length;
+        }""",
+        arg=[index, length],
+    )
+
+
+def stream_requests(page: Page) -> list[str]:
+    """Start recording the URLs of the page's requests to /stream/ (EventSource and fetch alike)."""
+    urls: list[str] = []
+    page.on("request", lambda request: urls.append(request.url) if "/stream/" in request.url else None)
+    return urls
+
+
+def screenshot(page: Page, name: str) -> None:
+    page.screenshot(path=str(OUTPUT / f"chat-{name}.png"))
+
+
+# -- (1) ask, let it finish ---------------------------------------------------------------------------------------
+
+
+def test_an_answer_streams_in_full(context: BrowserContext, make_server: Any) -> None:
+    server = make_server(speed=250)
+    page = context.new_page()
+    page.goto(server.url)
+    ask(page, PROMPT)
+    wait_for_status(page, "streaming done")
+    wait_for_status(page, "done")
+    assert answer(page)["text"] == answer_text(PROMPT)
+    # The second path: a blocking SDK-style generator, run by resumable-sse in a worker thread.
+    ask(page, SECOND_PROMPT, engine="blocking")
+    page.wait_for_selector(".answer >> nth=1")
+    wait_for_status(page, "done", index=1)
+    assert answer(page, 1)["text"] == answer_text(SECOND_PROMPT)
+    assert answer(page, 0)["text"] == answer_text(PROMPT)
+    assert page.text_content(".answer >> nth=1 >> .engine") == "blocking SDK · thread"
+    stats = server.stats()
+    assert sorted(stats["runs_by_stream"].values()) == [1, 1]
+    screenshot(page, "finished")
+
+
+# -- (2) reload mid-answer, twice ---------------------------------------------------------------------------------
+
+
+def test_reloading_mid_answer_resumes_without_generating_again(context: BrowserContext, make_server: Any) -> None:
+    server = make_server(speed=60)
+    page = context.new_page()
+    requests = stream_requests(page)
+    page.goto(server.url)
+    ask(page, PROMPT)
+    expected = answer_text(PROMPT)
+    shown = 0
+    for _ in range(2):
+        wait_for_text(page, shown + 150)
+        before = answer(page)
+        assert before["status"] == "streaming", "the answer finished before the reload: slow the model down"
+        page.reload()
+        # At once, from localStorage: the text it had (a prefix of the answer), then the rest from the server.
+        restored = answer(page)
+        assert restored["streamId"] == before["streamId"]
+        assert expected.startswith(restored["text"])
+        assert len(restored["text"]) >= len(before["text"])
+        shown = len(restored["text"])
+    wait_for_status(page, "done")
+    final = answer(page)
+    assert final["text"] == expected  # no token repeated or missing across two reloads
+    assert server.stats()["runs_by_stream"] == {final["streamId"]: 1}  # and generated exactly once
+    assert "last_event_id=" not in requests[0]
+    resumed = [url for url in requests[1:] if "last_event_id=" in url]
+    assert len(resumed) >= 2, requests  # each reload resumed from its last event id, not from the start
+    screenshot(page, "reloaded")
+
+
+# -- (3) stop mid-answer ------------------------------------------------------------------------------------------
+
+
+def test_stop_cancels_the_answer_in_every_tab(context: BrowserContext, make_server: Any) -> None:
+    server = make_server(speed=40)
+    first = context.new_page()
+    first.goto(server.url)
+    ask(first, PROMPT)
+    wait_for_text(first, 60)
+    second = context.new_page()
+    second.goto(first.url)  # the same conversation (?c=...) in another tab
+    wait_for_status(second, "streaming")
+    assert answer(second)["streamId"] == answer(first)["streamId"]
+    first.click("#stop")
+    for page in (first, second):
+        wait_for_status(page, "cancelled")
+        assert "cancelled for every tab" in (page.text_content(".answer >> nth=-1 >> .notice") or "")
+        assert page.is_disabled("#stop")
+    texts = [answer(page)["text"] for page in (first, second)]
+    assert texts[0] == texts[1]
+    assert answer_text(PROMPT).startswith(texts[0])
+    assert len(texts[0]) < len(answer_text(PROMPT))
+    # A reload shows the stopped answer from storage, still stopped; the producer ran once.
+    second.reload()
+    wait_for_status(second, "cancelled")
+    assert answer(second)["text"] == texts[0]
+    assert list(server.stats()["runs_by_stream"].values()) == [1]
+    screenshot(first, "stopped")
+
+
+# -- (4) two tabs on one conversation -----------------------------------------------------------------------------
+
+
+def test_two_tabs_show_the_same_answer_live(context: BrowserContext, make_server: Any) -> None:
+    server = make_server(speed=120)
+    first = context.new_page()
+    first.goto(server.url)
+    second = context.new_page()
+    second.goto(first.url)  # open before the question: the second tab learns of it from the shared storage
+    ask(first, PROMPT)
+    for page in (first, second):
+        wait_for_status(page, "streaming done")
+    # Both read it live (neither is finished yet when the other shows text).
+    wait_for_text(second, 40)
+    assert answer(first)["status"] == "streaming"
+    for page in (first, second):
+        wait_for_status(page, "done")
+        assert answer(page)["text"] == answer_text(PROMPT)
+    assert server.stats()["runs_by_stream"] == {answer(first)["streamId"]: 1}
+    screenshot(second, "second-tab")
+
+
+# -- (5) the server restarts (memory store) mid-answer ------------------------------------------------------------
+
+
+def test_a_restarted_server_tells_the_page_the_answer_was_lost(context: BrowserContext, make_server: Any) -> None:
+    server = make_server(speed=40)
+    page = context.new_page()
+    page.goto(server.url)
+    ask(page, PROMPT)
+    wait_for_text(page, 80)
+    server.kill()  # the memory store, and the answer being generated, die with the process
+    wait_for_status(page, "reconnecting")
+    partial = answer(page)["text"]
+    server.start()  # same port, empty store
+    wait_for_status(page, "gone")
+    shown = answer(page)
+    assert shown["text"] == partial  # what was received stays on screen
+    assert "answer was lost" in (page.text_content(".answer >> nth=-1 >> .notice") or "")
+    assert page.is_disabled("#stop")
+    # No reconnect loop: the EventSource request (410 Gone) and the one fetch that read the status, then nothing,
+    # though EventSource would retry every 2 s if it were still trying.
+    time.sleep(5)
+    stats = server.stats()
+    assert stats["stream_requests"] == 2
+    assert stats["producer_runs"] == 0  # and nothing was generated again
+    # A reload shows the same verdict from storage without asking the server again.
+    page.reload()
+    wait_for_status(page, "gone")
+    assert server.stats()["stream_requests"] == 2
+    screenshot(page, "lost")
