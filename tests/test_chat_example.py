@@ -7,11 +7,16 @@ gets exactly the rest; Stop ends the answer with ``cancelled`` for every reader;
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
+import shutil
+import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Awaitable, Callable
+import time
+import urllib.request
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -342,3 +347,122 @@ async def test_app_closes_cleanly_with_a_running_answer(make_client: MakeClient)
     await ask(client, engine="blocking")
     await ask(client, message="m2")
     await asyncio.sleep(0.2)
+
+
+# -- --redis: streams shared by processes ---------------------------------------------------------------------------
+
+
+def _redis_store_available() -> bool:
+    return importlib.util.find_spec("resumable_sse.stores.redis") is not None
+
+
+@pytest.mark.skipif(_redis_store_available(), reason="this resumable-sse has the Redis store")
+def test_redis_flag_without_the_redis_store_fails_clearly() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "examples.aiohttp_chat", "--redis", "redis://127.0.0.1:1/0"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode != 0
+    assert "--redis needs the Redis store" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+def redis_url() -> Iterator[str]:
+    """A private redis-server on a free port (never the shared one on 6379), stopped after the test."""
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed")
+    port = _free_port()
+    server = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+                    sock.sendall(b"PING\r\n")
+                    if sock.recv(16).startswith(b"+PONG"):
+                        break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def _serve(*args: str) -> tuple[subprocess.Popen[str], str]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "examples.aiohttp_chat", "--port", "0", *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    assert "open http://" in line, line
+    return process, line.rsplit(" ", 1)[1].strip()
+
+
+def _post(url: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+    data = json.dumps(body or {}).encode()
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"}, method="POST")
+    with urllib.request.urlopen(request, timeout=10) as response:
+        answer: dict[str, Any] = json.load(response)
+        return answer
+
+
+def _read_stream(url: str) -> list[SSE]:
+    with urllib.request.urlopen(url, timeout=30) as response:
+        raw = b""
+        while not terminal(events := parse_events(raw)):
+            line = response.readline()
+            if not line:
+                break
+            raw += line
+        return events
+
+
+@pytest.mark.redis
+@pytest.mark.skipif(not _redis_store_available(), reason="this resumable-sse has no Redis store yet")
+def test_two_processes_share_answers_through_redis(redis_url: str) -> None:
+    servers = [_serve("--redis", redis_url, "--speed", "200") for _ in range(2)]
+    try:
+        (_, one), (_, two) = servers
+        body = {"conversation": "c1", "message": "m1", "prompt": PROMPT, "engine": "blocking"}
+        started = _post(one + "api/answers", body)
+        assert started["started"] is True
+        assert _post(two + "api/answers", body)["started"] is False  # the claim is in Redis: no second run
+        events = _read_stream(two + started["url"].lstrip("/"))  # read from the process that did not produce it
+        assert events[-1].event == "done"
+        assert "".join(event.data for event in events[:-1]) == answer_text(PROMPT)
+        # Stop from one process ends an answer produced by the other, for every reader.
+        running = _post(one + "api/answers", {**body, "message": "m2", "engine": "async"})
+        assert _post(two + f"api/answers/{running['stream_id']}/stop")["cancelled"] is True
+        assert _read_stream(one + running["url"].lstrip("/"))[-1].event == "cancelled"
+        with urllib.request.urlopen(one + "api/stats", timeout=10) as response:
+            assert json.load(response)["runs_by_stream"] == {"c1.m1": 1, "c1.m2": 1}
+        with urllib.request.urlopen(two + "api/stats", timeout=10) as response:
+            assert json.load(response)["producer_runs"] == 0
+    finally:
+        for process, _ in servers:
+            process.terminate()
+            process.wait(timeout=20)
+            assert process.stdout is not None
+            process.stdout.close()
