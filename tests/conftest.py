@@ -16,11 +16,30 @@ async def _memory(**options: Any) -> EventLog:
     return MemoryStore(**options)
 
 
+async def _redis(**options: Any) -> EventLog:
+    from resumable_sse.stores.redis import RedisStore
+
+    from .redis_servers import shared_server, unique_prefix
+
+    return RedisStore.from_url(shared_server().url, key_prefix=unique_prefix(), **options)
+
+
+async def _redis_cluster(**options: Any) -> EventLog:
+    from resumable_sse.stores.redis import RedisStore
+
+    from .redis_servers import shared_cluster, unique_prefix
+
+    # decode_responses=True here, False on the single node: the contract holds either way.
+    url = shared_cluster().url
+    return RedisStore.from_url(url, cluster=True, decode_responses=True, key_prefix=unique_prefix(), **options)
+
+
 # name -> factory(**store options) -> a fresh, empty store. The Redis store adds its entries here.
-STORE_FACTORIES: dict[str, StoreFactory] = {"memory": _memory}
+STORE_FACTORIES: dict[str, StoreFactory] = {"memory": _memory, "redis": _redis, "redis-cluster": _redis_cluster}
+STORE_MARKS: dict[str, Any] = {"redis": pytest.mark.redis, "redis-cluster": pytest.mark.redis}
 
 
-@pytest.fixture(params=sorted(STORE_FACTORIES))
+@pytest.fixture(params=[pytest.param(name, marks=STORE_MARKS.get(name, ())) for name in sorted(STORE_FACTORIES)])
 async def make_store(request: pytest.FixtureRequest) -> AsyncIterator[StoreFactory]:
     """A factory for fresh stores of one kind; every store it made is closed after the test."""
     made: list[EventLog] = []

@@ -5,6 +5,8 @@ any number of clients read it, and a client that reconnects with ``Last-Event-ID
 exactly the events it missed, then the live tail. The producer runs once per stream, whatever the clients do.
 """
 
+from typing import TYPE_CHECKING
+
 from ._event import TERMINAL_EVENTS, Entry, Event, EventId
 from ._log import Claim, EventLog, StreamState
 from ._streamer import Producer, Reset, Streamer, Subscription, validate_stream_id
@@ -27,7 +29,21 @@ from .exceptions import (
 from .stores import MemoryStore, from_url
 from .sync import SyncStreamer, SyncWriter
 
+if TYPE_CHECKING:
+    from .stores.redis import RedisStore
+
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> object:
+    # RedisStore is imported on first use, so that importing resumable_sse never pulls in redis (an optional extra:
+    # pip install resumable-sse[redis]; making a RedisStore without it says so).
+    if name == "RedisStore":
+        from .stores.redis import RedisStore
+
+        return RedisStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "STREAMER_KEY",
@@ -44,6 +60,7 @@ __all__ = [
     "MemoryStore",
     "Producer",
     "ProducerError",
+    "RedisStore",
     "Reset",
     "ResumableSSEError",
     "StoreFull",
