@@ -7,6 +7,7 @@ event: every event once, in each stream's order, ids without gaps, one terminal 
 from __future__ import annotations
 
 import asyncio
+import gc
 import importlib.util
 import json
 import logging
@@ -523,6 +524,35 @@ def test_from_url_close_gives_running_writers_the_grace_period_then_cancels_them
     with pytest.raises(StreamFenced):
         writer.send("b")
     assert not any(thread.name.startswith(PRODUCER_THREAD) for thread in threading.enumerate())
+
+
+def test_closing_from_another_thread_ends_a_running_publish_with_cancelled() -> None:
+    sync = SyncStreamer.from_url("memory://")
+    source = Steered([f"t{i}" for i in range(10)], pause_after=2)
+    outcome: list[str] = []
+    publisher = threading.Thread(target=lambda: outcome.append(sync.publish("p", source)))
+    publisher.start()
+    for _ in range(1000):
+        state = sync.status("p")
+        if state is not None and state.last_seq >= 2:
+            break
+        time.sleep(0.01)
+    sync.close(grace_period=0)
+    source.resume.set()
+    publisher.join(10)
+    assert outcome == ["cancelled"]  # told how its stream ended, though the facade closed meanwhile
+    assert source.pulled == 3
+    assert source.closed
+
+
+def test_a_forgotten_sync_streamer_stops_its_loop_thread_when_collected() -> None:
+    before = threading.active_count()
+    sync = SyncStreamer.from_url("memory://")
+    assert sync.publish("a", iter(["x"])) == "done"
+    assert threading.active_count() == before + 1
+    del sync
+    gc.collect()
+    assert threading.active_count() == before
 
 
 # -- the event loop is never blocked --------------------------------------------------------------------------------

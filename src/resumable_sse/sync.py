@@ -231,6 +231,25 @@ def _stop_loop(loop: asyncio.AbstractEventLoop) -> None:
         loop.call_soon_threadsafe(loop.stop)
 
 
+def _shutdown(
+    loop: asyncio.AbstractEventLoop, thread: threading.Thread, streamer: Streamer, grace_period: float | None
+) -> None:
+    """Close a SyncStreamer's own Streamer on its loop thread, then stop the thread and wait for it.
+
+    Also the finalizer of a SyncStreamer that was never closed (collected, or at interpreter exit): its running
+    streams end as ``cancelled`` at once rather than being declared ``lost`` a lease later.
+    """
+    if threading.get_ident() == thread.ident:  # collected on its own loop thread: it cannot wait for itself
+        _stop_loop(loop)
+        return
+    try:
+        if loop.is_running():
+            asyncio.run_coroutine_threadsafe(streamer.close(grace_period), loop).result()
+    finally:
+        _stop_loop(loop)
+        thread.join()
+
+
 class SyncStreamer:
     """The resumable streams of a :class:`~resumable_sse.Streamer`, for blocking code. Safe from many threads.
 
@@ -259,7 +278,8 @@ class SyncStreamer:
                 loop = asyncio.get_running_loop()
         self.streamer = streamer
         self._loop = loop
-        self._own_thread: threading.Thread | None = None  # the loop thread of from_url()
+        self._own_thread: threading.Thread | None = None  # from_url(): the loop thread of its own
+        self._finalizer: weakref.finalize[Any, Any] | None = None  # from_url(): shuts that thread down if forgotten
         self._closed = False
         self._feeds: dict[str, _Feed] = {}  # streams this facade produces now; touched on the loop only
 
@@ -293,8 +313,7 @@ class SyncStreamer:
             raise
         sync = cls(streamer, loop=loop)
         sync._own_thread = thread
-        # Forgotten without close(): stop the loop thread when the SyncStreamer is collected.
-        weakref.finalize(sync, _stop_loop, loop)
+        sync._finalizer = weakref.finalize(sync, _shutdown, loop, thread, streamer, 0.0)
         return sync
 
     def __repr__(self) -> str:
@@ -309,8 +328,8 @@ class SyncStreamer:
 
     # -- the portal -------------------------------------------------------------------------------------------------
 
-    def _target_loop(self) -> asyncio.AbstractEventLoop:
-        if self._closed:
+    def _target_loop(self, *, new_work: bool = True) -> asyncio.AbstractEventLoop:
+        if self._closed and new_work:
             raise StreamerClosed("this SyncStreamer is closed")
         loop = self._loop or self.streamer.loop
         if loop is None:
@@ -331,9 +350,12 @@ class SyncStreamer:
             )
         return loop
 
-    def _call(self, function: Callable[..., Coroutine[Any, Any, T]], *args: Any) -> T:
-        """Run ``function(*args)`` on the Streamer's loop and block this thread until it returns or raises."""
-        loop = self._target_loop()
+    def _call(self, function: Callable[..., Coroutine[Any, Any, T]], *args: Any, new_work: bool = True) -> T:
+        """Run ``function(*args)`` on the Streamer's loop and block this thread until it returns or raises.
+
+        ``new_work=False`` for waiting on what is already running, which a closed SyncStreamer still allows.
+        """
+        loop = self._target_loop(new_work=new_work)
         coroutine = function(*args)
         try:
             future = asyncio.run_coroutine_threadsafe(coroutine, loop)
@@ -373,6 +395,17 @@ class SyncStreamer:
             feed.stop()  # before cancel() returns: the producer's very next event is refused
         return ended
 
+    def _outcome(self, producer: Producer) -> Status:
+        """Wait for a producer this facade started to end; its end state."""
+        task = producer._run.task
+        if not task.done():
+            try:
+                return self._call(producer.wait, new_work=False)
+            except StreamerClosed:
+                if not task.done():  # the loop stopped under a running stream
+                    raise
+        return task.result()  # done: readable from any thread, even once the loop has stopped
+
     def publish(self, stream_id: str, source: Iterable[Payload]) -> Status:
         """Claim ``stream_id``, drain the blocking ``source`` into it in this thread, and return the end state.
 
@@ -394,7 +427,7 @@ class SyncStreamer:
         error = feed.pull(iterator)
         if error is not None and not isinstance(error, Exception):
             raise error  # KeyboardInterrupt and friends: the stream ends with error on the loop; do not wait
-        return self._call(producer.wait)
+        return self._outcome(producer)
 
     def writer(self, stream_id: str) -> SyncWriter:
         """Claim ``stream_id`` and return a :class:`SyncWriter` whose ``send()`` appends to it.
@@ -425,17 +458,14 @@ class SyncStreamer:
         """
         if self._closed:
             return
-        thread = self._own_thread
-        if thread is None:
+        thread, finalizer = self._own_thread, self._finalizer
+        if thread is None or finalizer is None:
             self._closed = True
             return
-        loop = self._target_loop()
+        loop = self._target_loop()  # not from the loop's own thread
         self._closed = True
-        try:
-            asyncio.run_coroutine_threadsafe(self.streamer.close(grace_period), loop).result()
-        finally:
-            _stop_loop(loop)
-            thread.join()
+        if finalizer.detach() is not None:
+            _shutdown(loop, thread, self.streamer, grace_period)
 
 
 class SyncWriter:
@@ -485,7 +515,7 @@ class SyncWriter:
         if self._state is not None:
             return self._state
         self._feed.end(error)
-        state: Status = self._sync._call(self._producer.wait)
+        state = self._sync._outcome(self._producer)
         self._state = state
         return state
 
