@@ -357,3 +357,32 @@ def test_a_restarted_server_tells_the_page_the_answer_was_lost(context: BrowserC
     wait_for_status(page, "gone")
     assert server.stats()["stream_requests"] == 2
     screenshot(page, "lost")
+
+
+# -- (6) a saved position the server cannot continue: reset ------------------------------------------------------
+
+
+def test_a_stale_position_is_redrawn_from_the_replay(context: BrowserContext, make_server: Any) -> None:
+    server = make_server(speed=150)
+    page = context.new_page()
+    page.goto(server.url)
+    conversation = page.url
+    ask(page, PROMPT)
+    wait_for_text(page, 100)
+    stream_id = answer(page)["streamId"]
+    # Leave the conversation, then make its saved progress look like it came from an earlier life of the stream
+    # (as after a Redis flush and the answer being asked again): another epoch, and text that is not the answer.
+    page.goto(server.url + "api/stats")  # same origin, no scripts: nothing writes the storage meanwhile
+    page.evaluate(
+        """(key) => localStorage.setItem(key, JSON.stringify(
+            {v: 1, lastEventId: "0badc0ffee-7", state: "Text from an earlier life. ", status: "running"}))""",
+        f"chat:answer:{stream_id}",
+    )
+    page.goto(conversation)
+    wait_for_status(page, "done")
+    assert answer(page)["text"] == answer_text(PROMPT)  # the stale text was dropped, the replay drew the answer
+    notice = page.text_content(".answer >> nth=-1 >> .notice") or ""
+    assert "(epoch)" in notice
+    assert "redrawn from its replay" in notice
+    assert server.stats()["runs_by_stream"] == {stream_id: 1}
+    screenshot(page, "reset")
