@@ -56,7 +56,8 @@ class _Feed:
         self.loop = loop
         self.loop_thread = threading.get_ident()  # feeds are made on the loop
         self.max_bytes = max_bytes
-        self.limit = batch_size * _BUFFER_BATCHES
+        self.max_limit = batch_size * _BUFFER_BATCHES
+        self.limit = min(16, self.max_limit)  # small at first so the first events go out at once, then grows
         self.lock = threading.Lock()
         self.room = threading.Condition(self.lock)
         self.buffer: list[NewEvent] = []  # one list object for the feed's life: threads may hold its append
@@ -103,13 +104,13 @@ class _Feed:
         """
         error: BaseException | None = None
         max_bytes, short = self.max_bytes, self.max_bytes // 4
-        lock, buffer, append, limit = self.lock, self.buffer, self.buffer.append, self.limit
+        lock, buffer, append = self.lock, self.buffer, self.buffer.append
         try:
             for item in iterator:
                 # The hot path, inlined: a short str needs no normalize(), and room in the buffer no waiting.
                 event = (None, item) if type(item) is str and len(item) <= short else normalize(item, max_bytes)
                 with lock:
-                    if len(buffer) < limit and not self.stopped and not self.finished:
+                    if len(buffer) < self.limit and not self.stopped and not self.finished:
                         append(event)
                         if not self.wake_scheduled:
                             self._schedule_wake()
@@ -152,6 +153,8 @@ class _Feed:
                 with self.lock:
                     events = self.buffer.copy()
                     self.buffer.clear()
+                    if events:
+                        self.limit = min(self.limit * 2, self.max_limit)
                     finished = self.finished
                     self.wake_scheduled = False
                     if not events and not finished:
