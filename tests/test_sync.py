@@ -482,6 +482,22 @@ def test_a_streamer_with_no_event_loop_yet_is_a_clear_error() -> None:
         sync.publish("s", iter(["x"]))
 
 
+async def test_a_loop_named_explicitly_is_used_from_any_thread() -> None:
+    streamer = Streamer(MemoryStore())
+    loop = asyncio.get_running_loop()
+
+    def in_worker() -> str:
+        sync = SyncStreamer(streamer, loop=loop)  # made where no loop runs
+        return sync.publish("named", iter(["a"]))
+
+    assert await asyncio.to_thread(in_worker) == "done"
+    assert streamer.loop is loop
+    state = await streamer.status("named")
+    assert state is not None
+    assert state.last_seq == 2
+    await streamer.close()
+
+
 async def test_sync_streamer_made_before_the_app_starts_finds_the_apps_loop(aiohttp_client: ClientFactory) -> None:
     streamer = Streamer(MemoryStore())
     app = web.Application()

@@ -269,18 +269,18 @@ class SyncStreamer:
     loop and waits for it. Call it from any thread but that loop's own (that raises
     :class:`~resumable_sse.exceptions.EventLoopError`; use the Streamer directly there).
 
-    :param streamer: the Streamer to use. Its event loop is the one it was bound to: by :func:`~resumable_sse.setup`
-        at application startup, by its first use, or the one running where this SyncStreamer is created.
-    :param loop: the Streamer's event loop, when none of those applies yet.
+    :param streamer: the Streamer to use. Its event loop is the one it is bound to (by :func:`~resumable_sse.setup`
+        at application startup, or by its first use), else the one running where this SyncStreamer is created.
+    :param loop: the Streamer's event loop, if it must be named (it then wins over both).
     """
 
     def __init__(self, streamer: Streamer, *, loop: asyncio.AbstractEventLoop | None = None) -> None:
-        if loop is None and streamer.loop is None:
-            # Else found later: the Streamer binds its loop when the application starts or first uses it.
-            with contextlib.suppress(RuntimeError):
-                loop = asyncio.get_running_loop()
         self.streamer = streamer
         self._loop = loop
+        # Made inside a running loop: that one, unless the Streamer binds another (the application's) before use.
+        self._running_loop: asyncio.AbstractEventLoop | None = None
+        with contextlib.suppress(RuntimeError):
+            self._running_loop = asyncio.get_running_loop()
         self._own_thread: threading.Thread | None = None  # from_url(): the loop thread of its own
         self._finalizer: weakref.finalize[Any, Any] | None = None  # from_url(): shuts that thread down if forgotten
         self._closed = False
@@ -334,7 +334,7 @@ class SyncStreamer:
     def _target_loop(self, *, new_work: bool = True) -> asyncio.AbstractEventLoop:
         if self._closed and new_work:
             raise StreamerClosed("this SyncStreamer is closed")
-        loop = self._loop or self.streamer.loop
+        loop = self._loop or self.streamer.loop or self._running_loop
         if loop is None:
             raise EventLoopError(
                 "the Streamer has no event loop yet: start the aiohttp application (setup(app, streamer) binds it), "
