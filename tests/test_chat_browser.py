@@ -19,6 +19,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -34,7 +35,7 @@ if str(ROOT) not in sys.path:  # the example lives beside the package, not insid
 from examples.aiohttp_chat.fake_llm import answer_text  # noqa: E402
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Browser, BrowserContext, Page
+    from playwright.sync_api import Browser, BrowserContext, Page, Request
 
 pytestmark = pytest.mark.browser
 
@@ -386,3 +387,86 @@ def test_a_stale_position_is_redrawn_from_the_replay(context: BrowserContext, ma
     assert "redrawn from its replay" in notice
     assert server.stats()["runs_by_stream"] == {stream_id: 1}
     screenshot(page, "reset")
+
+
+# -- (7) the network drops mid-answer ------------------------------------------------------------------------------
+
+
+class CuttableProxy:
+    """A TCP proxy in front of the server whose connections the test can cut, like a network that drops."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}/"
+        self.lock = threading.Lock()
+        self.sockets: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return  # closed
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            except OSError:
+                client.close()
+                continue
+            with self.lock:
+                self.sockets += [client, upstream]
+            for source, sink in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(source, sink), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        for end in (source, sink):
+            with contextlib.suppress(OSError):
+                end.shutdown(socket.SHUT_RDWR)
+
+    def cut(self) -> None:
+        """Break every open connection at once."""
+        with self.lock:
+            sockets, self.sockets = self.sockets, []
+        for sock in sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+    def close(self) -> None:
+        self.listener.close()
+        self.cut()
+
+
+def test_a_dropped_connection_resumes_where_it_stopped(context: BrowserContext, make_server: Any) -> None:
+    server = make_server(speed=60)
+    proxy = CuttableProxy(server.port)
+    try:
+        page = context.new_page()
+        requests: list[Request] = []
+        page.on("request", lambda request: requests.append(request) if "/stream/" in request.url else None)
+        page.goto(proxy.url)
+        ask(page, PROMPT)
+        wait_for_text(page, 100)
+        proxy.cut()
+        wait_for_status(page, "reconnecting streaming")
+        wait_for_status(page, "done")
+        final = answer(page)
+        headers = [request.all_headers() for request in requests]
+    finally:
+        proxy.close()
+    assert final["text"] == answer_text(PROMPT)  # nothing repeated or missing across the drop
+    assert server.stats()["runs_by_stream"] == {final["streamId"]: 1}
+    # EventSource reconnected by itself, sending the Last-Event-ID header (the page did not reopen it).
+    assert len(headers) == 2, headers
+    assert "last-event-id" not in headers[0]
+    assert "last_event_id=" not in str(headers)
+    position = headers[1].get("last-event-id", "")
+    assert position.count("-") == 1, headers[1]
+    assert int(position.split("-")[1]) >= 10  # at least the ~20 tokens the page had shown before the cut
