@@ -24,6 +24,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from aiohttp import web
@@ -95,10 +96,34 @@ async def _install_sync(app: web.Application, events: int) -> None:
     app.on_cleanup.append(lambda _app: streamer.close())
 
 
+_TESTS = str(Path(__file__).resolve().parent.parent / "tests")  # for tests/redis_servers.py
+
+
+async def _install_redis(app: web.Application, events: int) -> None:
+    """The Redis store on a private redis-server (started here on a free port, stopped at cleanup)."""
+    sys.path.insert(0, _TESTS)
+    from redis_servers import RedisServer, find_server_binary
+    from resumable_sse import RedisStore
+
+    binary = find_server_binary()
+    if binary is None:
+        raise SystemExit("the redis row needs a redis-server binary (or RSSE_REDIS_SERVER); use --only to skip it")
+    server = RedisServer(binary).start()
+    streamer = Streamer(RedisStore.from_url(server.url, max_events=events + 10))
+    app.router.add_get("/redis/{stream_id}", resumable_handler(_tokens(events), streamer=streamer))
+
+    async def cleanup(_app: web.Application) -> None:
+        await streamer.close()
+        server.close()
+
+    app.on_cleanup.append(cleanup)
+
+
 ROWS: list[Row] = [
     Row("baseline: aiohttp-sse, send per event, no log", "/baseline", _install_baseline),
     Row("resumable-sse, memory store", "/memory", _install_memory),
     Row("SyncStreamer.publish, plain generator, memory", "/sync", _install_sync),
+    Row("resumable-sse, Redis store (private redis-server)", "/redis", _install_redis),
 ]
 
 

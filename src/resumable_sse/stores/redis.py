@@ -6,8 +6,11 @@ the Lua scripts work unchanged on Redis Cluster):
 - ``{p:s}:m``, a hash: ``e`` epoch, ``s`` status, ``t`` producer token, ``l`` lease end (ms, Redis clock), ``n``
   last seq, ``f`` first retained seq, ``lt`` token of the last append (to recognise a retried append), ``x`` the
   nonce of the call that ended the stream (to recognise a retried end).
-- ``{p:s}:e``, a Redis Stream of the entries: entry id ``<seq>-0`` holding one field, ``event type -> data`` (the
-  empty field name for a plain message). Trimmed exactly to ``max_events``.
+- ``{p:s}:e``, a Redis Stream with one entry per append: id ``<seq of its last event>-0``, fields ``n`` (number
+  of events) and ``d`` (the events packed as ``<event type>\\xfe<data>`` joined by ``\\xff``, two bytes UTF-8 text
+  never contains). An append of 1,000 events is one XADD; a read is one XRANGE over a few entries, returned as
+  one string. Trimmed with ``XTRIM MINID`` to the entry holding the first retained event (``f`` is exact).
+  Needs Redis 6.2 or later (or Valkey).
 
 Every change is one Lua script (``stores/lua/*.lua``, run with EVALSHA, loaded again after NOSCRIPT), so claims,
 appends (fenced by token and by the ``after`` sequence number), trims, endings and expiry are atomic on the server,
@@ -137,7 +140,8 @@ class RedisStore:
 
         # redis-py's cluster client set up lazily by many concurrent first commands can fail some of them (a race in
         # its initialisation), so the store sets it up once, under a lock, before its first command.
-        self._uninitialized_cluster = isinstance(client, RedisCluster)
+        self._is_cluster = isinstance(client, RedisCluster)
+        self._uninitialized_cluster = self._is_cluster
         self._init_lock = asyncio.Lock()
         self._queue: list[_Pending] = []
         self._committer: asyncio.Task[None] | None = None
@@ -187,7 +191,7 @@ class RedisStore:
             return StoreUnavailable(f"Redis is unreachable: {exc}")
         return exc
 
-    async def _eval(self, name: str, keys: tuple[str, str], args: Sequence[Any]) -> Any:
+    async def _eval(self, name: str, keys: tuple[str, str], args: Sequence[Any], **options: Any) -> Any:
         """Run script ``name``; connection failures become :class:`StoreUnavailable` (``from`` the original)."""
         if self._uninitialized_cluster:
             await self._initialize()
@@ -195,10 +199,10 @@ class RedisStore:
         client: Any = self.client
         try:
             try:
-                return await client.evalsha(script.sha, 2, *keys, *args)
+                return await client.execute_command("EVALSHA", script.sha, 2, *keys, *args, **options)
             except self._no_script:
                 await client.script_load(script.text)
-                return await client.evalsha(script.sha, 2, *keys, *args)
+                return await client.execute_command("EVALSHA", script.sha, 2, *keys, *args, **options)
         except self._unavailable as exc:
             raise StoreUnavailable(f"Redis is unreachable: {exc}") from exc
 
@@ -276,10 +280,7 @@ class RedisStore:
         """
         if final is not None and not events:
             raise ValueError("a final append needs the terminal entry")
-        args: list[Any] = [token, after, final or "", self.max_events, self._ttl_ms]
-        for event, data in events:
-            args.append(event or "")
-            args.append(data)
+        args: list[Any] = [token, after, final or "", self.max_events, self._ttl_ms, len(events), _pack(events)]
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         self._queue.append(_Pending(self._keys(stream_id), args, future))
@@ -318,23 +319,23 @@ class RedisStore:
 
     async def _read(self, stream_id: str, after: int, limit: int) -> tuple[list[Entry], bool]:
         """Entries after ``after`` and whether the stream is still running."""
-        reply = await self._eval("read", self._keys(stream_id), [after, limit])
+        # NEVER_DECODE: the packed entries are not UTF-8 as a whole (their separators are bytes 0xFE and 0xFF), so
+        # a client with decode_responses=True must hand them over undecoded.
+        reply = await self._eval("read", self._keys(stream_id), [after, limit], NEVER_DECODE=True)
         if reply is None:
             raise StreamNotFound(stream_id)
-        epoch = _text(reply[0])
-        running = _text(reply[1]) == "running"
-        seq = int(reply[2])
-        fields = reply[3::2]
-        if not fields:
+        running = reply[1] == b"running"
+        if len(reply) < 5:
             return [], running
-        datas = reply[4::2]
-        if isinstance(reply[0], bytes):  # a client without decode_responses
-            events = [field.decode("utf-8") or None for field in fields]
-            texts = [data.decode("utf-8") for data in datas]
-        else:
-            events = [field or None for field in fields]
-            texts = datas
-        entries = [Entry(epoch, seq + index, event, texts[index]) for index, event in enumerate(events)]
+        epoch = reply[0].decode()
+        start = int(reply[2])
+        skip = start - int(reply[3])
+        # surrogateescape turns the separator bytes into lone surrogates, which valid UTF-8 text never decodes to.
+        packed = reply[4].decode("utf-8", "surrogateescape").split("\udcff")[skip : skip + limit]
+        entries = []
+        for index, item in enumerate(packed):
+            event, _, data = item.partition("\udcfe")
+            entries.append(Entry(epoch, start + index, event or None, data))
         return entries, running
 
     async def read(self, stream_id: str, after: int, limit: int) -> list[Entry]:
@@ -353,8 +354,15 @@ class RedisStore:
             return entries
         closed = self._closed_event()
         client: Any = self.client
+        key = self._keys(stream_id)[1]
+        options: dict[str, Any] = {"NEVER_DECODE": True}  # the packed entry is not UTF-8 text
+        if self._is_cluster:
+            # Name the node: otherwise redis-py asks the cluster for XREAD's keys first (COMMAND GETKEYS).
+            options["target_nodes"] = client.get_node_from_key(key)
         block = asyncio.ensure_future(
-            client.xread({self._keys(stream_id)[1]: f"{after}-0"}, count=1, block=max(1, _ms(timeout)))
+            client.execute_command(
+                "XREAD", "COUNT", 1, "BLOCK", max(1, _ms(timeout)), "STREAMS", key, f"{after}-0", **options
+            )
         )
         closing = asyncio.ensure_future(closed.wait())
         try:
@@ -397,6 +405,21 @@ def _retrieve(task: asyncio.Future[Any]) -> None:
     """Mark an abandoned task's outcome as seen (no 'exception was never retrieved' warning)."""
     if not task.cancelled():
         task.exception()
+
+
+def _pack(events: Sequence[NewEvent]) -> bytes:
+    """Events as one argument: ``<type>\\xfe<data>`` each, joined by ``\\xff`` (bytes UTF-8 text never has)."""
+    if not events:
+        return b""
+    text = "\udcff".join([f"{event or ''}\udcfe{data}" for event, data in events])
+    packed = text.encode("utf-8", "surrogateescape")
+    if packed.count(b"\xff") != len(events) - 1 or packed.count(b"\xfe") != len(events):
+        # Some text held lone surrogates (not valid Unicode text): let a strict encode say which.
+        for event, data in events:
+            (event or "").encode("utf-8")
+            data.encode("utf-8")
+        raise ValueError("event text must be valid Unicode (no lone surrogates)")
+    return packed
 
 
 def _ms(seconds: float) -> int:

@@ -19,12 +19,12 @@ if ARGV[3] == '1' then
   end
 end
 local seq = tonumber(m[3]) + 1
-redis.call('XADD', KEYS[2], string.format('%d-0', seq), ARGV[1], ARGV[2])
+redis.call('XADD', KEYS[2], string.format('%d-0', seq), 'n', 1, 'd', ARGV[1] .. '\254' .. ARGV[2])
 local first = tonumber(m[4])
 local max_events = tonumber(ARGV[6])
 if seq - first + 1 > max_events then
-  redis.call('XTRIM', KEYS[2], 'MAXLEN', max_events)
   first = seq - max_events + 1
+  redis.call('XTRIM', KEYS[2], 'MINID', string.format('%d-0', first))
 end
 redis.call('HSET', KEYS[1], 's', ARGV[1], 't', '', 'n', seq, 'f', first, 'lt', '', 'x', ARGV[4])
 redis.call('PEXPIRE', KEYS[1], ARGV[5])
