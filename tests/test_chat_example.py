@@ -19,7 +19,7 @@ import urllib.request
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import pytest
 from aiohttp import ClientResponse, web
@@ -38,8 +38,8 @@ from examples.aiohttp_chat.fake_llm import (  # noqa: E402
     tokens_per_second,
 )
 
-Client = TestClient[web.Request, web.Application]
-MakeClient = Callable[..., Awaitable[Client]]
+Client: TypeAlias = "TestClient[web.Request, web.Application]"  # a string: TestClient is generic only in newer aiohttp
+MakeClient: TypeAlias = Callable[..., Awaitable[Client]]
 
 PROMPT = "How do resumable streams work?"
 
