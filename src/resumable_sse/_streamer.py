@@ -121,6 +121,11 @@ class _Tail:
         self.last_seq = entries[-1].seq
         if entries[-1].terminal:
             self.finished = True
+            # Ended from outside (cancel in another process, or declared lost): stop a local producer now.
+            run = self.streamer._runs.get(self.stream_id)
+            if run is not None and run.epoch == self.epoch and not run.task.done():
+                run.fenced = True
+                run.stop("cancelled", "the stream was ended elsewhere")
         self.notify()
 
     def notify(self) -> None:
@@ -575,6 +580,15 @@ class Streamer:
         if not claim.acquired:
             return None
         run = self._runs[stream_id] = _Run(self, stream_id, token, claim.state.epoch, producer)
+        # Follow the stream while its producer runs, like a reader would: an end written by another process (cancel)
+        # then stops the producer at once instead of at its next append or lease renewal.
+        tail = self._tail_for(stream_id, claim.state)
+        tail.readers += 1
+
+        def release(_task: object) -> None:
+            tail.readers -= 1
+
+        run.task.add_done_callback(release)
         if self._lease_task is None or self._lease_task.done():
             self._lease_task = asyncio.get_running_loop().create_task(self._keep_leases())
         return Producer(run)

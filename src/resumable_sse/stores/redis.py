@@ -155,16 +155,23 @@ class RedisStore:
         """A store on a new client for ``url`` (``redis://``, ``rediss://``, ``unix://``); the store owns it.
 
         ``options`` are the store's (``key_prefix``, ``max_events``, ``ttl``) plus ``cluster=True`` for a Redis
-        Cluster; any other option goes to ``redis.asyncio.Redis.from_url`` (e.g. ``max_connections``).
+        Cluster; any other option goes to redis-py's ``BlockingConnectionPool.from_url`` (or ``RedisCluster.from_url``),
+        e.g. ``max_connections`` (default 1000) or ``decode_responses``.
         """
         redis = _redis_module()
         store_options = {key: options.pop(key) for key in ("key_prefix", "max_events", "ttl") if key in options}
+        # Each followed stream holds a connection in XREAD BLOCK, and bursts of requests each need one: the pool is
+        # larger than redis-py's default (100, beyond which commands fail at once), and on a single node a command
+        # that finds it exhausted waits up to 10 s for a free connection instead of failing.
+        options.setdefault("max_connections", 1000)
         if options.pop("cluster", False):
             from redis.asyncio.cluster import RedisCluster
 
             client: RedisClient = RedisCluster.from_url(url, **options)
         else:
-            client = redis.asyncio.Redis.from_url(url, **options)
+            options.setdefault("timeout", 10.0)
+            pool = redis.asyncio.BlockingConnectionPool.from_url(url, **options)
+            client = redis.asyncio.Redis.from_pool(pool)  # the client owns the pool: closing it closes the pool
         return cls(client, close_client=True, **store_options)
 
     def __repr__(self) -> str:

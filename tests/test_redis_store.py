@@ -1,0 +1,253 @@
+"""RedisStore beyond the shared contract: agreement with the memory store, layout, expiry, errors, group commit."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator
+
+import pytest
+import redis.asyncio
+from redis.asyncio.cluster import RedisCluster as ClusterClient
+
+from resumable_sse import Entry, MemoryStore, RedisStore, StoreUnavailable, StreamFenced
+from resumable_sse.stores import from_url
+
+from .redis_servers import RedisServer, require_server_binary, shared_cluster, shared_server, unique_prefix
+
+pytestmark = pytest.mark.redis
+
+LEASE = 30.0
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[redis.asyncio.Redis]:
+    """A raw client on the shared private server, to look at what the store wrote."""
+    raw = redis.asyncio.Redis.from_url(shared_server().url)
+    yield raw
+    await raw.aclose()
+
+
+def _rows(entries: list[Entry]) -> list[tuple[int, str | None, str]]:
+    return [(entry.seq, entry.event, entry.data) for entry in entries]
+
+
+@pytest.mark.parametrize("max_events", [1, 3, 50, 10_000])
+async def test_agrees_with_the_memory_store_on_random_appends_trims_and_reads(max_events: int) -> None:
+    """Appends of random sizes, reads from every position with random limits: same entries as the memory store.
+
+    Entries are stored one per append, so trimming and reads from the middle of an append must cut it exactly.
+    """
+    rng = random.Random(max_events)
+    memory = MemoryStore(max_events=max_events)
+    store = RedisStore.from_url(shared_server().url, key_prefix=unique_prefix(), max_events=max_events)
+    try:
+        for each in (memory, store):
+            assert (await each.claim("s", "t", LEASE)).acquired
+        last = 0
+        texts = ["", "a", "é 世界 🎉", "line\nbreak", "x" * 300, '{"k": [1, 2]}']
+        for round_ in range(40):
+            batch = [
+                (rng.choice([None, None, "tick", "note"]), rng.choice(texts) + str(round_))
+                for _ in range(rng.choice([1, 1, 2, 5, 17]))
+            ]
+            final = "done" if round_ == 39 else None
+            if final:
+                batch.append(("done", '{"state":"done"}'))
+            results = [await each.append("s", "t", batch, after=last, final=final) for each in (memory, store)]
+            assert results[0] == results[1]
+            last = results[0]
+            mem_state, redis_state = await memory.state("s"), await store.state("s")
+            assert mem_state is not None and redis_state is not None
+            assert (mem_state.status, mem_state.first_seq, mem_state.last_seq) == (
+                redis_state.status,
+                redis_state.first_seq,
+                redis_state.last_seq,
+            )
+            for after in {0, rng.randrange(last + 1), max(0, last - 3), last}:
+                limit = rng.choice([1, 2, 7, 1000])
+                assert _rows(await store.read("s", after, limit)) == _rows(await memory.read("s", after, limit))
+    finally:
+        await store.close()
+
+
+async def test_keys_share_one_hash_tag_and_expire(client: redis.asyncio.Redis) -> None:
+    prefix = unique_prefix()
+    store = RedisStore(client, key_prefix=prefix, ttl=100)
+    await store.claim("job-1", "t", 5)
+    await store.append("job-1", "t", [(None, "a")], after=0)
+    keys = sorted(key.decode() for key in await client.keys(f"{{{prefix}:job-1}}*"))
+    assert keys == [f"{{{prefix}:job-1}}:e", f"{{{prefix}:job-1}}:m"]
+    # A running stream expires lease + ttl after its last renewal if nobody ends it (its producer vanished).
+    for key in keys:
+        assert 100_000 < await client.pttl(key) <= 105_000
+    await store.append("job-1", "t", [("done", "{}")], after=1, final="done")
+    for key in keys:
+        assert 95_000 < await client.pttl(key) <= 100_000
+    await store.close()
+    assert await client.ping()  # an injected client stays open: it belongs to the caller
+
+
+async def test_decode_responses_does_not_matter() -> None:
+    url = shared_server().url
+    prefix = unique_prefix()
+    texts = [(None, "plain"), ("tick", "é 世界 🎉\nline 2"), (None, ""), ("x", "\x00 nul")]
+    for decode in (False, True):
+        client = redis.asyncio.Redis.from_url(url, decode_responses=decode)
+        store = RedisStore(client, key_prefix=f"{prefix}-{decode}")
+        await store.claim("s", "t", LEASE)
+        await store.append("s", "t", texts, after=0)
+        assert [(e.event, e.data) for e in await store.read("s", 0, 10)] == texts
+        assert [(e.event, e.data) for e in await store.wait("s", 2, 10, 1.0)] == texts[2:]
+        await client.aclose()
+
+
+async def test_a_stale_producer_cannot_append_after_losing_its_claim() -> None:
+    store = RedisStore.from_url(shared_server().url, key_prefix=unique_prefix())
+    await store.claim("s", "old", 0.05)
+    assert await store.append("s", "old", [(None, "1")], after=0) == 1
+    await asyncio.sleep(0.1)
+    assert await store.end("s", "lost", '{"state":"lost"}', only_if_expired=True)
+    with pytest.raises(StreamFenced):
+        await store.append("s", "old", [(None, "2")], after=1)
+    assert await store.renew("s", "old", LEASE) is False
+    assert [(e.event, e.data) for e in await store.read("s", 0, 10)] == [(None, "1"), ("lost", '{"state":"lost"}')]
+    await store.close()
+
+
+async def test_lease_is_judged_by_the_redis_clock_not_the_callers() -> None:
+    store = RedisStore.from_url(shared_server().url, key_prefix=unique_prefix())
+    await store.claim("s", "t", 0.3)
+    assert not await store.end("s", "lost", "{}", only_if_expired=True)
+    assert await store.renew("s", "t", 0.3)
+    await asyncio.sleep(0.15)
+    assert not await store.end("s", "lost", "{}", only_if_expired=True)  # renewed: not expired yet
+    await asyncio.sleep(0.3)
+    assert await store.end("s", "lost", "{}", only_if_expired=True)
+    await store.close()
+
+
+async def test_appends_of_many_producers_share_round_trips() -> None:
+    """Group commit: 200 producers appending at once in one process take a handful of round trips, not 200."""
+    store = RedisStore.from_url(shared_server().url, key_prefix=unique_prefix())
+    streams = [f"s{i}" for i in range(200)]
+    await asyncio.gather(*(store.claim(stream, "t", LEASE) for stream in streams))
+    before = store.round_trips
+    for round_ in range(3):
+        results = await asyncio.gather(
+            *(store.append(stream, "t", [(None, f"{stream}/{round_}")], after=round_) for stream in streams)
+        )
+        assert results == [round_ + 1] * len(streams)
+    assert store.round_trips - before <= 3 * 3
+    for stream in streams:
+        assert [e.data for e in await store.read(stream, 0, 10)] == [f"{stream}/{r}" for r in range(3)]
+    await store.close()
+
+
+async def test_group_commit_keeps_fencing_per_stream() -> None:
+    store = RedisStore.from_url(shared_server().url, key_prefix=unique_prefix())
+    for stream in ("a", "b"):
+        await store.claim(stream, "t", LEASE)
+    results = await asyncio.gather(
+        store.append("a", "t", [(None, "ok")], after=0),
+        store.append("b", "intruder", [(None, "no")], after=0),
+        return_exceptions=True,
+    )
+    assert results[0] == 1
+    assert isinstance(results[1], StreamFenced)
+    assert await store.read("b", 0, 10) == []
+    await store.close()
+
+
+@pytest.mark.parametrize("grouped", [False, True])
+async def test_scripts_are_loaded_again_after_script_flush(client: redis.asyncio.Redis, grouped: bool) -> None:
+    store = RedisStore.from_url(shared_server().url, key_prefix=unique_prefix())
+    await store.claim("a", "t", LEASE)
+    await store.claim("b", "t", LEASE)
+    await client.script_flush()
+    if grouped:
+        assert await asyncio.gather(
+            store.append("a", "t", [(None, "1")], after=0), store.append("b", "t", [(None, "1")], after=0)
+        ) == [1, 1]
+    else:
+        assert await store.append("a", "t", [(None, "1")], after=0) == 1
+    await client.script_flush()
+    assert [e.data for e in await store.read("a", 0, 10)] == ["1"]
+    await store.close()
+
+
+async def test_unreachable_redis_raises_store_unavailable_with_the_cause() -> None:
+    with RedisServer(require_server_binary()) as server:
+        store = RedisStore.from_url(server.url, key_prefix=unique_prefix())
+        await store.claim("s", "t", LEASE)
+    # The server is gone now.
+    for call in (
+        store.state("s"),
+        store.claim("x", "t", LEASE),
+        store.append("s", "t", [(None, "a")], after=0),
+        store.read("s", 0, 10),
+        store.wait("s", 0, 10, 0.1),
+        store.renew("s", "t", LEASE),
+        store.end("s", "cancelled", "{}"),
+    ):
+        with pytest.raises(StoreUnavailable) as caught:
+            await call
+        assert isinstance(caught.value.__cause__, redis.exceptions.ConnectionError)
+    await store.close()
+
+
+async def test_wait_blocks_until_an_append_and_close_wakes_waiters() -> None:
+    store = RedisStore.from_url(shared_server().url, key_prefix=unique_prefix())
+    await store.claim("s", "t", LEASE)
+    waiter = asyncio.ensure_future(store.wait("s", 0, 10, 5.0))
+    await asyncio.sleep(0.1)
+    assert not waiter.done()
+    await store.append("s", "t", [(None, "x")], after=0)
+    assert [e.data for e in await asyncio.wait_for(waiter, 2)] == ["x"]
+    waiter = asyncio.ensure_future(store.wait("s", 1, 10, 30.0))
+    await asyncio.sleep(0.1)
+    await asyncio.wait_for(store.close(), 2)
+    assert await asyncio.wait_for(waiter, 2) == []
+
+
+async def test_from_url_unix_socket_and_the_stores_from_url() -> None:
+    server = RedisServer(require_server_binary())
+    socket_path = f"{server.dir}/redis.sock"
+    server_args = server._args
+    server._args = lambda: [*server_args(), "--unixsocket", socket_path]  # type: ignore[method-assign]
+    with server:
+        store = from_url(f"unix://{socket_path}", key_prefix=unique_prefix(), max_events=5)
+        assert isinstance(store, RedisStore) and store.max_events == 5
+        assert (await store.claim("s", "t", LEASE)).acquired
+        assert await store.append("s", "t", [(None, "via unix socket")], after=0) == 1
+        assert [e.data for e in await store.read("s", 0, 1)] == ["via unix socket"]
+        await store.close()
+
+
+async def test_cluster_streams_spread_over_nodes_and_each_stays_in_one_slot() -> None:
+    cluster = shared_cluster()
+    store = RedisStore.from_url(cluster.url, cluster=True, key_prefix=unique_prefix())
+    client = store.client
+    assert isinstance(client, ClusterClient)
+    streams = [f"stream-{i}" for i in range(30)]
+    for stream in streams:
+        await store.claim(stream, "t", LEASE)
+        await store.append(stream, "t", [(None, stream)], after=0)
+    nodes = set()
+    for stream in streams:
+        meta, entries = store._keys(stream)
+        assert client.keyslot(meta) == client.keyslot(entries)
+        nodes.add(client.get_node_from_key(meta).name)
+        assert [e.data for e in await store.read(stream, 0, 10)] == [stream]
+    assert len(nodes) == 3
+    await store.close()
+
+
+def test_bad_options_are_refused() -> None:
+    client = redis.asyncio.Redis()
+    with pytest.raises(ValueError, match="max_events"):
+        RedisStore(client, max_events=0)
+    with pytest.raises(ValueError, match="ttl"):
+        RedisStore(client, ttl=0)
+    with pytest.raises(ValueError, match="braces"):
+        RedisStore(client, key_prefix="a{b}")
