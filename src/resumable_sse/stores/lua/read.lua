@@ -41,6 +41,9 @@ while have < want do
       break
     end
   end
+  if #entries < 16 then
+    break -- that was the newest
+  end
   from = '(' .. entries[#entries][1]
 end
 if #parts == 0 then
