@@ -251,3 +251,20 @@ def test_bad_options_are_refused() -> None:
         RedisStore(client, ttl=0)
     with pytest.raises(ValueError, match="braces"):
         RedisStore(client, key_prefix="a{b}")
+
+
+async def test_after_a_redis_restart_the_next_calls_succeed_on_fresh_connections() -> None:
+    """Pooled connections broken by the restart are replaced at once: no call fails once Redis is back."""
+    with RedisServer(require_server_binary(), persistent=True) as server:
+        store = RedisStore.from_url(server.url, key_prefix=unique_prefix())
+        await store.claim("s", "t", LEASE)
+        # Several pooled connections, all of which the restart breaks.
+        await asyncio.gather(*(store.read("s", 0, 10) for _ in range(5)))
+        assert await store.append("s", "t", [(None, "before")], after=0) == 1
+        await asyncio.to_thread(server.restart)
+        state = await store.state("s")
+        assert state is not None and state.last_seq == 1
+        assert await store.append("s", "t", [(None, "after")], after=1) == 2
+        assert [e.data for e in await store.read("s", 0, 10)] == ["before", "after"]
+        assert await store.renew("s", "t", LEASE)
+        await store.close()

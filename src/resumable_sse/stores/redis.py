@@ -204,14 +204,19 @@ class RedisStore:
             await self._initialize()
         script = self._scripts[name]
         client: Any = self.client
-        try:
+        # Every script is safe to run twice (claims, appends and ends recognise their own retry), so a command that
+        # met a connection broken by a Redis restart is sent once more on a fresh one before Redis counts as down.
+        for attempt in (1, 2):
             try:
-                return await client.execute_command("EVALSHA", script.sha, 2, *keys, *args, **options)
-            except self._no_script:
-                await client.script_load(script.text)
-                return await client.execute_command("EVALSHA", script.sha, 2, *keys, *args, **options)
-        except self._unavailable as exc:
-            raise StoreUnavailable(f"Redis is unreachable: {exc}") from exc
+                try:
+                    return await client.execute_command("EVALSHA", script.sha, 2, *keys, *args, **options)
+                except self._no_script:
+                    await client.script_load(script.text)
+                    return await client.execute_command("EVALSHA", script.sha, 2, *keys, *args, **options)
+            except self._unavailable as exc:
+                if attempt == 2:
+                    raise StoreUnavailable(f"Redis is unreachable: {exc}") from exc
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def _commit(self) -> None:
         """Send queued appends, one round trip per group, until the queue is empty (group commit)."""
@@ -316,10 +321,15 @@ class RedisStore:
         if self._uninitialized_cluster:
             await self._initialize()
         client: Any = self.client
+        key = self._keys(stream_id)[0]
         try:
-            epoch, status, first, last = await client.hmget(self._keys(stream_id)[0], ["e", "s", "f", "n"])
-        except self._unavailable as exc:
-            raise StoreUnavailable(f"Redis is unreachable: {exc}") from exc
+            reply = await client.hmget(key, ["e", "s", "f", "n"])
+        except self._unavailable:
+            try:  # once more, on a fresh connection (see _eval)
+                reply = await client.hmget(key, ["e", "s", "f", "n"])
+            except self._unavailable as exc:
+                raise StoreUnavailable(f"Redis is unreachable: {exc}") from exc
+        epoch, status, first, last = reply
         if epoch is None:
             return None
         return StreamState(stream_id, _text(epoch), _status(status), int(first), int(last))
