@@ -192,7 +192,9 @@ async def main(readers: int, events: int, pace: float, only: list[str] | None) -
 
             binary = find_server_binary()
             if binary is None:
-                raise SystemExit("the redis row needs a redis-server binary (or RSSE_REDIS_SERVER); use --only")
+                raise SystemExit(
+                    "the redis row needs a redis-server binary (or RESUMABLE_SSE_REDIS_SERVER); use --only"
+                )
             server = RedisServer(binary).start()
             streamer = Streamer(RedisStore.from_url(server.url))
         streamers.append(streamer)

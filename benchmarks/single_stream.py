@@ -107,7 +107,9 @@ async def _install_redis(app: web.Application, events: int) -> None:
 
     binary = find_server_binary()
     if binary is None:
-        raise SystemExit("the redis row needs a redis-server binary (or RSSE_REDIS_SERVER); use --only to skip it")
+        raise SystemExit(
+            "the redis row needs a redis-server binary (or RESUMABLE_SSE_REDIS_SERVER); use --only to skip it"
+        )
     server = RedisServer(binary).start()
     streamer = Streamer(RedisStore.from_url(server.url, max_events=events + 10))
     app.router.add_get("/redis/{stream_id}", resumable_handler(_tokens(events), streamer=streamer))

