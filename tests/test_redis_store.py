@@ -127,9 +127,11 @@ async def test_lease_is_judged_by_the_redis_clock_not_the_callers() -> None:
     await store.close()
 
 
-async def test_appends_of_many_producers_share_round_trips() -> None:
+@pytest.mark.parametrize("cluster", [False, True], ids=["single", "cluster"])
+async def test_appends_of_many_producers_share_round_trips(cluster: bool) -> None:
     """Group commit: 200 producers appending at once in one process take a handful of round trips, not 200."""
-    store = RedisStore.from_url(shared_server().url, key_prefix=unique_prefix())
+    url = shared_cluster().url if cluster else shared_server().url
+    store = RedisStore.from_url(url, cluster=cluster, key_prefix=unique_prefix())
     streams = [f"s{i}" for i in range(200)]
     await asyncio.gather(*(store.claim(stream, "t", LEASE) for stream in streams))
     before = store.round_trips
