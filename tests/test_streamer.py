@@ -25,6 +25,7 @@ from resumable_sse import (
     setup,
 )
 
+from .conftest import StoreFactory
 from .helpers import Gate, parse
 
 
@@ -146,6 +147,36 @@ async def test_slow_reader_that_falls_behind_the_retained_history_gets_reset() -
     assert isinstance(rest[0], Reset)
     assert rest[0].reason == "trimmed"
     assert [i.data for i in rest[1:] if isinstance(i, Entry)][:-1] == [f"t{i}" for i in range(31, 40)]
+
+
+def assert_no_silent_gap(items: list[Entry | Reset], count: int) -> None:
+    """Every jump in sequence numbers is announced by a reset, nothing repeats, and the stream ends with done."""
+    cursor = 0
+    announced = False
+    for item in items:
+        if isinstance(item, Reset):
+            announced = True
+            continue
+        assert item.seq > cursor, f"duplicate or out of order: {item.seq} after {cursor}"
+        assert item.seq == cursor + 1 or announced, f"silent gap: {cursor} -> {item.seq}"
+        announced = False
+        cursor = item.seq
+    last = items[-1]
+    assert isinstance(last, Entry)
+    assert (last.event, last.seq) == ("done", count + 1)
+
+
+@pytest.mark.parametrize(("max_events", "count"), [(1000, 20_000), (2000, 50_000)])
+async def test_a_producer_that_outruns_the_retention_never_makes_readers_skip_silently(
+    make_store: StoreFactory, max_events: int, count: int
+) -> None:
+    # The producer appends faster than the live tail reads, so the store trims entries the tail never saw: readers
+    # must get a reset at each such gap (and still reach the terminal entry), never a silent jump.
+    async with Streamer(await make_store(max_events=max_events)) as streamer:
+        await streamer.start("fast", lambda: tokens(count))
+        readers = [asyncio.ensure_future(collect(streamer, "fast")) for _ in range(3)]
+        for items in await asyncio.wait_for(asyncio.gather(*readers), 30):
+            assert_no_silent_gap(items, count)
 
 
 async def test_store_full_is_503_and_nothing_started(aiohttp_client: object) -> None:

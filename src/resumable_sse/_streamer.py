@@ -114,6 +114,10 @@ class _Tail:
 
     def add(self, entries: list[Entry]) -> None:
         window = self.window
+        if entries[0].seq != self.last_seq + 1:
+            # The store trimmed entries this tail never saw (the producer outran it). take() indexes the window by
+            # seq, so it must stay contiguous: restart it here, and readers behind it go to the store for a reset.
+            window.clear()
         window.extend(entries)
         excess = len(window) - self.streamer.window
         if excess > 0:
