@@ -227,6 +227,28 @@ async def test_nothing_is_left_behind_after_a_stream_expires() -> None:
     await streamer.close()
 
 
+async def test_an_expired_stream_is_freed_by_work_on_other_streams() -> None:
+    # A busy store must not hold expired streams until someone names them again: any operation sweeps.
+    now = [0.0]
+    store = MemoryStore(ttl=10, clock=lambda: now[0])
+    await store.claim("busy", "u", 1e9)
+    operations = [
+        lambda: store.append("busy", "u", [(None, "y")], after=0),
+        lambda: store.read("busy", 0, 10),
+        lambda: store.state("busy"),
+        lambda: store.renew("busy", "u", 1e9),
+        lambda: store.wait("busy", 0, 10, 0.01),
+        lambda: store.end("busy", "cancelled", "{}", only_if_expired=True),
+    ]
+    for operation in operations:
+        assert (await store.claim("old", "t", 5)).acquired
+        await store.append("old", "t", [(None, "x")] * 1000 + [("done", "{}")], after=0, final="done")
+        now[0] += 11.0
+        assert "old" in store._streams
+        await operation()
+        assert "old" not in store._streams  # freed without naming it, and without len()
+
+
 async def test_closed_streamer_refuses_new_work() -> None:
     streamer = Streamer()
     await streamer.close()

@@ -132,15 +132,13 @@ class MemoryStore:
         stream.wake()  # waiters see the stream gone
 
     def _get(self, stream_id: str) -> _Stream | None:
+        # Every operation sweeps (O(1) when nothing expired), so a busy store frees expired streams as it goes, not
+        # only when their own id is touched again; after it, a finished stream still held has not expired.
+        self._sweep()
         stream = self._streams.get(stream_id)
         if stream is None:
             return None
-        now = self._clock()
-        if stream.status != "running":
-            if stream.expires_at <= now:
-                self._sweep()
-                return None
-        elif stream.lease_until + self.ttl <= now:
+        if stream.status == "running" and stream.lease_until + self.ttl <= self._clock():
             # A producer that vanished long ago and that nobody marked lost: forget it like a finished stream.
             self._forget(stream_id)
             return None
@@ -175,7 +173,6 @@ class MemoryStore:
 
     async def claim(self, stream_id: str, token: str, lease: float) -> Claim:
         """See :meth:`EventLog.claim <resumable_sse.EventLog.claim>`."""
-        self._sweep()
         stream = self._get(stream_id)
         if stream is not None:
             return Claim(False, self._state(stream_id, stream))
