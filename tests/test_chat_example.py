@@ -7,14 +7,10 @@ gets exactly the rest; Stop ends the answer with ``cancelled`` for every reader;
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
-import shutil
-import socket
 import subprocess
 import sys
 import threading
-import time
 import urllib.request
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -37,6 +33,8 @@ from examples.aiohttp_chat.fake_llm import (  # noqa: E402
     stream_answer,
     tokens_per_second,
 )
+
+from .redis_servers import RedisServer, require_server_binary  # noqa: E402
 
 Client: TypeAlias = "TestClient[web.Request, web.Application]"  # a string: TestClient is generic only in newer aiohttp
 MakeClient: TypeAlias = Callable[..., Awaitable[Client]]
@@ -352,58 +350,11 @@ async def test_app_closes_cleanly_with_a_running_answer(make_client: MakeClient)
 # -- --redis: streams shared by processes ---------------------------------------------------------------------------
 
 
-def _redis_store_available() -> bool:
-    return importlib.util.find_spec("resumable_sse.stores.redis") is not None
-
-
-@pytest.mark.skipif(_redis_store_available(), reason="this resumable-sse has the Redis store")
-def test_redis_flag_without_the_redis_store_fails_clearly() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "examples.aiohttp_chat", "--redis", "redis://127.0.0.1:1/0"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert result.returncode != 0
-    assert "--redis needs the Redis store" in result.stderr
-    assert "Traceback" not in result.stderr
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @pytest.fixture
 def redis_url() -> Iterator[str]:
-    """A private redis-server on a free port (never the shared one on 6379), stopped after the test."""
-    if shutil.which("redis-server") is None:
-        pytest.skip("redis-server is not installed")
-    port = _free_port()
-    server = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
-                    sock.sendall(b"PING\r\n")
-                    if sock.recv(16).startswith(b"+PONG"):
-                        break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
+    """A private Redis server on a free port (never the shared one on 6379), stopped after the test."""
+    with RedisServer(require_server_binary()) as server:
+        yield server.url
 
 
 def _serve(*args: str) -> tuple[subprocess.Popen[str], str]:
@@ -440,7 +391,6 @@ def _read_stream(url: str) -> list[SSE]:
 
 
 @pytest.mark.redis
-@pytest.mark.skipif(not _redis_store_available(), reason="this resumable-sse has no Redis store yet")
 def test_two_processes_share_answers_through_redis(redis_url: str) -> None:
     servers = [_serve("--redis", redis_url, "--speed", "200") for _ in range(2)]
     try:

@@ -291,7 +291,7 @@ def _store_from_args(redis_url: str | None) -> EventLog | None:
     except ImportError as exc:
         raise SystemExit(
             f"--redis needs the Redis store, which is not available here ({exc}).\n"
-            "Install the extra (pip install 'resumable-sse[redis]') with a resumable-sse that has RedisStore."
+            "Install it with: pip install 'resumable-sse[redis]'"
         ) from exc
     except ValueError as exc:
         raise SystemExit(f"--redis: {exc}") from exc
