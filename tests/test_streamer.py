@@ -21,6 +21,7 @@ from resumable_sse import (
     Streamer,
     StreamerClosed,
     StreamNotFound,
+    StreamState,
     resumable_handler,
     setup,
 )
@@ -254,6 +255,41 @@ async def test_closed_streamer_refuses_new_work() -> None:
     await streamer.close()
     with pytest.raises(StreamerClosed):
         await streamer.start("s", lambda: tokens(1))
+
+
+async def test_end_readers_ends_subscriptions_refuses_new_ones_and_lets_producers_finish() -> None:
+    # setup() calls end_readers() in on_shutdown; a request that subscribes after it (even one already waiting on the
+    # store) must be refused, or aiohttp would wait its whole shutdown timeout for a response nobody ends.
+    class SlowState(MemoryStore):
+        entered = asyncio.Event()
+        go_on = asyncio.Event()
+
+        async def state(self, stream_id: str) -> StreamState | None:
+            if stream_id == "slow":
+                self.entered.set()
+                await self.go_on.wait()
+            return await super().state(stream_id)
+
+    store = SlowState()
+    async with Streamer(store) as streamer:
+        gate = Gate(["a", "b", "c"])
+        producer = await streamer.start("s", gate.produce)
+        assert producer is not None
+        await streamer.start("slow", lambda: tokens(1))
+        gate.release(1)
+        batches = (await streamer.subscribe("s")).batches()
+        assert [item.data for item in await batches.__anext__() if isinstance(item, Entry)] == ["a"]
+        late = asyncio.ensure_future(streamer.subscribe("slow"))
+        await store.entered.wait()
+        streamer.end_readers()
+        store.go_on.set()
+        assert await asyncio.wait_for(anext(batches, None), 5) is None  # the open one ends at once
+        with pytest.raises(StreamerClosed):
+            await late
+        with pytest.raises(StreamerClosed):
+            await streamer.subscribe("s")
+        gate.release(2)
+        assert await asyncio.wait_for(producer.wait(), 5) == "done"
 
 
 def test_configuration_errors_are_clear() -> None:

@@ -249,7 +249,7 @@ class Subscription:
         limit = limit or streamer.batch_size
         pending_reset = self.reset
         try:
-            while not self._closed and not streamer.closing:
+            while not self._closed and not streamer.readers_ended:
                 tail = self._attach()
                 batch: Sequence[Entry | Reset] | None = None
                 if not tail.gone and tail.epoch == self._epoch:
@@ -536,6 +536,8 @@ class Streamer:
         self.store_retry_timeout: Final = store_retry_timeout
         self.liveness_interval: Final = lease / 2
         self.closing = False
+        self.readers_ended = False
+        """True once :meth:`end_readers` ran: subscriptions end and no new ones are made (server shutdown)."""
         self._runs: dict[str, _Run] = {}
         self._tails: dict[str, _Tail] = {}
         self._subscriptions: weakref.WeakSet[Subscription] = weakref.WeakSet()
@@ -675,7 +677,7 @@ class Streamer:
         validate_stream_id(stream_id)
         position = EventId.parse(last_event_id) if last_event_id is not None else None
         self.bind_loop()
-        if self.closing:
+        if self.readers_ended:
             raise StreamerClosed("the Streamer is closing")
         state = await self.store.state(stream_id)
         if state is None:
@@ -693,6 +695,8 @@ class Streamer:
                 reset = Reset("trimmed", first_id)
             else:
                 cursor = position.seq
+        if self.readers_ended:  # end_readers() ran while the store answered: this one would never be ended
+            raise StreamerClosed("the Streamer is closing")
         subscription = Subscription(self, stream_id, state, cursor, reset)
         self._subscriptions.add(subscription)
         return subscription
@@ -708,7 +712,9 @@ class Streamer:
         return tail
 
     def end_readers(self) -> None:
-        """Make every open subscription finish now (clients reconnect); used when the server shuts down."""
+        """Make every open subscription finish now (clients reconnect), and refuse new ones with
+        :class:`~resumable_sse.exceptions.StreamerClosed`; used when the server shuts down. Producers go on."""
+        self.readers_ended = True
         for subscription in list(self._subscriptions):
             subscription.close()
         self._subscriptions.clear()
