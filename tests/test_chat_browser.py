@@ -470,3 +470,43 @@ def test_a_dropped_connection_resumes_where_it_stopped(context: BrowserContext, 
     position = headers[1].get("last-event-id", "")
     assert position.count("-") == 1, headers[1]
     assert int(position.split("-")[1]) >= 10  # at least the ~20 tokens the page had shown before the cut
+
+
+# -- (8) the server refuses the stream for a while (a deploy, a proxy's 502/503, a 4xx) -----------------------------
+
+
+def test_refusals_are_retried_and_a_failure_is_not_saved_as_the_end(
+    context: BrowserContext, make_server: Any
+) -> None:
+    from playwright.sync_api import Route
+
+    server = make_server(speed=60)
+    page = context.new_page()
+    refusals: list[int] = []  # the statuses to answer the next /stream/ requests with, in order; then pass through
+    refused: list[str] = []
+
+    def refuse_some(route: Route) -> None:
+        if refusals:
+            status = refusals.pop(0)
+            refused.append(f"{route.request.resource_type} {status}")
+            route.fulfill(status=status, body="refused by the test\n", content_type="text/plain")
+        else:
+            route.continue_()
+
+    page.route("**/stream/**", refuse_some)
+    page.goto(server.url)
+    refusals += [403, 403]  # a 4xx: EventSource stops, the helper's fetch reads why, the page says it failed
+    ask(page, PROMPT)
+    wait_for_status(page, "failed")
+    assert "refused by the test" in (page.text_content(".answer >> nth=-1 >> .notice") or "")
+    assert refused == ["eventsource 403", "fetch 403"]
+    # "failed" is not the end of the answer: a reload connects again (here through two rounds of 503, retried
+    # with backoff as "reconnecting") and shows the whole answer, generated once.
+    refusals += [503, 503, 503, 503]
+    page.reload()
+    wait_for_status(page, "reconnecting")
+    wait_for_status(page, "done")
+    assert refused[2:] == ["eventsource 503", "fetch 503", "eventsource 503", "fetch 503"]
+    final = answer(page)
+    assert final["text"] == answer_text(PROMPT)
+    assert server.stats()["runs_by_stream"] == {final["streamId"]: 1}

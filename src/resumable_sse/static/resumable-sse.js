@@ -22,7 +22,10 @@
  * - When the server refuses the connection, EventSource stops with no status code; the helper then asks the same
  *   URL with fetch() to learn why: 410 Gone (the server no longer has the stream: it expired, or a server with a
  *   memory store restarted) gives the status `gone` and no further request; 204 means it had already ended;
- *   a 5xx is retried a few times with backoff; any other status ends with `failed` and the server's message.
+ *   a 5xx or an unreachable server is retried with backoff (1 s doubling to 15 s, for as long as the page is
+ *   open, as EventSource does), its status staying "reconnecting"; any other status ends with `failed` and the
+ *   server's message. `failed` is not saved as the end: a reload tries again (the server may be back, the stream
+ *   still running), while the terminal events, `gone` and `ended` are.
  *
  * Statuses given to onStatus: "connecting", "streaming", "reconnecting" (the network dropped; EventSource
  * retries by itself), then one of "done", "error", "cancelled", "lost" (the terminal events), "gone", "ended"
@@ -32,7 +35,7 @@
   "use strict";
 
   var TERMINAL = ["done", "error", "cancelled", "lost"];
-  var FINAL = TERMINAL.concat(["gone", "ended", "failed"]);
+  var FINAL = TERMINAL.concat(["gone", "ended"]); // saved: a reload shows them without connecting
 
   function clone(value) {
     return value === undefined ? undefined : JSON.parse(JSON.stringify(value));
@@ -69,7 +72,7 @@
    *   onUpdate   (state, info) after every change; info = {lastEventId, restored}
    *   onStatus   (status, message) on every status change (see the list above)
    *   onReset    ({reason, first_id}) before a replay that redraws the state
-   *   maxRetries how many times a 5xx refusal is retried (default 5)
+   *   maxRetries how many refusals in a row (5xx, network down) are retried before `failed` (default: no limit)
    * Returns {close(), state, lastEventId, status}.
    */
   function open(url, options) {
@@ -84,7 +87,7 @@
     var onUpdate = options.onUpdate || function () {};
     var onStatus = options.onStatus || function () {};
     var onReset = options.onReset || function () {};
-    var maxRetries = options.maxRetries === undefined ? 5 : options.maxRetries;
+    var maxRetries = options.maxRetries === undefined ? Infinity : options.maxRetries;
 
     var record = load() || { lastEventId: null, state: clone(initial), status: "running", message: "" };
     var source = null;
@@ -114,9 +117,11 @@
     }
 
     function finish(status, message) {
-      record.status = status;
-      record.message = message || "";
-      save();
+      if (FINAL.indexOf(status) !== -1) {
+        record.status = status;
+        record.message = message || "";
+        save();
+      }
       stop();
       setStatus(status, message);
     }
