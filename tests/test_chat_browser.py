@@ -475,9 +475,7 @@ def test_a_dropped_connection_resumes_where_it_stopped(context: BrowserContext, 
 # -- (8) the server refuses the stream for a while (a deploy, a proxy's 502/503, a 4xx) -----------------------------
 
 
-def test_refusals_are_retried_and_a_failure_is_not_saved_as_the_end(
-    context: BrowserContext, make_server: Any
-) -> None:
+def test_refusals_are_retried_and_a_failure_is_not_saved_as_the_end(context: BrowserContext, make_server: Any) -> None:
     from playwright.sync_api import Route
 
     server = make_server(speed=60)

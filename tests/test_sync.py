@@ -498,6 +498,63 @@ async def test_a_loop_named_explicitly_is_used_from_any_thread() -> None:
     await streamer.close()
 
 
+class StoppingLoop:
+    """A loop on a thread of its own that the test can make stop while it is busy, before it runs queued calls."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever)
+        self.thread.start()
+
+    def stop_soon(self, busy: float = 0.3) -> None:
+        """Keep the loop busy for ``busy`` seconds, then stop it: what is queued meanwhile never runs."""
+        entered = threading.Event()
+
+        def block_then_stop() -> None:
+            entered.set()
+            time.sleep(busy)
+            self.loop.stop()
+
+        self.loop.call_soon_threadsafe(block_then_stop)
+        entered.wait()
+
+    def close(self, streamer: Streamer) -> None:
+        self.thread.join(5)
+        self.loop.run_until_complete(streamer.close(0))
+        self.loop.close()
+
+
+def test_a_call_whose_loop_stops_before_running_it_raises_instead_of_hanging() -> None:
+    streamer = Streamer(MemoryStore())
+    stopping = StoppingLoop()
+    sync = SyncStreamer(streamer, loop=stopping.loop)
+    assert sync.status("s") is None  # the loop answers
+    stopping.stop_soon()
+    started = time.monotonic()
+    with pytest.raises(StreamerClosed, match="stopped before it finished"):
+        sync.status("s")  # queued while the loop is busy; the loop then stops without running it
+    assert time.monotonic() - started < 3
+    stopping.close(streamer)
+
+
+def test_a_writer_waiting_for_room_when_the_loop_stops_raises_instead_of_hanging() -> None:
+    streamer = Streamer(MemoryStore())
+    stopping = StoppingLoop()
+    sync = SyncStreamer(streamer, loop=stopping.loop)
+    writer = sync.writer("w")
+    stopping.stop_soon()
+    started = time.monotonic()
+
+    def fill() -> None:
+        for i in range(10_000):  # the feed fills up while the loop is busy, then nobody drains it
+            writer.send(f"t{i}")
+
+    with pytest.raises(StreamFenced):
+        fill()
+    assert time.monotonic() - started < 3
+    stopping.close(streamer)
+
+
 async def test_sync_streamer_made_before_the_app_starts_finds_the_apps_loop(aiohttp_client: ClientFactory) -> None:
     streamer = Streamer(MemoryStore())
     app = web.Application()

@@ -21,6 +21,7 @@ into the same run (batched appends, leases, cancel, terminal entry) as an async 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import threading
 import weakref
@@ -42,6 +43,26 @@ T = TypeVar("T")
 
 _BUFFER_BATCHES = 2
 """A feed holds up to this many of the Streamer's ``batch_size`` before its threads wait for the loop."""
+
+_POLL = 0.25
+"""Seconds between looks at the loop while a thread waits for it (a loop that stopped never answers)."""
+
+
+def _wait_on_loop(loop: asyncio.AbstractEventLoop, ready: Callable[[float], bool]) -> bool:
+    """Call ``ready(timeout)`` until it returns True; False once ``loop`` has stopped for good.
+
+    A thread waiting for the loop would otherwise wait forever when the loop stops (application shutdown) before
+    it ran what the thread asked for. A loop seen not running twice in a row is taken as stopped: between the
+    ``run_until_complete`` calls of a shutdown it is briefly not running and then runs again.
+    """
+    stopped = 0
+    while not ready(_POLL):
+        if loop.is_closed():
+            return False
+        stopped = stopped + 1 if not loop.is_running() else 0
+        if stopped >= 2:
+            return False
+    return True
 
 
 class _Feed:
@@ -87,8 +108,14 @@ class _Feed:
             if len(self.buffer) >= self.limit:
                 if threading.get_ident() == self.loop_thread:
                     raise EventLoopError("a SyncWriter was written to from its event loop's thread while full")
-                while len(self.buffer) >= self.limit and not self.stopped and not self.finished:
-                    self.room.wait()
+
+                def has_room(timeout: float) -> bool:
+                    return self.room.wait_for(
+                        lambda: len(self.buffer) < self.limit or self.stopped or self.finished, timeout
+                    )
+
+                if not _wait_on_loop(self.loop, has_room):
+                    self.stopped = True  # the loop stopped: nobody will ever drain this feed
             if self.stopped or self.finished:
                 return False
             self.buffer.append(event)
@@ -366,6 +393,9 @@ class SyncStreamer:
             coroutine.close()
             raise
         try:
+            if not _wait_on_loop(loop, lambda timeout: bool(concurrent.futures.wait([future], timeout)[0])):
+                future.cancel()
+                raise StreamerClosed("the Streamer's event loop stopped before it finished this call")
             return future.result()
         except BaseException:
             future.cancel()  # interrupted here (KeyboardInterrupt): do not leave the coroutine running
