@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
+from aiohttp.test_utils import TestServer
 
 from resumable_sse import EventLog, MemoryStore
 
@@ -58,3 +60,16 @@ async def make_store(request: pytest.FixtureRequest) -> AsyncIterator[StoreFacto
 async def store(make_store: StoreFactory) -> EventLog:
     """A fresh store with default limits, of each kind in turn."""
     return await make_store()
+
+
+@pytest.fixture
+async def tls_server(aiohttp_server: Callable[..., Awaitable[TestServer]]) -> str:
+    """``https://127.0.0.1:PORT`` of the resumable test app behind TLS, with a certificate no client trusts."""
+    import trustme
+
+    from ._live_server import resumable_app
+
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    trustme.CA().issue_cert("127.0.0.1", "localhost").configure_cert(context)
+    server = await aiohttp_server(resumable_app(), ssl=context)
+    return f"https://127.0.0.1:{server.port}"

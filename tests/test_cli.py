@@ -171,6 +171,22 @@ async def test_usage_errors_exit_2() -> None:
     assert "--header takes 'NAME: VALUE'" in err
 
 
+@pytest.mark.parametrize("bad", ["notaurl", "ftp://host/stream/a", "localhost:8080/stream/a"])
+async def test_a_url_that_is_not_http_exits_2_without_a_traceback(bad: str) -> None:
+    status, out, err = await run("tail", bad)
+    assert (status, out) == (2, "")
+    assert "URL" in err
+    assert "Traceback" not in err
+
+
+async def test_a_certificate_error_exits_7_at_once_without_a_traceback(tls_server: str) -> None:
+    status, out, err = await run("tail", tls_server + "/stream/count.2")
+    assert (status, out) == (7, "")
+    assert "certificate verify failed" in err
+    assert "Traceback" not in err
+    assert "reconnecting" not in err
+
+
 async def test_console_script_is_installed() -> None:
     script = shutil.which("resumable-sse", path=str(Path(sys.executable).parent))
     assert script is not None, "the resumable-sse console script is not installed next to this Python"

@@ -16,6 +16,7 @@ from aiohttp.test_utils import TestServer
 
 from resumable_sse import STREAMER_KEY
 from resumable_sse.client import (
+    ClientError,
     EventStream,
     ResponseError,
     RetriesExhausted,
@@ -328,6 +329,35 @@ def test_backoff_doubles_from_the_retry_time_up_to_the_cap() -> None:
     assert backoff_delay(0.0, 1, cap=30.0, jitter=0.0) == 0.1  # but failures never spin
     assert backoff_delay(8.0, 1, cap=10.0, jitter=0.5, rand=lambda: 1.0) == 5.0
     assert backoff_delay(8.0, 1, cap=10.0, jitter=0.5, rand=lambda: 0.0) == 10.0
+
+
+@pytest.mark.parametrize(
+    ("bad", "reason"),
+    [
+        ("notaurl", "not an absolute URL"),
+        ("/stream/a", "not an absolute URL"),
+        ("http:///stream/a", "not an absolute URL"),
+        ("ftp://host/stream/a", "not an http:// or https:// URL"),
+        ("http://[::1/", "not a URL"),
+    ],
+)
+def test_a_url_the_client_cannot_request_is_rejected_at_once(bad: str, reason: str) -> None:
+    with pytest.raises(ValueError, match=reason):
+        connect(bad)
+
+
+async def test_a_relative_url_is_taken_with_a_session_that_has_a_base_url(server: TestServer) -> None:
+    async with aiohttp.ClientSession(base_url=str(server.make_url("/"))) as session:
+        events = await collect(connect("/stream/count.2", session=session))
+    assert [event.event for event in events] == ["message", "message", "done"]
+
+
+async def test_a_certificate_error_is_a_client_error_at_once_not_retried(tls_server: str) -> None:
+    events = connect(tls_server + "/stream/count.2", **fast(max_retries=5))
+    with pytest.raises(ClientError, match="certificate") as caught:
+        await collect(events)
+    assert isinstance(caught.value.__cause__, aiohttp.ClientConnectorCertificateError)
+    assert events.connections == 1
 
 
 def test_invalid_options_rejected_early() -> None:

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Final, TextIO
 
 from . import __version__
-from .client import ClientError, EventStream, RetriesExhausted, ServerSentEvent, StreamGone, connect
+from .client import ClientError, EventStream, RetriesExhausted, ServerSentEvent, StreamGone, check_url, connect
 from .exceptions import StreamEnded
 
 __all__ = [
@@ -49,7 +49,7 @@ EXIT_CODES: Final[dict[int, str]] = {
     EXIT_LOST: "the stream ended with lost (its producer died)",
     EXIT_CANCELLED: "the stream ended with cancelled",
     EXIT_GONE: "410 Gone: the stream is unknown or has expired",
-    EXIT_HTTP: "another HTTP error (4xx), or the response is not an event stream",
+    EXIT_HTTP: "another HTTP error (4xx), a TLS certificate error, or the response is not an event stream",
     EXIT_GAVE_UP: "gave up reconnecting (--max-retries attempts in a row failed)",
     EXIT_INTERRUPTED: "interrupted (Ctrl-C)",
 }
@@ -184,6 +184,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     headers = _headers(args.header, parser)
+    try:
+        check_url(args.url)
+    except ValueError as exc:
+        parser.error(str(exc))
     if args.last_event_id is not None and any(c in args.last_event_id for c in "\r\n\0"):
         parser.error("--last-event-id must not contain CR, LF or NUL")
     if args.max_retries is not None and args.max_retries < 0:

@@ -53,6 +53,7 @@ from types import TracebackType
 from typing import Final
 
 import aiohttp
+import yarl
 
 from ._event import TERMINAL_EVENTS
 from ._parser import ServerSentEvent, SSEParser
@@ -68,6 +69,7 @@ __all__ = [
     "StreamGone",
     "SyncEventStream",
     "backoff_delay",
+    "check_url",
     "connect",
     "iter_events",
 ]
@@ -115,6 +117,21 @@ class RetriesExhausted(ClientError):
         super().__init__(f"gave up on {url} after {attempts} failed attempts in a row{reason}")
         self.url = url
         self.attempts = attempts
+
+
+def check_url(url: str, *, relative_ok: bool = False) -> str:
+    """Return ``url`` if the client can request it (an absolute ``http://`` or ``https://`` URL), else raise
+    ``ValueError`` saying why, so that a typo fails at once instead of in the first request."""
+    try:
+        parsed = yarl.URL(url)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"not a URL: {url!r} ({exc})") from None
+    if parsed.is_absolute():
+        if parsed.scheme not in ("http", "https"):
+            raise ValueError(f"not an http:// or https:// URL: {url!r}")
+    elif not relative_ok:
+        raise ValueError(f"not an absolute URL (http://host/...): {url!r}")
+    return url
 
 
 def _describe(error: BaseException) -> str:
@@ -175,7 +192,8 @@ class EventStream:
         if unknown:
             allowed = ", ".join(sorted(TERMINAL_EVENTS))
             raise ValueError(f"raise_on takes terminal event types ({allowed}), not {sorted(unknown)}")
-        self.url: Final = url
+        # A relative URL only makes sense against a session's base_url.
+        self.url: Final = check_url(url, relative_ok=session is not None)
         self._session = session
         self._owns_session = session is None
         self._last_event_id = _check_header_value("last_event_id", last_event_id or "")
@@ -261,8 +279,8 @@ class EventStream:
                 self.connections += 1
                 try:
                     response = await self._session.get(self.url, headers=self._request_headers(), timeout=self._timeout)
-                except _FATAL_NETWORK_ERRORS:
-                    raise
+                except _FATAL_NETWORK_ERRORS as exc:  # retrying cannot fix a certificate
+                    raise ClientError(f"GET {self.url}: {_describe(exc)}") from exc
                 except _NETWORK_ERRORS as exc:
                     error = exc
                 else:
