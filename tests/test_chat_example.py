@@ -34,6 +34,8 @@ from examples.aiohttp_chat.fake_llm import (  # noqa: E402
     tokens_per_second,
 )
 
+from resumable_sse import STREAMER_KEY  # noqa: E402
+
 from .redis_servers import RedisServer, require_server_binary  # noqa: E402
 
 Client: TypeAlias = "TestClient[web.Request, web.Application]"  # a string: TestClient is generic only in newer aiohttp
@@ -300,6 +302,24 @@ async def test_bad_requests_say_what_is_wrong(make_client: MakeClient, body: Any
     assert response.status == 400
     assert reason in (await response.json())["error"]
     assert (await stats(client))["producer_runs"] == 0
+
+
+async def test_answers_asked_while_the_server_shuts_down_are_503(make_client: MakeClient) -> None:
+    client = await make_client()
+    await client.app[STREAMER_KEY].close(0)  # what the app's cleanup does when the server stops
+    for engine in ("async", "blocking"):
+        response = await client.post(
+            "/api/answers", json={"conversation": "c1", "message": engine, "prompt": PROMPT, "engine": engine}
+        )
+        assert response.status == 503
+        assert (await response.json())["error"] == "the answer service is unavailable; try again shortly"
+
+
+async def test_stop_of_an_invalid_stream_id_is_400(make_client: MakeClient) -> None:
+    client = await make_client()
+    response = await client.post("/api/answers/" + "x" * 200 + "/stop")
+    assert response.status == 400
+    assert "longer than 128" in (await response.json())["error"]
 
 
 async def test_a_body_that_is_not_json_is_400(make_client: MakeClient) -> None:

@@ -43,8 +43,11 @@ from aiohttp import web
 
 from resumable_sse import (
     EventLog,
+    InvalidStreamId,
     MemoryStore,
     ProducerError,
+    StoreFull,
+    StoreUnavailable,
     StreamAlreadyClaimed,
     Streamer,
     StreamerClosed,
@@ -200,10 +203,14 @@ async def start_answer(request: web.Request) -> web.Response:
     streamer = request.app[STREAMER_KEY]
     stream_id = f"{conversation}.{message_id}"
     message = state.remember(stream_id, Message(prompt.strip(), engine))
-    if message.engine == "blocking":
-        started = await _start_blocking(request, stream_id, message)
-    else:
-        started = await streamer.start(stream_id, lambda: _source(state, stream_id, message)) is not None
+    try:
+        if message.engine == "blocking":
+            started = await _start_blocking(request, stream_id, message)
+        else:
+            started = await streamer.start(stream_id, lambda: _source(state, stream_id, message)) is not None
+    except (StreamerClosed, StoreUnavailable, StoreFull) as exc:  # shutting down, Redis down, memory store full
+        logger.warning("answer %r not started: %s", stream_id, exc)
+        return _error(503, "the answer service is unavailable; try again shortly")
     return web.json_response(
         {"stream_id": stream_id, "url": f"/stream/{stream_id}", "started": started}, status=201 if started else 200
     )
@@ -213,9 +220,15 @@ async def stop_answer(request: web.Request) -> web.Response:
     """``POST /api/answers/{stream_id}/stop``: end the answer with ``cancelled`` for every reader, everywhere."""
     stream_id = request.match_info["stream_id"]
     streamer = request.app[STREAMER_KEY]
-    if await streamer.status(stream_id) is None:
-        return _error(404, "no such answer (it may have expired)")
-    cancelled = await streamer.cancel(stream_id)
+    try:
+        if await streamer.status(stream_id) is None:
+            return _error(404, "no such answer (it may have expired)")
+        cancelled = await streamer.cancel(stream_id)
+    except InvalidStreamId as exc:
+        return _error(400, str(exc))
+    except StoreUnavailable as exc:
+        logger.warning("answer %r not stopped: %s", stream_id, exc)
+        return _error(503, "the answer service is unavailable; try again shortly")
     return web.json_response({"stream_id": stream_id, "cancelled": cancelled})
 
 
