@@ -10,7 +10,7 @@ import pytest
 import redis.asyncio
 from redis.asyncio.cluster import RedisCluster as ClusterClient
 
-from resumable_sse import Entry, MemoryStore, RedisStore, StoreUnavailable, StreamFenced
+from resumable_sse import Entry, MemoryStore, RedisStore, StoreUnavailable, Streamer, StreamFenced
 from resumable_sse.stores import from_url
 
 from .redis_servers import RedisServer, require_server_binary, shared_cluster, shared_server, unique_prefix
@@ -270,3 +270,34 @@ async def test_after_a_redis_restart_the_next_calls_succeed_on_fresh_connections
         assert [e.data for e in await store.read("s", 0, 10)] == ["before", "after"]
         assert await store.renew("s", "t", LEASE)
         await store.close()
+
+
+async def test_after_a_redis_restart_a_cancel_from_another_process_still_stops_the_producer_at_once() -> None:
+    """The producer follows its own stream; a restart must not leave it deaf to a remote cancel until its next
+    lease renewal (lease / 3 = 10 s here)."""
+    with RedisServer(require_server_binary(), persistent=True) as server:
+        prefix = unique_prefix()
+        here = Streamer(RedisStore.from_url(server.url, key_prefix=prefix), lease=LEASE)
+        elsewhere = Streamer(RedisStore.from_url(server.url, key_prefix=prefix), lease=LEASE)
+        stopped = asyncio.Event()
+
+        async def quiet() -> AsyncIterator[str]:
+            try:
+                yield "hello"
+                await asyncio.sleep(60)
+            finally:
+                stopped.set()
+
+        producer = await here.start("q", quiet)
+        assert producer is not None
+        while (state := await elsewhere.status("q")) is None or state.last_seq < 1:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+        await asyncio.to_thread(server.restart)  # breaks the producer's live tail (XREAD BLOCK) mid-wait
+        await asyncio.sleep(1.5)  # longer than the tail's longest retry delay: it is following again
+        cancelled_at = asyncio.get_running_loop().time()
+        assert await elsewhere.cancel("q")
+        await asyncio.wait_for(stopped.wait(), 5)
+        assert asyncio.get_running_loop().time() - cancelled_at < 0.5
+        assert await producer.wait() == "cancelled"
+        await here.close()
+        await elsewhere.close()

@@ -37,6 +37,8 @@ logger = logging.getLogger("resumable_sse")
 
 _STREAM_ID_RE: Final = re.compile(r"[A-Za-z0-9._:-]+")
 MAX_STREAM_ID_LENGTH: Final = 128
+_RETRY_FIRST_DELAY: Final = 0.05  # seconds before the first retry while the store is unreachable; doubles to:
+_RETRY_MAX_DELAY: Final = 1.0
 
 Source = Union[AsyncIterable[Any], Iterable[Any]]  # noqa: UP007 (a runtime alias on 3.10)
 """What a producer factory returns: an async iterable (run on the loop) or a plain iterable (run in a thread)."""
@@ -139,32 +141,50 @@ class _Tail:
                 waiter.set_result(None)
 
     async def run(self) -> None:
-        """Follow the store until the stream ends, goes away, or no reader is left."""
+        """Follow the store until the stream ends, goes away, or no reader is left.
+
+        While the store is unreachable (a Redis restart) it keeps trying for ``store_retry_timeout``, like a
+        producer's appends: its readers wait instead of reconnecting, and a producer following its own stream still
+        learns of a cancel from another process the moment the store is back.
+        """
         streamer = self.streamer
         store = streamer.store
+        unreachable_since: float | None = None
+        delay = _RETRY_FIRST_DELAY
         try:
             while self.readers and not self.finished and not self.gone and not streamer.closing:
                 try:
                     entries = await store.wait(
                         self.stream_id, self.last_seq, streamer.batch_size, streamer.liveness_interval
                     )
+                    if not entries:
+                        # Quiet for a while: if the producer's lease ran out, end the stream as lost (exactly one
+                        # process wins; the terminal entry then arrives through the wait above like any other).
+                        await store.end(
+                            self.stream_id,
+                            "lost",
+                            _terminal_data("lost", "the producer stopped responding"),
+                            only_if_expired=True,
+                        )
                 except StreamNotFound:
                     self.gone = True
                     break
+                except StoreUnavailable:
+                    now = time.monotonic()
+                    if unreachable_since is None:
+                        unreachable_since = now
+                        logger.warning("store unreachable while following %r; retrying", self.stream_id)
+                    if now - unreachable_since + delay > streamer.store_retry_timeout:
+                        raise
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, _RETRY_MAX_DELAY)
+                    continue
+                unreachable_since, delay = None, _RETRY_FIRST_DELAY
                 if entries:
                     if entries[0].epoch != self.epoch:
                         self.gone = True
                         break
                     self.add(entries)
-                else:
-                    # Quiet for a while: if the producer's lease ran out, end the stream as lost (exactly one
-                    # process wins; the terminal entry then arrives through the wait above like any other).
-                    await store.end(
-                        self.stream_id,
-                        "lost",
-                        _terminal_data("lost", "the producer stopped responding"),
-                        only_if_expired=True,
-                    )
         except Exception:
             logger.exception("live tail of stream %r failed; its readers will reconnect", self.stream_id)
             self.gone = True
@@ -629,7 +649,7 @@ class Streamer:
         """Append for a producer, retrying while the store is unreachable (the append is idempotent: it names
         the sequence number it follows). Gives up after ``store_retry_timeout`` seconds."""
         deadline = time.monotonic() + self.store_retry_timeout
-        delay = 0.05
+        delay = _RETRY_FIRST_DELAY
         while True:
             try:
                 return await self.store.append(stream_id, token, events, after=after, final=final)
@@ -638,7 +658,7 @@ class Streamer:
                     raise
                 logger.warning("store unreachable while appending to %r; retrying in %.2f s", stream_id, delay)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 1.0)
+                delay = min(delay * 2, _RETRY_MAX_DELAY)
 
     async def _keep_leases(self) -> None:
         """Renew every local producer's lease, and stop producers that were fenced out or went idle."""
