@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import random
+import socket
+import time
 from collections.abc import AsyncIterator
 
 import pytest
@@ -301,3 +303,29 @@ async def test_after_a_redis_restart_a_cancel_from_another_process_still_stops_t
         assert await producer.wait() == "cancelled"
         await here.close()
         await elsewhere.close()
+
+
+async def test_a_redis_that_stops_answering_fails_calls_instead_of_hanging_them() -> None:
+    # A listener that never accepts: the TCP handshake succeeds, then no reply ever comes (a host gone silent).
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        url = f"redis://127.0.0.1:{silent.getsockname()[1]}/0"
+        default = RedisStore.from_url(url)
+        kwargs = default.client.connection_pool.connection_kwargs
+        assert (kwargs["socket_timeout"], kwargs["socket_connect_timeout"]) == (10.0, 5.0)
+        await default.close()
+        store = RedisStore.from_url(url, socket_timeout=0.5)
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable):
+            await store.state("s")
+        assert time.monotonic() - started < 3
+        await store.close()
+
+
+async def test_wait_blocks_below_the_socket_timeout() -> None:
+    # XREAD BLOCK longer than the socket timeout would fail like a dead connection: wait() keeps it shorter.
+    store = RedisStore.from_url(shared_server().url, key_prefix=unique_prefix(), socket_timeout=0.4)
+    await store.claim("s", "t", LEASE)
+    started = time.monotonic()
+    assert await store.wait("s", 0, 10, timeout=5.0) == []
+    assert time.monotonic() - started < 0.4
+    await store.close()

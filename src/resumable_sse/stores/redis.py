@@ -59,6 +59,16 @@ def _redis_module() -> Any:
     return redis
 
 
+def _socket_timeout(client: Any, is_cluster: bool) -> float | None:
+    """The client's socket timeout in seconds (None: reads may wait for ever), as far as redis-py tells it."""
+    try:
+        kwargs = client.get_connection_kwargs() if is_cluster else client.connection_pool.connection_kwargs
+    except AttributeError:
+        return None
+    value = kwargs.get("socket_timeout")
+    return float(value) if value else None
+
+
 def _load_script(name: str) -> str:
     folder = importlib.resources.files("resumable_sse.stores").joinpath("lua")
     return folder.joinpath(f"{name}.lua").read_text(encoding="utf-8")
@@ -141,6 +151,7 @@ class RedisStore:
         # redis-py's cluster client set up lazily by many concurrent first commands can fail some of them (a race in
         # its initialisation), so the store sets it up once, under a lock, before its first command.
         self._is_cluster = isinstance(client, RedisCluster)
+        self._socket_timeout = _socket_timeout(client, self._is_cluster)
         self._uninitialized_cluster = self._is_cluster
         self._init_lock = asyncio.Lock()
         self._queue: list[_Pending] = []
@@ -156,7 +167,8 @@ class RedisStore:
 
         ``options`` are the store's (``key_prefix``, ``max_events``, ``ttl``) plus ``cluster=True`` for a Redis
         Cluster; any other option goes to redis-py's ``BlockingConnectionPool.from_url`` (or ``RedisCluster.from_url``),
-        e.g. ``max_connections`` (default 1000) or ``decode_responses``.
+        e.g. ``max_connections`` (default 1000), ``socket_timeout`` (default 10 s), ``socket_connect_timeout``
+        (default 5 s) or ``decode_responses``.
         """
         redis = _redis_module()
         store_options = {key: options.pop(key) for key in ("key_prefix", "max_events", "ttl") if key in options}
@@ -164,6 +176,10 @@ class RedisStore:
         # larger than redis-py's default (100, beyond which commands fail at once), and on a single node a command
         # that finds it exhausted waits up to 10 s for a free connection instead of failing.
         options.setdefault("max_connections", 1000)
+        # A Redis that stops answering (a dropped network, a host that vanished) must fail calls, not hang them:
+        # requests then get 503 and producers retry. wait() keeps its XREAD BLOCK below the socket timeout.
+        options.setdefault("socket_connect_timeout", 5.0)
+        options.setdefault("socket_timeout", 10.0)
         if options.pop("cluster", False):
             from redis.asyncio.cluster import RedisCluster
 
@@ -376,6 +392,8 @@ class RedisStore:
         if self._is_cluster:
             # Name the node: otherwise redis-py asks the cluster for XREAD's keys first (COMMAND GETKEYS).
             options["target_nodes"] = client.get_node_from_key(key)
+        if self._socket_timeout is not None:  # a read that outlasts the socket timeout fails as a broken one
+            timeout = min(timeout, self._socket_timeout / 2)
         block = asyncio.ensure_future(
             client.execute_command(
                 "XREAD", "COUNT", 1, "BLOCK", max(1, _ms(timeout)), "STREAMS", key, f"{after}-0", **options
