@@ -5,6 +5,8 @@ Rows (all measured in the same run, on the same server process):
   memory     resumable_handler on the embedded memory store
   (more rows: see ROWS below; each row is a route on the one server)
 
+The last line compares the SyncStreamer row with the memory row: a blocking producer against an async one.
+
 For each row it prints events/s (first byte of the request to the terminal event) and the first-event latency,
 median of ``--repeat`` runs, and the ratio to the baseline.
 
@@ -213,6 +215,8 @@ async def main(events: int, repeat: int, only: list[str] | None) -> None:
         rate, first = results[row.prefix]
         ratio = f"{rate / base:.2f}x" if base else "-"
         print(f"{row.label:50} {rate:12,.0f} {first:10.2f}ms {ratio:>12}")
+    if "/sync" in results and "/memory" in results:  # the blocking producer against the async one, same store
+        print(f"SyncStreamer.publish / async producer (memory): {results['/sync'][0] / results['/memory'][0]:.0%}")
 
 
 if __name__ == "__main__":
