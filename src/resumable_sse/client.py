@@ -47,7 +47,6 @@ import asyncio
 import logging
 import random
 import sys
-import threading
 from collections.abc import AsyncGenerator, Callable, Collection, Mapping
 from types import TracebackType
 from typing import Final
@@ -58,6 +57,7 @@ import yarl
 from ._event import TERMINAL_EVENTS
 from ._parser import ServerSentEvent, SSEParser
 from .exceptions import ResumableSSEError, StreamEnded
+from .sync import LoopThread  # where blocking code meets an event loop: one implementation, shared
 
 __all__ = [
     "DEFAULT_RAISE_ON",
@@ -432,9 +432,7 @@ class SyncEventStream:
     def __init__(self, stream: EventStream) -> None:
         self._stream = stream
         self._closed = False
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="resumable-sse client", daemon=True)
-        self._thread.start()
+        self._portal = LoopThread("resumable-sse client")
 
     @property
     def last_event_id(self) -> str | None:
@@ -462,11 +460,9 @@ class SyncEventStream:
     def __next__(self) -> ServerSentEvent:
         if self._closed:
             raise StopIteration
-        future = asyncio.run_coroutine_threadsafe(self._next(), self._loop)
         try:
-            event = future.result()
-        except BaseException:
-            future.cancel()  # e.g. KeyboardInterrupt while waiting: stop the read on the loop too
+            event = self._portal.call(self._next())
+        except BaseException:  # e.g. KeyboardInterrupt while waiting: the portal stopped the read on the loop
             self.close()
             raise
         if event is None:
@@ -493,24 +489,19 @@ class SyncEventStream:
         if self._closed:
             return
         self._closed = True
-        if threading.current_thread() is self._thread:  # cannot wait for ourselves: just stop the loop
-            self._loop.stop()
-            return
         try:
-            asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result()
+            if not self._portal.in_thread():  # from the loop's own thread it cannot wait: stopping cancels the read
+                self._portal.call(self._shutdown())
         finally:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join()
-            self._loop.close()
+            self._portal.stop()
 
     async def _shutdown(self) -> None:
         current = asyncio.current_task()
         others = [task for task in asyncio.all_tasks() if task is not current]
-        for task in others:
+        for task in others:  # a read still waiting (closed from another thread)
             task.cancel()
         await asyncio.gather(*others, return_exceptions=True)
         await self._stream.aclose()
-        await self._loop.shutdown_asyncgens()
 
     def __del__(self) -> None:
         # An abandoned stream (``break`` out of ``for ev in iter_events(url)``) is closed here, in the thread that

@@ -2,12 +2,12 @@
 
 Two pieces, one idea each:
 
-* a **portal** (:meth:`SyncStreamer._call`): a blocking thread hands a coroutine to the Streamer's event loop with
-  :func:`asyncio.run_coroutine_threadsafe` and waits for its result. The loop is the application's own (a
-  :class:`SyncStreamer` sharing the aiohttp app's :class:`~resumable_sse.Streamer`) or one this module runs in a
-  thread of its own (:meth:`SyncStreamer.from_url`, for worker processes with no event loop). Called from that
-  loop's own thread the portal refuses (:class:`~resumable_sse.exceptions.EventLoopError`) instead of waiting for
-  itself forever.
+* a **portal** (:func:`call_in_loop`): a blocking thread hands a coroutine to an event loop with
+  :func:`asyncio.run_coroutine_threadsafe` and waits for its result (or for the loop to stop). The loop is the
+  application's own (a :class:`SyncStreamer` sharing the aiohttp app's :class:`~resumable_sse.Streamer`) or a
+  :class:`LoopThread` of its own (:meth:`SyncStreamer.from_url`, for worker processes with no event loop; the
+  blocking client :func:`~resumable_sse.client.iter_events` uses one too). Called from that loop's own thread the
+  portal refuses (:class:`~resumable_sse.exceptions.EventLoopError`) instead of waiting for itself forever.
 * a **feed** (:class:`_Feed`): the events of one stream crossing from blocking threads to the loop. Threads append
   to a buffer under a lock and schedule one wake-up on the loop only when none is pending; the loop takes the whole
   buffer at once. A fast producer therefore crosses threads once per batch, not once per event, while a slow
@@ -27,7 +27,7 @@ import threading
 import weakref
 from collections.abc import AsyncIterable, Callable, Coroutine, Iterable, Iterator, Mapping
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from ._event import Payload, Status, normalize
 from ._log import NewEvent, StreamState
@@ -238,8 +238,29 @@ async def pump_in_thread(run: _Run, source: Iterable[object]) -> None:
     await feed.drain_into(run)
 
 
+def call_in_loop(loop: asyncio.AbstractEventLoop, coroutine: Coroutine[Any, Any, T]) -> T:
+    """The portal: run ``coroutine`` on ``loop``, which runs in another thread, and block until it returns or raises.
+
+    Raises :class:`~resumable_sse.exceptions.StreamerClosed` when the loop stops before it finished the call. The
+    caller makes sure this is not the loop's own thread (it would wait for itself).
+    """
+    try:
+        future = asyncio.run_coroutine_threadsafe(coroutine, loop)
+    except BaseException:
+        coroutine.close()
+        raise
+    try:
+        if not _wait_on_loop(loop, lambda timeout: bool(concurrent.futures.wait([future], timeout)[0])):
+            future.cancel()
+            raise StreamerClosed("the event loop stopped before it finished this call")
+        return future.result()
+    except BaseException:
+        future.cancel()  # interrupted here (KeyboardInterrupt): do not leave the coroutine running
+        raise
+
+
 def _run_loop(loop: asyncio.AbstractEventLoop) -> None:
-    """The body of a SyncStreamer's own loop thread: run until stopped, then cancel what is left and close."""
+    """The body of a loop thread: run until stopped, then cancel what is left, close async generators, close."""
     asyncio.set_event_loop(loop)
     try:
         loop.run_forever()
@@ -256,28 +277,52 @@ def _run_loop(loop: asyncio.AbstractEventLoop) -> None:
             loop.close()
 
 
-def _stop_loop(loop: asyncio.AbstractEventLoop) -> None:
-    if not loop.is_closed():
-        loop.call_soon_threadsafe(loop.stop)
+class LoopThread:
+    """An event loop on a daemon thread of its own, for code that has none: a worker process
+    (:meth:`SyncStreamer.from_url`) or a script reading with the blocking client (:func:`~resumable_sse.client.\
+iter_events`). :meth:`call` runs a coroutine there and waits for it; :meth:`stop` ends the loop (what still runs is
+    cancelled) and waits for the thread.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.loop: Final = asyncio.new_event_loop()
+        self.thread: Final = threading.Thread(target=_run_loop, args=(self.loop,), name=name, daemon=True)
+        self.thread.start()
+
+    def in_thread(self) -> bool:
+        """True when called from the loop's own thread (where waiting for the loop would deadlock)."""
+        return threading.get_ident() == self.thread.ident
+
+    def call(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        """Run ``coroutine`` on the loop and block until it returns or raises (see :func:`call_in_loop`)."""
+        if self.in_thread():
+            coroutine.close()
+            raise EventLoopError("a LoopThread was called from its own thread, where it would wait for itself")
+        return call_in_loop(self.loop, coroutine)
+
+    def stop(self) -> None:
+        """Stop the loop and wait for the thread to end; from the loop's own thread, only stop it."""
+        if not self.loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # closed meanwhile
+                self.loop.call_soon_threadsafe(self.loop.stop)
+        if not self.in_thread():
+            self.thread.join()
 
 
-def _shutdown(
-    loop: asyncio.AbstractEventLoop, thread: threading.Thread, streamer: Streamer, grace_period: float | None
-) -> None:
+def _shutdown(portal: LoopThread, streamer: Streamer, grace_period: float | None) -> None:
     """Close a SyncStreamer's own Streamer on its loop thread, then stop the thread and wait for it.
 
     Also the finalizer of a SyncStreamer that was never closed (collected, or at interpreter exit): its running
     streams end as ``cancelled`` at once rather than being declared ``lost`` a lease later.
     """
-    if threading.get_ident() == thread.ident:  # collected on its own loop thread: it cannot wait for itself
-        _stop_loop(loop)
+    if portal.in_thread():  # collected on its own loop thread: it cannot wait for itself
+        portal.stop()
         return
     try:
-        if loop.is_running():
-            asyncio.run_coroutine_threadsafe(streamer.close(grace_period), loop).result()
+        if portal.loop.is_running():
+            portal.call(streamer.close(grace_period))
     finally:
-        _stop_loop(loop)
-        thread.join()
+        portal.stop()
 
 
 class SyncStreamer:
@@ -308,7 +353,7 @@ class SyncStreamer:
         self._running_loop: asyncio.AbstractEventLoop | None = None
         with contextlib.suppress(RuntimeError):
             self._running_loop = asyncio.get_running_loop()
-        self._own_thread: threading.Thread | None = None  # from_url(): the loop thread of its own
+        self._own_loop: LoopThread | None = None  # from_url(): the loop thread of its own
         self._finalizer: weakref.finalize[Any, Any] | None = None  # from_url(): shuts that thread down if forgotten
         self._closed = False
         self._feeds: dict[str, _Feed] = {}  # streams this facade produces now; touched on the loop only
@@ -326,9 +371,7 @@ class SyncStreamer:
         """
         from .stores import from_url as store_from_url
 
-        loop = asyncio.new_event_loop()
-        thread = threading.Thread(target=_run_loop, args=(loop,), name="resumable-sse SyncStreamer loop", daemon=True)
-        thread.start()
+        portal = LoopThread("resumable-sse SyncStreamer loop")
 
         async def make() -> Streamer:
             streamer = Streamer(store_from_url(url, **(store_options or {})), **streamer_options)
@@ -336,18 +379,17 @@ class SyncStreamer:
             return streamer
 
         try:
-            streamer = asyncio.run_coroutine_threadsafe(make(), loop).result()
+            streamer = portal.call(make())
         except BaseException:
-            _stop_loop(loop)
-            thread.join()
+            portal.stop()
             raise
-        sync = cls(streamer, loop=loop)
-        sync._own_thread = thread
-        sync._finalizer = weakref.finalize(sync, _shutdown, loop, thread, streamer, 0.0)
+        sync = cls(streamer, loop=portal.loop)
+        sync._own_loop = portal
+        sync._finalizer = weakref.finalize(sync, _shutdown, portal, streamer, 0.0)
         return sync
 
     def __repr__(self) -> str:
-        state = "closed" if self._closed else "own loop thread" if self._own_thread else "shared loop"
+        state = "closed" if self._closed else "own loop thread" if self._own_loop else "shared loop"
         return f"SyncStreamer({self.streamer!r}, {state})"
 
     def __enter__(self) -> SyncStreamer:
@@ -386,20 +428,7 @@ class SyncStreamer:
         ``new_work=False`` for waiting on what is already running, which a closed SyncStreamer still allows.
         """
         loop = self._target_loop(new_work=new_work)
-        coroutine = function(*args)
-        try:
-            future = asyncio.run_coroutine_threadsafe(coroutine, loop)
-        except BaseException:
-            coroutine.close()
-            raise
-        try:
-            if not _wait_on_loop(loop, lambda timeout: bool(concurrent.futures.wait([future], timeout)[0])):
-                future.cancel()
-                raise StreamerClosed("the Streamer's event loop stopped before it finished this call")
-            return future.result()
-        except BaseException:
-            future.cancel()  # interrupted here (KeyboardInterrupt): do not leave the coroutine running
-            raise
+        return call_in_loop(loop, function(*args))
 
     # -- producers --------------------------------------------------------------------------------------------------
 
@@ -491,14 +520,14 @@ class SyncStreamer:
         """
         if self._closed:
             return
-        thread, finalizer = self._own_thread, self._finalizer
-        if thread is None or finalizer is None:
+        portal, finalizer = self._own_loop, self._finalizer
+        if portal is None or finalizer is None:
             self._closed = True
             return
-        loop = self._target_loop()  # not from the loop's own thread
+        self._target_loop()  # refuses the loop's own thread
         self._closed = True
         if finalizer.detach() is not None:
-            _shutdown(loop, thread, self.streamer, grace_period)
+            _shutdown(portal, self.streamer, grace_period)
 
 
 class SyncWriter:
