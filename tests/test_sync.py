@@ -28,6 +28,7 @@ from resumable_sse import (
     EventLoopError,
     EventTooLarge,
     MemoryStore,
+    Producer,
     ProducerError,
     Streamer,
     StreamerClosed,
@@ -268,6 +269,7 @@ async def test_same_stream_claimed_from_a_thread_and_from_async_at_once_one_wins
     streamer = Streamer(await make_store())
     client = await serve(aiohttp_client, streamer)
     sync = SyncStreamer(streamer)
+    winners: set[str] = set()
     for attempt in range(20):
         stream_id = f"race-{attempt}"
         from_thread = Steered(["thread"])
@@ -287,7 +289,14 @@ async def test_same_stream_claimed_from_a_thread_and_from_async_at_once_one_wins
             except StreamAlreadyClaimed as exc:
                 return exc
 
-        thread_result, producer = await asyncio.gather(asyncio.to_thread(publish), streamer.start(stream_id, factory))
+        async def start_async(delay: float) -> Producer | None:
+            await asyncio.sleep(delay)
+            return await streamer.start(stream_id, factory)  # noqa: B023 (called within this iteration)
+
+        # Every other attempt gives the thread a head start, so that both sides are seen winning (on the memory
+        # store a claim never waits, and the async side would always win a dead heat).
+        delay = 0.0 if attempt % 2 == 0 else 0.05
+        thread_result, producer = await asyncio.gather(asyncio.to_thread(publish), start_async(delay))
         events = await read_all(client, stream_id)
         if isinstance(thread_result, StreamAlreadyClaimed):
             assert thread_result.stream_id == stream_id
@@ -296,11 +305,14 @@ async def test_same_stream_claimed_from_a_thread_and_from_async_at_once_one_wins
             assert await producer.wait() == "done"
             assert from_thread.pulled == 0  # the loser's generator is never run
             assert_complete(events, ["async"])
+            winners.add("async")
         else:
             assert thread_result == "done"
             assert producer is None
             assert async_calls == 0
             assert_complete(events, ["thread"])
+            winners.add("thread")
+    assert winners == {"async", "thread"}
 
 
 async def test_publish_and_writer_to_an_existing_stream_raise_stream_already_claimed(make_store: StoreFactory) -> None:
