@@ -6,7 +6,7 @@ import asyncio
 import gc
 import json
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 import pytest
 from aiohttp import web
@@ -33,6 +33,10 @@ from .helpers import Gate, parse
 async def collect(streamer: Streamer, stream_id: str, last_event_id: str | None = None) -> list[Entry | Reset]:
     subscription = await streamer.subscribe(stream_id, last_event_id)
     return [item async for item in subscription]
+
+
+async def collect_batches(batches: AsyncIterator[Sequence[Entry | Reset]]) -> list[Entry | Reset]:
+    return [item async for batch in batches for item in batch]
 
 
 async def tokens(count: int) -> AsyncIterator[str]:
@@ -248,6 +252,37 @@ async def test_an_expired_stream_is_freed_by_work_on_other_streams() -> None:
         assert "old" in store._streams
         await operation()
         assert "old" not in store._streams  # freed without naming it, and without len()
+
+
+async def test_a_subscription_that_meets_a_new_epoch_follows_it_to_its_end() -> None:
+    # Subscribed while the first life of the stream was finished; by the time it reads, the stream expired and was
+    # created again. It must say reset, then follow the new life live until its terminal entry, not stop early.
+    now = [0.0]
+    async with Streamer(MemoryStore(ttl=10, clock=lambda: now[0])) as streamer:
+        first = await streamer.start("e", lambda: tokens(2))
+        assert first is not None
+        assert await first.wait() == "done"
+        batches = (await streamer.subscribe("e")).batches()
+        now[0] = 11.0  # the first life expires
+        gate = Gate(["a", "b", "c"])
+        second = await streamer.start("e", gate.produce)
+        assert second is not None
+        gate.release(1)
+        while (state := await streamer.status("e")) is None or state.last_seq < 1:  # noqa: ASYNC110
+            await asyncio.sleep(0.001)
+        head = await batches.__anext__()
+        assert isinstance(head[0], Reset)
+        assert head[0].reason == "epoch"
+        assert [item.data for item in head[1:] if isinstance(item, Entry)] == ["a"]
+        rest = asyncio.ensure_future(collect_batches(batches))
+        await asyncio.sleep(0.05)  # the reader waits for the live tail of the new life
+        gate.release(2)
+        items = await asyncio.wait_for(rest, 5)
+        assert [(item.epoch, item.data) for item in items if isinstance(item, Entry)] == [
+            (second.epoch, "b"),
+            (second.epoch, "c"),
+            (second.epoch, '{"state":"done"}'),
+        ]
 
 
 async def test_closed_streamer_refuses_new_work() -> None:

@@ -280,7 +280,10 @@ class Subscription:
                     except StreamNotFound:
                         return
                     if batch and isinstance(batch[0], Reset) and batch[0].reason == "epoch":
-                        self._detach()  # follow the new epoch's tail
+                        # Follow the new epoch's tail, from its state: the old hint would attach a tail of the old
+                        # life, whose end (finished) would end this subscription early.
+                        self._detach()
+                        self._hint = await self._streamer.store.state(self.stream_id) or self._hint
                 if pending_reset is not None:
                     batch = [pending_reset, *batch]
                     pending_reset = None
