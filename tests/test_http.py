@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -220,6 +221,21 @@ async def test_invalid_stream_id_is_400_and_nothing_started(aiohttp_client: Clie
     response = await client.get("/q", params={"stream_id": stream_id})
     assert response.status == 400
     assert "stream id" in await response.text()
+    assert gate.runs == 0
+    assert len(streamer.store) == 0  # type: ignore[arg-type]
+
+
+async def test_invalid_stream_id_from_the_route_or_the_callable_is_400(aiohttp_client: ClientFactory) -> None:
+    gate = Gate(["x"])
+    app = web.Application()
+    streamer = setup(app)
+    app.router.add_get("/stream/{stream_id}", resumable_handler(gate.produce))
+    app.router.add_get("/c/{user}", resumable_handler(gate.produce, stream_id=lambda r: f"user/{r.match_info['user']}"))
+    client = await aiohttp_client(app)
+    for path in ["/stream/has%20space", "/stream/" + "a" * 129, "/c/42"]:
+        response = await client.get(path)
+        assert response.status == 400, path
+        assert "stream id" in await response.text()
     assert gate.runs == 0
     assert len(streamer.store) == 0  # type: ignore[arg-type]
 
@@ -467,6 +483,74 @@ async def test_heartbeat_comments_while_idle(aiohttp_client: ClientFactory) -> N
     gate.release()
     rest = await response.read()
     assert [e.data for e in parse(rest)] == ["late", '{"state":"done"}']
+
+
+async def test_default_heartbeat_is_15_seconds_and_retry_2000_ms() -> None:
+    import inspect
+
+    defaults = inspect.signature(resumable_handler).parameters
+    assert (defaults["heartbeat"].default, defaults["retry"].default) == (15.0, 2000)
+
+
+async def test_requests_after_shutdown_began_are_503(aiohttp_client: ClientFactory) -> None:
+    client, streamer = await app_with(aiohttp_client, hello)
+    assert len(parse(await (await client.get("/stream/before")).read())) == 4
+    streamer.end_readers()  # what setup() does in on_shutdown
+    for path in ["/stream/before", "/stream/new"]:
+        response = await client.get(path)
+        assert response.status == 503
+        assert "unavailable" in await response.text()
+    assert await streamer.status("new") is None
+
+
+async def test_a_slow_producers_event_goes_out_at_once(aiohttp_client: ClientFactory) -> None:
+    gate = Gate(["first", "second"])
+    client, _ = await app_with(aiohttp_client, gate.produce)
+    response = await client.get("/stream/slow")
+    assert await read_event(response) == b"retry: 2000\n\n"
+    gate.release()  # the producer then waits at its next event: nothing may hold "first" back
+    assert parse(await read_event(response))[0].data == "first"
+    gate.release()
+    assert [e.data for e in parse(await response.read())] == ["second", '{"state":"done"}']
+
+
+async def test_a_stalled_reader_blocks_neither_the_producer_nor_other_readers() -> None:
+    # One client connects and never reads: its socket buffers fill up. The producer must still run to its end and
+    # another reader must still get every event (DESIGN §5); the stalled one costs a cursor, not a copy.
+    events = 3000
+    payload = "x" * 1000  # 3 MB in all: far more than the socket buffers hold
+
+    async def big(_request: web.Request) -> AsyncIterator[str]:
+        for _ in range(events):
+            yield payload
+
+    app = web.Application()
+    streamer = setup(app, Streamer(MemoryStore(max_events=events + 1)))
+    app.router.add_get("/stream/{stream_id}", resumable_handler(big))
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    stalled = socket.create_connection(("127.0.0.1", port))
+    try:
+        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        stalled.sendall(b"GET /stream/big HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n")
+        for _ in range(1000):  # the stalled request started the producer, which runs to its end regardless
+            if (state := await streamer.status("big")) is not None and state.finished:
+                break
+            await asyncio.sleep(0.01)
+        assert state is not None
+        assert (state.status, state.last_seq) == ("done", events + 1)
+        from aiohttp import ClientSession
+
+        async with ClientSession() as session, session.get(f"http://127.0.0.1:{port}/stream/big") as response:
+            received = parse(await asyncio.wait_for(response.read(), 10))
+        assert [e.data for e in received[:-1]] == [payload] * events
+        assert received[-1].event == "done"
+    finally:
+        stalled.close()
+        await runner.cleanup()
 
 
 async def test_shutdown_ends_responses_and_cancels_producers_after_grace() -> None:

@@ -560,7 +560,7 @@ class Streamer:
         self.liveness_interval: Final = lease / 2
         self.closing = False
         self.readers_ended = False
-        """True once :meth:`end_readers` ran: subscriptions end and no new ones are made (server shutdown)."""
+        """True once :meth:`end_readers` ran: subscriptions end, no new ones or new producers (server shutdown)."""
         self._runs: dict[str, _Run] = {}
         self._tails: dict[str, _Tail] = {}
         self._subscriptions: weakref.WeakSet[Subscription] = weakref.WeakSet()
@@ -602,7 +602,7 @@ class Streamer:
         """
         validate_stream_id(stream_id)
         self.bind_loop()
-        if self.closing:
+        if self.closing or self.readers_ended:
             raise StreamerClosed("the Streamer is closing and starts no new producers")
         token = secrets.token_hex(16)
         claim = await self.store.claim(stream_id, token, self.lease)
@@ -735,8 +735,9 @@ class Streamer:
         return tail
 
     def end_readers(self) -> None:
-        """Make every open subscription finish now (clients reconnect), and refuse new ones with
-        :class:`~resumable_sse.exceptions.StreamerClosed`; used when the server shuts down. Producers go on."""
+        """Make every open subscription finish now (clients reconnect), and refuse new subscriptions and new
+        producers with :class:`~resumable_sse.exceptions.StreamerClosed`; used when the server shuts down. Running
+        producers go on (they get the grace period of :meth:`close`)."""
         self.readers_ended = True
         for subscription in list(self._subscriptions):
             subscription.close()
