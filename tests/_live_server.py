@@ -49,7 +49,7 @@ def expected_events(payloads: list[Any]) -> list[tuple[str, str]]:
 
 
 async def _produce(request: web.Request) -> AsyncIterator[Any]:
-    """Producers chosen by stream id: ``count.N``, ``mixed.N``, ``fail``, ``wait``."""
+    """Producers chosen by stream id: ``count.N``, ``mixed.N``, ``paced.N``, ``fail``, ``wait``."""
     kind, _, arg = request.match_info["stream_id"].partition(".")
     if kind == "count":
         for i in range(int(arg)):
@@ -59,6 +59,10 @@ async def _produce(request: web.Request) -> AsyncIterator[Any]:
             yield payload
             if i % 25 == 0:
                 await asyncio.sleep(0.001)  # part of the stream is live, part is caught up from the log
+    elif kind == "paced":  # the same payloads at about 500 events/s: reconnects land in the live tail
+        for payload in mixed_payloads(int(arg)):
+            yield payload
+            await asyncio.sleep(0.002)
     elif kind == "fail":
         yield "a"
         raise ProducerError("boom: the model refused")

@@ -167,13 +167,18 @@ async def test_uses_and_keeps_open_a_given_session(server: TestServer) -> None:
         assert not session.closed
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3, 4])
-async def test_exactly_once_across_random_cuts(server: TestServer, seed: int) -> None:
+@pytest.mark.parametrize(
+    ("kind", "seed"), [("mixed", 1), ("mixed", 2), ("mixed", 3), ("mixed", 4), ("paced", 5), ("paced", 6)]
+)
+async def test_exactly_once_across_random_cuts(server: TestServer, kind: str, seed: int) -> None:
     """Connections cut after a random number of bytes (in headers, mid-line, mid-CRLF, mid-character): the client
-    reconnects with Last-Event-ID and receives exactly the produced sequence, nothing lost, nothing twice."""
+    reconnects with Last-Event-ID and receives exactly the produced sequence, nothing lost, nothing twice.
+
+    ``mixed`` produces faster than the cuts come (reconnects mostly catch up from the log); ``paced`` produces for
+    about a second, so reconnects land on the live tail."""
     count = 400
     async with CuttingProxy(server.port or 0, seed=seed, max_bytes=1500) as proxy:
-        events = connect(f"http://127.0.0.1:{proxy.port}/stream/mixed.{count}", **fast())
+        events = connect(f"http://127.0.0.1:{proxy.port}/stream/{kind}.{count}", **fast())
         received = await collect(events)
     assert proxy.cuts >= 10  # the test did cut the stream, many times
     assert 10 <= events.connections <= proxy.connections  # aiohttp itself retries a GET cut before its headers
@@ -201,6 +206,22 @@ async def test_server_close_reconnects_with_last_event_id(scripted: tuple[Script
     assert script.requests[1]["Authorization"] == "Bearer t"
     assert script.requests[0]["Accept"] == "text/event-stream"
     assert events.retry == 0.001
+
+
+async def test_the_servers_retry_sets_the_wait_before_reconnecting(scripted: tuple[Scripted, str]) -> None:
+    script, address = scripted
+    script.replies = [
+        (200, {}, b"retry: 400\nid: s-1\ndata: a\n\n"),  # then the server closes the connection
+        (200, {}, b"id: s-2\nevent: done\ndata: {}\n\n"),
+    ]
+    times: list[float] = []
+    loop = asyncio.get_running_loop()
+    events = connect(address, reconnect_delay=0.0, jitter=0.0)
+    async with events:
+        async for _ in events:
+            times.append(loop.time())
+    assert events.retry == 0.4
+    assert 0.4 <= times[1] - times[0] < 1.0  # not reconnect_delay (0), not a backoff: the server's 400 ms
 
 
 async def test_initial_last_event_id_is_sent(scripted: tuple[Scripted, str]) -> None:
