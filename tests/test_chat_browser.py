@@ -508,3 +508,65 @@ def test_refusals_are_retried_and_a_failure_is_not_saved_as_the_end(context: Bro
     final = answer(page)
     assert final["text"] == answer_text(PROMPT)
     assert server.stats()["runs_by_stream"] == {final["streamId"]: 1}
+
+
+# -- (9) close the tab mid-answer, open the conversation again -----------------------------------------------------
+
+
+def test_a_closed_and_reopened_tab_continues_the_answer(context: BrowserContext, make_server: Any) -> None:
+    server = make_server(speed=60)
+    page = context.new_page()
+    page.goto(server.url)
+    conversation = page.url
+    ask(page, PROMPT, engine="blocking")  # the SDK-style producer, fed through SyncStreamer from a thread
+    wait_for_text(page, 120)
+    before = answer(page)
+    assert before["status"] == "streaming"
+    page.close()  # the only tab: no reader is left, the producer goes on
+    reopened = context.new_page()
+    requests = stream_requests(reopened)
+    reopened.goto(conversation)
+    restored = answer(reopened)
+    assert restored["streamId"] == before["streamId"]
+    assert answer_text(PROMPT).startswith(restored["text"])  # shown from storage at once
+    wait_for_status(reopened, "done")
+    final = answer(reopened)
+    assert final["text"] == answer_text(PROMPT)
+    assert server.stats()["runs_by_stream"] == {final["streamId"]: 1}
+    assert "last_event_id=" in requests[0]  # it resumed from where the closed tab was, not from the start
+
+
+# -- (10) an answer that ends with error or lost says so -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("end", "data", "notice"),
+    [
+        ("error", '{"state":"error","message":"the model refused"}', "The model failed: the model refused"),
+        ("lost", '{"state":"lost","message":"the producer stopped responding"}', "server producing it stopped"),
+    ],
+)
+def test_an_answer_that_ends_with_error_or_lost_says_so(
+    context: BrowserContext, make_server: Any, end: str, data: str, notice: str
+) -> None:
+    from playwright.sync_api import Route
+
+    server = make_server(speed=60)
+    page = context.new_page()
+    # The fake model never fails, so the stream's bytes are scripted here, as the server sends them.
+    body = f"retry: 2000\n\nid: e0e0e0e0-1\ndata: Partial \n\nid: e0e0e0e0-2\nevent: {end}\ndata: {data}\n\n"
+
+    def scripted(route: Route) -> None:
+        route.fulfill(status=200, body=body, headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+
+    page.route("**/stream/**", scripted)
+    page.goto(server.url)
+    ask(page, PROMPT)
+    wait_for_status(page, end)
+    shown = answer(page)
+    assert shown["text"] == "Partial "
+    assert notice in (page.text_content(".answer >> nth=-1 >> .notice") or "")
+    assert page.is_disabled("#stop")
+    page.reload()  # the end is saved: shown again without reconnecting
+    wait_for_status(page, end)
+    assert answer(page)["text"] == "Partial "
