@@ -278,10 +278,11 @@ def _run_loop(loop: asyncio.AbstractEventLoop) -> None:
 
 
 class LoopThread:
-    """An event loop on a daemon thread of its own, for code that has none: a worker process
-    (:meth:`SyncStreamer.from_url`) or a script reading with the blocking client (:func:`~resumable_sse.client.\
-iter_events`). :meth:`call` runs a coroutine there and waits for it; :meth:`stop` ends the loop (what still runs is
-    cancelled) and waits for the thread.
+    """An event loop on a daemon thread of its own, for code that has none.
+
+    Used by :meth:`SyncStreamer.from_url` (a worker process) and by the blocking client
+    (:func:`~resumable_sse.client.iter_events`). :meth:`call` runs a coroutine there and waits for it; :meth:`stop`
+    ends the loop (what still runs is cancelled) and waits for the thread.
     """
 
     def __init__(self, name: str) -> None:
