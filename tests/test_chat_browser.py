@@ -570,3 +570,25 @@ def test_an_answer_that_ends_with_error_or_lost_says_so(
     page.reload()  # the end is saved: shown again without reconnecting
     wait_for_status(page, end)
     assert answer(page)["text"] == "Partial "
+
+
+def test_a_page_that_is_not_an_event_stream_fails_once_instead_of_retrying(
+    context: BrowserContext, make_server: Any
+) -> None:
+    from playwright.sync_api import Route
+
+    server = make_server(speed=60)
+    page = context.new_page()
+    answered: list[str] = []
+
+    def html_fallback(route: Route) -> None:  # an SPA fallback or a proxy's login page, with status 200
+        answered.append(route.request.resource_type)
+        route.fulfill(status=200, body="<!doctype html><p>Sign in</p>", content_type="text/html")
+
+    page.route("**/stream/**", html_fallback)
+    page.goto(server.url)
+    ask(page, PROMPT)
+    wait_for_status(page, "failed")
+    assert "not an event stream (text/html)" in (page.text_content(".answer >> nth=-1 >> .notice") or "")
+    time.sleep(2.5)  # a retry would come after 1 s
+    assert answered == ["eventsource", "fetch"]

@@ -373,6 +373,12 @@ async def test_a_relative_url_is_taken_with_a_session_that_has_a_base_url(server
     assert [event.event for event in events] == ["message", "message", "done"]
 
 
+async def test_a_relative_url_with_a_session_without_base_url_is_rejected_at_once() -> None:
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(ValueError, match="not an absolute URL"):
+            connect("/stream/a", session=session)
+
+
 async def test_a_certificate_error_is_a_client_error_at_once_not_retried(tls_server: str) -> None:
     events = connect(tls_server + "/stream/count.2", **fast(max_retries=5))
     with pytest.raises(ClientError, match="certificate") as caught:

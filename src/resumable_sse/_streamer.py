@@ -254,6 +254,10 @@ class Subscription:
             return []
         head = entries[0]
         if head.epoch != self._epoch:
+            # A new life of the stream: follow its tail from its own state (the old hint would attach the old
+            # life's tail, whose end would end this subscription early). Nothing may await between the epoch change
+            # and the caller moving the cursor: last_event_id must never pair the new epoch with an old seq.
+            self._hint = await store.state(self.stream_id) or self._hint
             self._epoch = head.epoch
             return [Reset("epoch", head.id), *entries]
         if head.seq != self.cursor + 1:
@@ -280,10 +284,7 @@ class Subscription:
                     except StreamNotFound:
                         return
                     if batch and isinstance(batch[0], Reset) and batch[0].reason == "epoch":
-                        # Follow the new epoch's tail, from its state: the old hint would attach a tail of the old
-                        # life, whose end (finished) would end this subscription early.
-                        self._detach()
-                        self._hint = await self._streamer.store.state(self.stream_id) or self._hint
+                        self._detach()  # follow the new epoch's tail
                 if pending_reset is not None:
                     batch = [pending_reset, *batch]
                     pending_reset = None
@@ -522,7 +523,8 @@ class Streamer:
     :param batch_size: most events per append and per read; also how far a producer may run ahead of its writes.
     :param error_message: what clients are told when a producer raises anything but
         :class:`~resumable_sse.ProducerError`.
-    :param store_retry_timeout: how long a producer's appends are retried while the store is unreachable.
+    :param store_retry_timeout: how long a producer's appends, and the live tail readers wait on, are retried while
+        the store is unreachable.
     """
 
     def __init__(

@@ -193,7 +193,7 @@ class EventStream:
             allowed = ", ".join(sorted(TERMINAL_EVENTS))
             raise ValueError(f"raise_on takes terminal event types ({allowed}), not {sorted(unknown)}")
         # A relative URL only makes sense against a session's base_url.
-        self.url: Final = check_url(url, relative_ok=session is not None)
+        self.url: Final = check_url(url, relative_ok=getattr(session, "_base_url", None) is not None)
         self._session = session
         self._owns_session = session is None
         self._last_event_id = _check_header_value("last_event_id", last_event_id or "")
@@ -279,7 +279,7 @@ class EventStream:
                 self.connections += 1
                 try:
                     response = await self._session.get(self.url, headers=self._request_headers(), timeout=self._timeout)
-                except _FATAL_NETWORK_ERRORS as exc:  # retrying cannot fix a certificate
+                except (*_FATAL_NETWORK_ERRORS, aiohttp.InvalidURL) as exc:  # retrying cannot fix these
                     raise ClientError(f"GET {self.url}: {_describe(exc)}") from exc
                 except _NETWORK_ERRORS as exc:
                     error = exc

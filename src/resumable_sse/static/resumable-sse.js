@@ -24,8 +24,9 @@
  *   memory store restarted) gives the status `gone` and no further request; 204 means it had already ended;
  *   a 5xx or an unreachable server is retried with backoff (1 s doubling to 15 s, for as long as the page is
  *   open, as EventSource does), its status staying "reconnecting"; any other status ends with `failed` and the
- *   server's message. `failed` is not saved as the end: a reload tries again (the server may be back, the stream
- *   still running), while the terminal events, `gone` and `ended` are.
+ *   server's message (so does a 200 that is not text/event-stream). `failed` is not saved as the end: a reload
+ *   tries again (the server may be back, the stream still running), while the terminal events, `gone` and `ended`
+ *   are.
  *
  * Statuses given to onStatus: "connecting", "streaming", "reconnecting" (the network dropped; EventSource
  * retries by itself), then one of "done", "error", "cancelled", "lost" (the terminal events), "gone", "ended"
@@ -207,8 +208,14 @@
           if (closed) return;
           var status = response.status;
           if (status === 200) {
-            if (controller) controller.abort(); // it works again: read it with EventSource
-            retryLater();
+            var type = (response.headers.get("Content-Type") || "").split(";")[0].trim();
+            if (controller) controller.abort();
+            if (type === "text/event-stream") {
+              retryLater(); // it works again: read it with EventSource
+            } else {
+              // EventSource refuses any other type (an HTML fallback page, a proxy's login page): no retry helps.
+              finish("failed", "the server's answer is not an event stream (" + (type || "no Content-Type") + ")");
+            }
           } else if (status === 204) {
             finish("ended", "the stream had already ended");
           } else if (status === 410) {
