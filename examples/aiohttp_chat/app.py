@@ -166,6 +166,12 @@ def _error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
 
 
+def _unavailable(what: str, exc: Exception) -> web.Response:
+    """503 for a request the streamer cannot serve now (shutting down, store down or full); the reason is logged."""
+    logger.warning("%s: %s", what, exc)
+    return _error(503, "the answer service is unavailable; try again shortly")
+
+
 async def index(request: web.Request) -> web.FileResponse:
     """The chat page."""
     return web.FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
@@ -209,8 +215,7 @@ async def start_answer(request: web.Request) -> web.Response:
         else:
             started = await streamer.start(stream_id, lambda: _source(state, stream_id, message)) is not None
     except (StreamerClosed, StoreUnavailable, StoreFull) as exc:  # shutting down, Redis down, memory store full
-        logger.warning("answer %r not started: %s", stream_id, exc)
-        return _error(503, "the answer service is unavailable; try again shortly")
+        return _unavailable(f"answer {stream_id!r} not started", exc)
     return web.json_response(
         {"stream_id": stream_id, "url": f"/stream/{stream_id}", "started": started}, status=201 if started else 200
     )
@@ -227,8 +232,7 @@ async def stop_answer(request: web.Request) -> web.Response:
     except InvalidStreamId as exc:
         return _error(400, str(exc))
     except StoreUnavailable as exc:
-        logger.warning("answer %r not stopped: %s", stream_id, exc)
-        return _error(503, "the answer service is unavailable; try again shortly")
+        return _unavailable(f"answer {stream_id!r} not stopped", exc)
     return web.json_response({"stream_id": stream_id, "cancelled": cancelled})
 
 

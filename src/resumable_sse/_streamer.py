@@ -15,9 +15,9 @@ import re
 import secrets
 import time
 import weakref
-from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Final, Union
+from typing import Any, ClassVar, Final, TypeVar, Union
 
 from ._event import Entry, EventId, Status, normalize
 from ._log import EventLog, NewEvent, StreamState
@@ -37,6 +37,7 @@ logger = logging.getLogger("resumable_sse")
 
 _STREAM_ID_RE: Final = re.compile(r"[A-Za-z0-9._:-]+")
 MAX_STREAM_ID_LENGTH: Final = 128
+T = TypeVar("T")
 _RETRY_FIRST_DELAY: Final = 0.05  # seconds before the first retry while the store is unreachable; doubles to:
 _RETRY_MAX_DELAY: Final = 1.0
 
@@ -149,37 +150,28 @@ class _Tail:
         """
         streamer = self.streamer
         store = streamer.store
-        unreachable_since: float | None = None
-        delay = _RETRY_FIRST_DELAY
+
+        async def follow() -> list[Entry]:
+            entries = await store.wait(self.stream_id, self.last_seq, streamer.batch_size, streamer.liveness_interval)
+            if not entries:
+                # Quiet for a while: if the producer's lease ran out, end the stream as lost (exactly one process
+                # wins; the terminal entry then arrives through the wait above like any other).
+                await store.end(
+                    self.stream_id,
+                    "lost",
+                    _terminal_data("lost", "the producer stopped responding"),
+                    only_if_expired=True,
+                )
+            return entries
+
+        doing = f"following {self.stream_id!r}"
         try:
             while self.readers and not self.finished and not self.gone and not streamer.closing:
                 try:
-                    entries = await store.wait(
-                        self.stream_id, self.last_seq, streamer.batch_size, streamer.liveness_interval
-                    )
-                    if not entries:
-                        # Quiet for a while: if the producer's lease ran out, end the stream as lost (exactly one
-                        # process wins; the terminal entry then arrives through the wait above like any other).
-                        await store.end(
-                            self.stream_id,
-                            "lost",
-                            _terminal_data("lost", "the producer stopped responding"),
-                            only_if_expired=True,
-                        )
+                    entries = await streamer._retry_store(doing, follow)
                 except StreamNotFound:
                     self.gone = True
                     break
-                except StoreUnavailable:
-                    now = time.monotonic()
-                    if unreachable_since is None:
-                        unreachable_since = now
-                        logger.warning("store unreachable while following %r; retrying", self.stream_id)
-                    if now - unreachable_since + delay > streamer.store_retry_timeout:
-                        raise
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, _RETRY_MAX_DELAY)
-                    continue
-                unreachable_since, delay = None, _RETRY_FIRST_DELAY
                 if entries:
                     if entries[0].epoch != self.epoch:
                         self.gone = True
@@ -604,7 +596,7 @@ class Streamer:
         """
         validate_stream_id(stream_id)
         self.bind_loop()
-        if self.closing or self.readers_ended:
+        if self.readers_ended:  # also set by close()
             raise StreamerClosed("the Streamer is closing and starts no new producers")
         token = secrets.token_hex(16)
         claim = await self.store.claim(stream_id, token, self.lease)
@@ -653,15 +645,23 @@ class Streamer:
     ) -> int:
         """Append for a producer, retrying while the store is unreachable (the append is idempotent: it names
         the sequence number it follows). Gives up after ``store_retry_timeout`` seconds."""
+        return await self._retry_store(
+            f"appending to {stream_id!r}",
+            lambda: self.store.append(stream_id, token, events, after=after, final=final),
+        )
+
+    async def _retry_store(self, doing: str, call: Callable[[], Awaitable[T]]) -> T:
+        """``await call()``, called again with a growing delay while it raises ``StoreUnavailable`` (a Redis
+        restart), for up to ``store_retry_timeout`` seconds; then the last ``StoreUnavailable`` propagates."""
         deadline = time.monotonic() + self.store_retry_timeout
         delay = _RETRY_FIRST_DELAY
         while True:
             try:
-                return await self.store.append(stream_id, token, events, after=after, final=final)
+                return await call()
             except StoreUnavailable:
                 if time.monotonic() + delay > deadline:
                     raise
-                logger.warning("store unreachable while appending to %r; retrying in %.2f s", stream_id, delay)
+                logger.warning("store unreachable while %s; retrying in %.2f s", doing, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _RETRY_MAX_DELAY)
 

@@ -57,7 +57,7 @@ def _wait_on_loop(loop: asyncio.AbstractEventLoop, ready: Callable[[float], bool
     """
     stopped = 0
     while not ready(_POLL):
-        stopped = stopped + 1 if loop.is_closed() or not loop.is_running() else 0
+        stopped = stopped + 1 if not loop.is_running() else 0  # a closed loop is not running either
         if stopped >= 2 or loop.is_closed():
             return ready(0)  # a last look: what finished just before the loop stopped still counts
     return True
