@@ -9,6 +9,8 @@ from typing import Any
 
 from aiohttp import web
 
+from resumable_sse import Entry, EventLog, StreamNotFound
+
 
 @dataclass
 class SSE:
@@ -64,3 +66,23 @@ class Gate:
                 yield token
         finally:
             self.closed = True
+
+
+async def read_entries(store: EventLog, stream_id: str, after: int = 0, limit: int = 100) -> list[Entry]:
+    """The entries of one read; StreamNotFound when the store does not know the stream."""
+    page = await store.read(stream_id, after, limit)
+    if page is None:
+        raise StreamNotFound(stream_id)
+    return list(page.entries)
+
+
+async def renew_one(store: EventLog, stream_id: str, token: str, lease: float) -> bool:
+    """Renew one producer's lease; True when it still owns the stream."""
+    return (await store.renew([(stream_id, token)], lease))[0] >= 0
+
+
+async def end_if_expired(store: EventLog, stream_id: str, data: str = '{"state":"lost"}') -> bool:
+    """Audit one stream; True when the audit ended it as lost (its producer's lease had run out)."""
+    before = await store.state(stream_id)
+    [after] = await store.audit([stream_id], data)
+    return before is not None and not before.finished and after is not None and after.status == "lost"

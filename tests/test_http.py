@@ -15,7 +15,7 @@ from aiohttp.test_utils import TestClient
 
 from resumable_sse import Event, MemoryStore, ProducerError, Streamer, resumable_handler, setup
 
-from .helpers import Gate, parse
+from .helpers import Gate, parse, read_entries
 
 ClientFactory = Callable[[web.Application], Awaitable[TestClient[web.Request, web.Application]]]
 Client = TestClient[web.Request, web.Application]
@@ -577,6 +577,6 @@ async def test_shutdown_ends_responses_and_cancels_producers_after_grace() -> No
     state = await store.state("sd")
     assert state is not None
     assert state.status == "cancelled"
-    last = (await store.read("sd", state.last_seq - 1, 1))[0]
+    last = (await read_entries(store, "sd", state.last_seq - 1, 1))[0]
     assert json.loads(last.data) == {"state": "cancelled", "message": "server shutdown"}
     assert gate.closed

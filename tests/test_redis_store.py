@@ -6,15 +6,16 @@ import asyncio
 import random
 import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 import redis.asyncio
 from redis.asyncio.cluster import RedisCluster as ClusterClient
 
-from resumable_sse import Entry, MemoryStore, RedisStore, StoreUnavailable, Streamer, StreamFenced
+from resumable_sse import Entry, MemoryStore, Page, RedisStore, StoreUnavailable, Streamer, StreamFenced
 from resumable_sse.stores import from_url
 
+from .helpers import end_if_expired, read_entries, renew_one
 from .redis_servers import RedisServer, require_server_binary, shared_cluster, shared_server, unique_prefix
 
 pytestmark = pytest.mark.redis
@@ -68,7 +69,9 @@ async def test_agrees_with_the_memory_store_on_random_appends_trims_and_reads(ma
             )
             for after in {0, rng.randrange(last + 1), max(0, last - 3), last}:
                 limit = rng.choice([1, 2, 7, 1000])
-                assert _rows(await store.read("s", after, limit)) == _rows(await memory.read("s", after, limit))
+                assert _rows(await read_entries(store, "s", after, limit)) == _rows(
+                    await read_entries(memory, "s", after, limit)
+                )
     finally:
         await store.close()
 
@@ -99,9 +102,23 @@ async def test_decode_responses_does_not_matter() -> None:
         store = RedisStore(client, key_prefix=f"{prefix}-{decode}")
         await store.claim("s", "t", LEASE)
         await store.append("s", "t", texts, after=0)
-        assert [(e.event, e.data) for e in await store.read("s", 0, 10)] == texts
-        assert [(e.event, e.data) for e in await store.wait("s", 2, 10, 1.0)] == texts[2:]
+        assert [(e.event, e.data) for e in await read_entries(store, "s", 0, 10)] == texts
+        assert await _pushed(store, texts) == texts
         await client.aclose()
+
+
+async def _pushed(store: RedisStore, texts: list[tuple[str | None, str]]) -> list[tuple[str | None, str]]:
+    """What a watch reports of an append of ``texts`` after the 4 events already in stream ``s``."""
+    changes: list[Page | None] = []
+    watch = store.watch(lambda _sid, page: changes.append(page))
+    watch.follow("s")
+    await _until(lambda: None in changes)  # the subscription is effective
+    await store.append("s", "t", texts, after=4)
+    await _until(lambda: changes[-1] is not None)
+    page = changes[-1]
+    await watch.close()
+    assert page is not None
+    return [(e.event, e.data) for e in page.entries]
 
 
 async def test_a_stale_producer_cannot_append_after_losing_its_claim() -> None:
@@ -109,23 +126,26 @@ async def test_a_stale_producer_cannot_append_after_losing_its_claim() -> None:
     await store.claim("s", "old", 0.05)
     assert await store.append("s", "old", [(None, "1")], after=0) == 1
     await asyncio.sleep(0.1)
-    assert await store.end("s", "lost", '{"state":"lost"}', only_if_expired=True)
+    assert await end_if_expired(store, "s", '{"state":"lost"}')
     with pytest.raises(StreamFenced):
         await store.append("s", "old", [(None, "2")], after=1)
-    assert await store.renew("s", "old", LEASE) is False
-    assert [(e.event, e.data) for e in await store.read("s", 0, 10)] == [(None, "1"), ("lost", '{"state":"lost"}')]
+    assert await renew_one(store, "s", "old", LEASE) is False
+    assert [(e.event, e.data) for e in await read_entries(store, "s", 0, 10)] == [
+        (None, "1"),
+        ("lost", '{"state":"lost"}'),
+    ]
     await store.close()
 
 
 async def test_lease_is_judged_by_the_redis_clock_not_the_callers() -> None:
     store = RedisStore.from_url(shared_server().url, key_prefix=unique_prefix())
     await store.claim("s", "t", 0.3)
-    assert not await store.end("s", "lost", "{}", only_if_expired=True)
-    assert await store.renew("s", "t", 0.3)
+    assert not await end_if_expired(store, "s", "{}")
+    assert await renew_one(store, "s", "t", 0.3)
     await asyncio.sleep(0.15)
-    assert not await store.end("s", "lost", "{}", only_if_expired=True)  # renewed: not expired yet
+    assert not await end_if_expired(store, "s", "{}")  # renewed: not expired yet
     await asyncio.sleep(0.3)
-    assert await store.end("s", "lost", "{}", only_if_expired=True)
+    assert await end_if_expired(store, "s", "{}")
     await store.close()
 
 
@@ -144,7 +164,7 @@ async def test_appends_of_many_producers_share_round_trips(cluster: bool) -> Non
         assert results == [round_ + 1] * len(streams)
     assert store.round_trips - before <= 3 * 3
     for stream in streams:
-        assert [e.data for e in await store.read(stream, 0, 10)] == [f"{stream}/{r}" for r in range(3)]
+        assert [e.data for e in await read_entries(store, stream, 0, 10)] == [f"{stream}/{r}" for r in range(3)]
     await store.close()
 
 
@@ -159,7 +179,7 @@ async def test_group_commit_keeps_fencing_per_stream() -> None:
     )
     assert results[0] == 1
     assert isinstance(results[1], StreamFenced)
-    assert await store.read("b", 0, 10) == []
+    assert await read_entries(store, "b", 0, 10) == []
     await store.close()
 
 
@@ -176,7 +196,7 @@ async def test_scripts_are_loaded_again_after_script_flush(client: redis.asyncio
     else:
         assert await store.append("a", "t", [(None, "1")], after=0) == 1
     await client.script_flush()
-    assert [e.data for e in await store.read("a", 0, 10)] == ["1"]
+    assert [e.data for e in await read_entries(store, "a", 0, 10)] == ["1"]
     await store.close()
 
 
@@ -189,29 +209,15 @@ async def test_unreachable_redis_raises_store_unavailable_with_the_cause() -> No
         store.state("s"),
         store.claim("x", "t", LEASE),
         store.append("s", "t", [(None, "a")], after=0),
-        store.read("s", 0, 10),
-        store.wait("s", 0, 10, 0.1),
-        store.renew("s", "t", LEASE),
+        read_entries(store, "s", 0, 10),
+        store.audit(["s"], "{}"),
+        renew_one(store, "s", "t", LEASE),
         store.end("s", "cancelled", "{}"),
     ):
         with pytest.raises(StoreUnavailable) as caught:
             await call
         assert isinstance(caught.value.__cause__, redis.exceptions.ConnectionError)
     await store.close()
-
-
-async def test_wait_blocks_until_an_append_and_close_wakes_waiters() -> None:
-    store = RedisStore.from_url(shared_server().url, key_prefix=unique_prefix())
-    await store.claim("s", "t", LEASE)
-    waiter = asyncio.ensure_future(store.wait("s", 0, 10, 5.0))
-    await asyncio.sleep(0.1)
-    assert not waiter.done()
-    await store.append("s", "t", [(None, "x")], after=0)
-    assert [e.data for e in await asyncio.wait_for(waiter, 2)] == ["x"]
-    waiter = asyncio.ensure_future(store.wait("s", 1, 10, 30.0))
-    await asyncio.sleep(0.1)
-    await asyncio.wait_for(store.close(), 2)
-    assert await asyncio.wait_for(waiter, 2) == []
 
 
 async def test_from_url_unix_socket_and_the_stores_from_url() -> None:
@@ -224,7 +230,7 @@ async def test_from_url_unix_socket_and_the_stores_from_url() -> None:
         assert isinstance(store, RedisStore) and store.max_events == 5
         assert (await store.claim("s", "t", LEASE)).acquired
         assert await store.append("s", "t", [(None, "via unix socket")], after=0) == 1
-        assert [e.data for e in await store.read("s", 0, 1)] == ["via unix socket"]
+        assert [e.data for e in await read_entries(store, "s", 0, 1)] == ["via unix socket"]
         await store.close()
 
 
@@ -239,10 +245,10 @@ async def test_cluster_streams_spread_over_nodes_and_each_stays_in_one_slot() ->
         await store.append(stream, "t", [(None, stream)], after=0)
     nodes = set()
     for stream in streams:
-        meta, entries = store._keys(stream)
-        assert client.keyslot(meta) == client.keyslot(entries)
+        meta, entries, channel = store.keys(stream)
+        assert client.keyslot(meta) == client.keyslot(entries) == client.keyslot(channel)
         nodes.add(client.get_node_from_key(meta).name)
-        assert [e.data for e in await store.read(stream, 0, 10)] == [stream]
+        assert [e.data for e in await read_entries(store, stream, 0, 10)] == [stream]
     assert len(nodes) == 3
     await store.close()
 
@@ -263,14 +269,14 @@ async def test_after_a_redis_restart_the_next_calls_succeed_on_fresh_connections
         store = RedisStore.from_url(server.url, key_prefix=unique_prefix())
         await store.claim("s", "t", LEASE)
         # Several pooled connections, all of which the restart breaks.
-        await asyncio.gather(*(store.read("s", 0, 10) for _ in range(5)))
+        await asyncio.gather(*(read_entries(store, "s", 0, 10) for _ in range(5)))
         assert await store.append("s", "t", [(None, "before")], after=0) == 1
         await asyncio.to_thread(server.restart)
         state = await store.state("s")
         assert state is not None and state.last_seq == 1
         assert await store.append("s", "t", [(None, "after")], after=1) == 2
-        assert [e.data for e in await store.read("s", 0, 10)] == ["before", "after"]
-        assert await store.renew("s", "t", LEASE)
+        assert [e.data for e in await read_entries(store, "s", 0, 10)] == ["before", "after"]
+        assert await renew_one(store, "s", "t", LEASE)
         await store.close()
 
 
@@ -321,11 +327,25 @@ async def test_a_redis_that_stops_answering_fails_calls_instead_of_hanging_them(
         await store.close()
 
 
-async def test_wait_blocks_below_the_socket_timeout() -> None:
-    # XREAD BLOCK longer than the socket timeout would fail like a dead connection: wait() keeps it shorter.
+async def test_a_quiet_watch_outlives_the_socket_timeout() -> None:
+    # The watch connection has no socket timeout of its own (it pings): a quiet stream is still followed after
+    # many socket timeouts of the store's other connections.
     store = RedisStore.from_url(shared_server().url, key_prefix=unique_prefix(), socket_timeout=0.4)
     await store.claim("s", "t", LEASE)
-    started = time.monotonic()
-    assert await store.wait("s", 0, 10, timeout=5.0) == []  # a block past 0.4 s would raise StoreUnavailable
-    assert time.monotonic() - started < 2.0  # and it did not wait the 5 s asked for
+    changes: list[Page | None] = []
+    watch = store.watch(lambda _sid, page: changes.append(page))
+    watch.follow("s")
+    await _until(lambda: None in changes)
+    await asyncio.sleep(1.5)
+    await store.append("s", "t", [(None, "late")], after=0)
+    await _until(lambda: changes[-1] is not None)
+    page = changes[-1]
+    assert page is not None and [e.data for e in page.entries] == ["late"]
     await store.close()
+
+
+async def _until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)

@@ -27,7 +27,7 @@ from resumable_sse import (
 )
 
 from .conftest import StoreFactory
-from .helpers import Gate, parse
+from .helpers import Gate, parse, read_entries, renew_one
 
 
 async def collect(streamer: Streamer, stream_id: str, last_event_id: str | None = None) -> list[Entry | Reset]:
@@ -224,8 +224,8 @@ async def test_nothing_is_left_behind_after_a_stream_expires() -> None:
     await asyncio.sleep(0.5)  # past the TTL and past the tail's quiet interval
     assert await store.state("x") is None
     assert len(store) == 0
-    assert streamer._runs == {}
-    assert streamer._tails == {}
+    assert len(streamer.producers) == 0
+    assert streamer.hub.tails == {}
     assert len(asyncio.all_tasks()) == baseline_tasks
     gc.collect()
     assert len(streamer._subscriptions) == 0
@@ -239,11 +239,10 @@ async def test_an_expired_stream_is_freed_by_work_on_other_streams() -> None:
     await store.claim("busy", "u", 1e9)
     operations = [
         lambda: store.append("busy", "u", [(None, "y")], after=0),
-        lambda: store.read("busy", 0, 10),
+        lambda: read_entries(store, "busy", 0, 10),
         lambda: store.state("busy"),
-        lambda: store.renew("busy", "u", 1e9),
-        lambda: store.wait("busy", 0, 10, 0.01),
-        lambda: store.end("busy", "cancelled", "{}", only_if_expired=True),
+        lambda: renew_one(store, "busy", "u", 1e9),
+        lambda: store.audit(["busy"], "{}"),
     ]
     for operation in operations:
         assert (await store.claim("old", "t", 5)).acquired

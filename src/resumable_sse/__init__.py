@@ -8,7 +8,7 @@ exactly the events it missed, then the live tail. The producer runs once per str
 from typing import TYPE_CHECKING
 
 from ._event import TERMINAL_EVENTS, Entry, Event, EventId
-from ._log import Claim, EventLog, StreamState
+from ._log import Claim, EventLog, Page, StreamState, Watch
 from ._streamer import Producer, Reset, Streamer, Subscription, validate_stream_id
 from .aiohttp import STREAMER_KEY, resumable_handler, setup
 from .exceptions import (
@@ -58,6 +58,7 @@ __all__ = [
     "InvalidEventId",
     "InvalidStreamId",
     "MemoryStore",
+    "Page",
     "Producer",
     "ProducerError",
     "RedisStore",
@@ -75,6 +76,7 @@ __all__ = [
     "Subscription",
     "SyncStreamer",
     "SyncWriter",
+    "Watch",
     "__version__",
     "from_url",
     "resumable_handler",

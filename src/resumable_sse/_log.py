@@ -1,20 +1,25 @@
-"""The event log protocol: what a store must do, and the state types it returns.
+"""The event log protocol: what a store must do, and the shapes it answers with.
 
 A store keeps and reads; the rules (who may produce, when a stream ends, what a client is sent) live in the
 :class:`~resumable_sse.Streamer`. A custom store implements :class:`EventLog` and passes the contract suite in
 ``tests/test_log_contract.py`` unchanged. Every method that changes a stream is atomic in the store: two processes
 sharing a store can never both claim a stream, and a producer that lost its claim can never append (fencing).
+
+Every read answers with a :class:`Page`: the stream's shape (epoch, status, first and last retained sequence number)
+beside the entries. A store may lose a stream (a restart without persistence, eviction, a flush), rewind it (a
+restore from an older snapshot) or see it created again under a new epoch; readers compare the shape with what they
+hold, so none of these can pass as a continuation.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 from ._event import Entry, EventId, Status
 
-__all__ = ["Claim", "EventLog", "NewEvent", "StreamState"]
+__all__ = ["Claim", "EventLog", "NewEvent", "OnChange", "Page", "StreamState", "Watch"]
 
 NewEvent = tuple[str | None, str]
 """An event to append: ``(event type or None, data text)``; the store assigns its sequence number."""
@@ -45,9 +50,26 @@ class StreamState:
         return str(EventId(self.epoch, seq))
 
     @property
+    def first_id(self) -> str | None:
+        """The id of the earliest retained entry, or None when none is retained."""
+        return self.id_of(self.first_seq) if self.first_seq <= self.last_seq else None
+
+    @property
     def last_id(self) -> str | None:
         """The id of the newest entry, or None when the stream has none yet."""
         return self.id_of(self.last_seq) if self.last_seq else None
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """A read's answer: the stream's state at the moment of the read, and entries of that state's epoch.
+
+    ``entries`` are contiguous and oldest first; they start after the position asked for, or at ``state.first_seq``
+    when that position was trimmed (or lies in no retained range).
+    """
+
+    state: StreamState
+    entries: Sequence[Entry] = field(default=())
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +78,35 @@ class Claim:
 
     acquired: bool
     state: StreamState
+
+
+OnChange = Callable[[str, "Page | None"], None]
+"""``on_change(stream_id, page)``, called on the event loop for a followed stream.
+
+``page`` holds the stream's new state and the entries just appended (none for a new epoch); None means the store may
+have missed changes (it reconnected, or has just started following) and the stream must be read again.
+"""
+
+
+class Watch(Protocol):
+    """Change notifications for the streams one process follows, from :meth:`EventLog.watch`.
+
+    One watch serves every stream its owner follows (one connection, not one per stream). Notifications of one stream
+    arrive in the order of its changes. A loss or rewind of the store is not notified (it cannot be): the owner
+    audits quiet streams with :meth:`EventLog.audit`.
+    """
+
+    def follow(self, stream_id: str) -> None:
+        """Start notifying changes of ``stream_id``."""
+        ...
+
+    def unfollow(self, stream_id: str) -> None:
+        """Stop notifying changes of ``stream_id``."""
+        ...
+
+    async def close(self) -> None:
+        """Stop notifying anything and release what the watch holds."""
+        ...
 
 
 @runtime_checkable
@@ -85,24 +136,36 @@ class EventLog(Protocol):
         ``last_seq`` is returned. Any other mismatch writes nothing and raises ``StreamFenced``.
 
         Fenced: raises :class:`~resumable_sse.exceptions.StreamFenced` and writes nothing unless ``token`` is the
-        stream's producer and the stream is running (or, for a retry, was ended by this very append).
+        stream's producer and the stream is running (or, for a retry, was ended by this very append). Raises
+        :class:`~resumable_sse.exceptions.StreamNotFound` when the stream is gone.
 
-        With ``final`` (a terminal status) the last of ``events`` is
-        the terminal entry: the stream becomes finished, its claim is released, and its time to live starts.
-        Trims the oldest entries beyond the store's ``max_events``. All of it is one atomic step.
+        With ``final`` (a terminal status) the last of ``events`` is the terminal entry: the stream becomes
+        finished, its claim is released, and its time to live starts. Trims the oldest entries beyond the store's
+        ``max_events``. All of it is one atomic step, notified to every watch that follows the stream.
         """
         ...
 
-    async def renew(self, stream_id: str, token: str, lease: float) -> bool:
-        """Extend the producer's claim by ``lease`` seconds; False (and no change) if ``token`` lost it."""
+    async def renew(self, leases: Sequence[tuple[str, str]], lease: float) -> list[int]:
+        """Extend the claim of each ``(stream_id, token)`` by ``lease`` seconds, in one round trip.
+
+        For each: the stream's ``last_seq`` when ``token`` still owns the running stream, else -1 (nothing changed).
+        """
         ...
 
-    async def end(self, stream_id: str, status: Status, data: str, *, only_if_expired: bool = False) -> bool:
+    async def end(self, stream_id: str, status: Status, data: str) -> bool:
         """End a running stream from outside its producer: append the terminal entry ``(status, data)``.
 
-        Used for ``cancelled`` (any process may cancel) and ``lost`` (with ``only_if_expired``: only when the
-        producer's lease has run out). Atomic and at most once: returns True only for the call that wrote the
-        terminal entry. After it, the producer's appends and renewals fail (it is fenced).
+        Used for ``cancelled`` (any process may cancel). Atomic and at most once: returns True only for the call
+        that wrote the terminal entry. After it, the producer's appends and renewals fail (it is fenced).
+        """
+        ...
+
+    async def audit(self, stream_ids: Sequence[str], lost: str) -> list[StreamState | None]:
+        """The current state of each stream (None: unknown), in one round trip.
+
+        A running stream whose producer's lease has run out is first ended with the terminal entry
+        ``("lost", lost)``, atomically and at most once across processes, so that readers never wait on a dead
+        producer.
         """
         ...
 
@@ -110,23 +173,20 @@ class EventLog(Protocol):
         """The stream's current state, or None when it is unknown (never created, or expired)."""
         ...
 
-    async def read(self, stream_id: str, after: int, limit: int) -> list[Entry]:
-        """Up to ``limit`` retained entries with ``seq > after``, oldest first, of the stream's current epoch.
+    async def read(self, stream_id: str, after: int, limit: int, *, epoch: str | None = None) -> Page | None:
+        """Up to ``limit`` retained entries with ``seq > after`` of the stream's current epoch, with its state.
 
-        When entries after ``after`` were trimmed the result starts at the earliest retained one: callers detect
-        the gap from the first entry's ``seq``. Raises :class:`~resumable_sse.exceptions.StreamNotFound` when the
+        The entries start at the earliest retained one instead when entries after ``after`` were trimmed, when
+        ``after`` lies beyond ``last_seq`` (the stream was rewound), or when ``epoch`` is given and is not the
+        stream's (it was created again): the caller compares the page's state with what it holds. None when the
         stream is unknown.
         """
         ...
 
-    async def wait(self, stream_id: str, after: int, limit: int, timeout: float) -> list[Entry]:
-        """Like :meth:`read`, but when nothing follows ``after`` wait up to ``timeout`` seconds for an append.
-
-        Returns an empty list on timeout. This is the live tail; the Streamer calls it once per stream per process,
-        never once per reader.
-        """
+    def watch(self, on_change: OnChange) -> Watch:
+        """A :class:`Watch` calling ``on_change`` for the streams it follows (see :data:`OnChange`)."""
         ...
 
     async def close(self) -> None:
-        """Release connections and wake every waiter; the store is not used afterwards."""
+        """Release connections and stop every watch; the store is not used afterwards."""
         ...

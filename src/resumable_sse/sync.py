@@ -35,7 +35,7 @@ from ._streamer import Producer, Streamer
 from .exceptions import EventLoopError, StreamAlreadyClaimed, StreamerClosed, StreamFenced
 
 if TYPE_CHECKING:
-    from ._streamer import _Run
+    from ._producer import _Run
 
 __all__ = ["SyncStreamer", "SyncWriter", "pump_in_thread"]
 

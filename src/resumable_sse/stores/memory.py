@@ -2,19 +2,19 @@
 
 Streams live in a dict; each keeps its retained entries in a list with a moving head so that appends, trims and
 reads from any position are O(1) amortized plus the entries returned. Nothing runs in the background: expired
-streams are swept when the store is used, so an idle store holds no task, no timer and no future.
+streams are swept when the store is used, so an idle store holds no task, no timer and no future. An append is its
+own notification: it calls the watches that follow the stream, with the new entries, before it returns.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Final
 
 from .._event import Entry, Status, new_epoch
-from .._log import Claim, NewEvent, StreamState
+from .._log import Claim, NewEvent, OnChange, Page, StreamState
 from ..exceptions import StoreFull, StreamFenced, StreamNotFound
 
 __all__ = ["MemoryStore"]
@@ -32,7 +32,6 @@ class _Stream:
         "lease_until",
         "status",
         "token",
-        "waiters",
     )
 
     def __init__(self, epoch: str, token: str, lease_until: float) -> None:
@@ -44,7 +43,6 @@ class _Stream:
         self.expires_at = 0.0  # set when the stream finishes
         self.entries: list[Entry] = []
         self.head = 0
-        self.waiters: list[asyncio.Future[None]] = []
 
     @property
     def last_seq(self) -> int:
@@ -61,11 +59,25 @@ class _Stream:
         start = max(self.head, after + 1 - self.entries[0].seq)
         return self.entries[start : start + limit]
 
-    def wake(self) -> None:
-        waiters, self.waiters = self.waiters, []
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(None)
+
+class _MemoryWatch:
+    """A :class:`~resumable_sse.Watch` on a memory store: the store calls it from its writes."""
+
+    def __init__(self, store: MemoryStore, on_change: OnChange) -> None:
+        self.store = store
+        self.on_change = on_change
+        self.followed: set[str] = set()
+
+    def follow(self, stream_id: str) -> None:
+        self.followed.add(stream_id)
+
+    def unfollow(self, stream_id: str) -> None:
+        self.followed.discard(stream_id)
+
+    async def close(self) -> None:
+        self.followed.clear()
+        if self in self.store._watches:
+            self.store._watches.remove(self)
 
 
 class MemoryStore:
@@ -103,7 +115,7 @@ class MemoryStore:
         self._streams: dict[str, _Stream] = {}
         # Finished streams in the order they finished, which is also the order they expire in (one ttl for all).
         self._finished: OrderedDict[str, None] = OrderedDict()
-        self._closed = False
+        self._watches: list[_MemoryWatch] = []
 
     def __repr__(self) -> str:
         return (
@@ -127,9 +139,15 @@ class MemoryStore:
             self._forget(stream_id)
 
     def _forget(self, stream_id: str) -> None:
-        stream = self._streams.pop(stream_id)
+        self._streams.pop(stream_id)
         self._finished.pop(stream_id, None)
-        stream.wake()  # waiters see the stream gone
+
+    def _notify(self, stream_id: str, stream: _Stream, entries: Sequence[Entry]) -> None:
+        page: Page | None = None
+        for watch in self._watches:
+            if stream_id in watch.followed:
+                page = page or Page(self._state(stream_id, stream), entries)
+                watch.on_change(stream_id, page)
 
     def _get(self, stream_id: str) -> _Stream | None:
         # Every operation sweeps (O(1) when nothing expired), so a busy store frees expired streams as it goes, not
@@ -147,21 +165,21 @@ class MemoryStore:
     def _state(self, stream_id: str, stream: _Stream) -> StreamState:
         return StreamState(stream_id, stream.epoch, stream.status, stream.first_seq, stream.last_seq)
 
-    def _add(self, stream: _Stream, events: Sequence[NewEvent]) -> int:
+    def _add(self, stream_id: str, stream: _Stream, events: Sequence[NewEvent]) -> int:
         seq = stream.last_seq
         epoch = stream.epoch
+        added = [Entry(epoch, seq + index, event, data) for index, (event, data) in enumerate(events, 1)]
         entries = stream.entries
-        for event, data in events:
-            seq += 1
-            entries.append(Entry(epoch, seq, event, data))
+        entries.extend(added)
         excess = len(entries) - stream.head - self.max_events
         if excess > 0:
             stream.head += excess
             if stream.head > len(entries) // 2:  # compact now and then: amortized O(1) per entry
                 del entries[: stream.head]
                 stream.head = 0
-        stream.wake()
-        return seq
+            added = added[-self.max_events :]
+        self._notify(stream_id, stream, added)
+        return seq + len(events)
 
     def _finish(self, stream_id: str, stream: _Stream, status: Status) -> None:
         stream.status = status
@@ -181,6 +199,7 @@ class MemoryStore:
                 raise StoreFull(f"the memory store holds max_streams={self.max_streams} running streams")
             self._forget(next(iter(self._finished)))
         stream = self._streams[stream_id] = _Stream(new_epoch(), token, self._clock() + lease)
+        self._notify(stream_id, stream, ())
         return Claim(True, self._state(stream_id, stream))
 
     async def append(
@@ -197,65 +216,71 @@ class MemoryStore:
             raise StreamFenced(stream_id)
         if stream.status != "running" or stream.token != token:
             raise StreamFenced(stream_id)
+        if final is not None and not events:
+            raise ValueError("a final append needs the terminal entry")
         stream.last_token = token
         if final is not None:
-            if not events:
-                raise ValueError("a final append needs the terminal entry")
             self._finish(stream_id, stream, final)
-        return self._add(stream, events)
+        return self._add(stream_id, stream, events)
 
-    async def renew(self, stream_id: str, token: str, lease: float) -> bool:
+    async def renew(self, leases: Sequence[tuple[str, str]], lease: float) -> list[int]:
         """See :meth:`EventLog.renew <resumable_sse.EventLog.renew>`."""
-        stream = self._get(stream_id)
-        if stream is None or stream.status != "running" or stream.token != token:
-            return False
-        stream.lease_until = self._clock() + lease
-        return True
+        kept = []
+        until = self._clock() + lease
+        for stream_id, token in leases:
+            stream = self._get(stream_id)
+            if stream is None or stream.status != "running" or stream.token != token:
+                kept.append(-1)
+            else:
+                stream.lease_until = until
+                kept.append(stream.last_seq)
+        return kept
 
-    async def end(self, stream_id: str, status: Status, data: str, *, only_if_expired: bool = False) -> bool:
+    def _end(self, stream_id: str, stream: _Stream, status: Status, data: str) -> None:
+        self._finish(stream_id, stream, status)
+        stream.last_token = None
+        self._add(stream_id, stream, [(status, data)])
+
+    async def end(self, stream_id: str, status: Status, data: str) -> bool:
         """See :meth:`EventLog.end <resumable_sse.EventLog.end>`."""
         stream = self._get(stream_id)
         if stream is None or stream.status != "running":
             return False
-        if only_if_expired and stream.lease_until > self._clock():
-            return False
-        self._finish(stream_id, stream, status)
-        stream.last_token = None
-        self._add(stream, [(status, data)])
+        self._end(stream_id, stream, status, data)
         return True
+
+    async def audit(self, stream_ids: Sequence[str], lost: str) -> list[StreamState | None]:
+        """See :meth:`EventLog.audit <resumable_sse.EventLog.audit>`."""
+        states: list[StreamState | None] = []
+        now = self._clock()
+        for stream_id in stream_ids:
+            stream = self._get(stream_id)
+            if stream is not None and stream.status == "running" and stream.lease_until <= now:
+                self._end(stream_id, stream, "lost", lost)
+            states.append(None if stream is None else self._state(stream_id, stream))
+        return states
 
     async def state(self, stream_id: str) -> StreamState | None:
         """See :meth:`EventLog.state <resumable_sse.EventLog.state>`."""
         stream = self._get(stream_id)
         return None if stream is None else self._state(stream_id, stream)
 
-    async def read(self, stream_id: str, after: int, limit: int) -> list[Entry]:
+    async def read(self, stream_id: str, after: int, limit: int, *, epoch: str | None = None) -> Page | None:
         """See :meth:`EventLog.read <resumable_sse.EventLog.read>`."""
         stream = self._get(stream_id)
         if stream is None:
-            raise StreamNotFound(stream_id)
-        return stream.after(after, limit)
+            return None
+        if after > stream.last_seq or (epoch is not None and epoch != stream.epoch):
+            after = 0
+        return Page(self._state(stream_id, stream), stream.after(after, limit))
 
-    async def wait(self, stream_id: str, after: int, limit: int, timeout: float) -> list[Entry]:
-        """See :meth:`EventLog.wait <resumable_sse.EventLog.wait>`."""
-        stream = self._get(stream_id)
-        if stream is None:
-            raise StreamNotFound(stream_id)
-        if stream.last_seq > after or stream.status != "running" or self._closed:
-            return stream.after(after, limit)
-        waiter = asyncio.get_running_loop().create_future()
-        stream.waiters.append(waiter)
-        try:
-            await asyncio.wait_for(waiter, timeout)
-        except asyncio.TimeoutError:
-            return []
-        finally:
-            if waiter in stream.waiters:
-                stream.waiters.remove(waiter)
-        return await self.read(stream_id, after, limit)
+    def watch(self, on_change: OnChange) -> _MemoryWatch:
+        """See :meth:`EventLog.watch <resumable_sse.EventLog.watch>`: appends notify before they return."""
+        watch = _MemoryWatch(self, on_change)
+        self._watches.append(watch)
+        return watch
 
     async def close(self) -> None:
-        """Wake every waiter; the streams stay readable until the store is dropped."""
-        self._closed = True
-        for stream in self._streams.values():
-            stream.wake()
+        """Stop every watch; the streams stay readable until the store is dropped."""
+        for watch in list(self._watches):
+            await watch.close()

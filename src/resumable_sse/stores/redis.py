@@ -6,6 +6,7 @@ the Lua scripts work unchanged on Redis Cluster):
 - ``{p:s}:m``, a hash: ``e`` epoch, ``s`` status, ``t`` producer token, ``l`` lease end (ms, Redis clock), ``n``
   last seq, ``f`` first retained seq, ``lt`` token of the last append (to recognise a retried append), ``x`` the
   nonce of the call that ended the stream (to recognise a retried end).
+- ``{p:s}:c``, the stream's pub/sub channel: every change is published there (see ``_redis_watch.py``).
 - ``{p:s}:e``, a Redis Stream with one entry per append: id ``<seq of its last event>-0``, fields ``n`` (number
   of events) and ``d`` (the events packed as ``<event type>\\xfe<data>`` joined by ``\\xff``, two bytes UTF-8 text
   never contains). An append of 1,000 events is one XADD; a read is one XRANGE over a few entries, returned as
@@ -17,8 +18,9 @@ appends (fenced by token and by the ``after`` sequence number), trims, endings a
 with no read-then-write race. Leases are counted on the Redis server's clock, so process clocks do not matter.
 
 Appends from many producers in one process are sent together: while one round trip is in flight, the appends that
-arrive queue and go in the next one as a single pipeline (group commit). The live tail reads with ``XREAD BLOCK``,
-one blocked connection per followed stream per process (the Streamer follows each stream once).
+arrive queue and go in the next one as a single pipeline (group commit). The live tail is pushed, not polled: each
+change is published with its entries, and one pub/sub connection per node carries every stream a process follows.
+Leases of all of a process's producers are renewed in one command; quiet streams are audited in one pipeline.
 
 The ``redis`` package is an optional dependency (``pip install resumable-sse[redis]``); this module imports
 without it and says so when a store is made.
@@ -29,12 +31,13 @@ from __future__ import annotations
 import asyncio
 import importlib.resources
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
-from .._event import Entry, Status, new_epoch
-from .._log import Claim, NewEvent, StreamState
+from .._event import Status, new_epoch
+from .._log import Claim, NewEvent, OnChange, Page, StreamState
 from ..exceptions import StoreUnavailable, StreamFenced, StreamNotFound
+from ._redis_watch import RedisWatch, status_of, unpack
 
 if TYPE_CHECKING:
     from typing import TypeAlias
@@ -46,6 +49,7 @@ if TYPE_CHECKING:
 
 __all__ = ["RedisStore"]
 
+_Call = tuple[Sequence[str], Sequence[Any]]  # one script call: keys and args
 _INSTALL_HINT: Final = "RedisStore needs the redis package: pip install resumable-sse[redis]"
 _SCRIPTS: Final = ("claim", "append", "renew", "end", "read")
 
@@ -57,16 +61,6 @@ def _redis_module() -> Any:
     except ImportError as exc:  # pragma: no cover - exercised in an environment without redis
         raise ImportError(_INSTALL_HINT) from exc
     return redis
-
-
-def _socket_timeout(client: Any, is_cluster: bool) -> float | None:
-    """The client's socket timeout in seconds (None: reads may wait for ever), as far as redis-py tells it."""
-    try:
-        kwargs = client.get_connection_kwargs() if is_cluster else client.connection_pool.connection_kwargs
-    except AttributeError:
-        return None
-    value = kwargs.get("socket_timeout")
-    return float(value) if value else None
 
 
 def _load_script(name: str) -> str:
@@ -95,7 +89,7 @@ class _Pending:
 
     __slots__ = ("args", "future", "keys")
 
-    def __init__(self, keys: tuple[str, str], args: list[Any], future: asyncio.Future[Any]) -> None:
+    def __init__(self, keys: tuple[str, ...], args: list[Any], future: asyncio.Future[Any]) -> None:
         self.keys = keys
         self.args = args
         self.future = future
@@ -151,13 +145,12 @@ class RedisStore:
         # redis-py's cluster client set up lazily by many concurrent first commands can fail some of them (a race in
         # its initialisation), so the store sets it up once, under a lock, before its first command.
         self._is_cluster = isinstance(client, RedisCluster)
-        self._socket_timeout = _socket_timeout(client, self._is_cluster)
         self._uninitialized_cluster = self._is_cluster
         self._init_lock = asyncio.Lock()
+        self._publish = "SPUBLISH" if self._is_cluster else "PUBLISH"
         self._queue: list[_Pending] = []
         self._committer: asyncio.Task[None] | None = None
-        self._closed: asyncio.Event | None = None
-        self._is_closed = False
+        self._watches: list[RedisWatch] = []
         self.round_trips = 0
         """Append round trips made so far (a group commit of many appends counts once); for tests and tuning."""
 
@@ -172,12 +165,12 @@ class RedisStore:
         """
         redis = _redis_module()
         store_options = {key: options.pop(key) for key in ("key_prefix", "max_events", "ttl") if key in options}
-        # Each followed stream holds a connection in XREAD BLOCK, and bursts of requests each need one: the pool is
-        # larger than redis-py's default (100, beyond which commands fail at once), and on a single node a command
-        # that finds it exhausted waits up to 10 s for a free connection instead of failing.
+        # Bursts of requests each need a connection: the pool is larger than redis-py's default (100, beyond which
+        # commands fail at once), and on a single node a command that finds it exhausted waits up to 10 s for a
+        # free connection instead of failing. Live tails need none of it: they share one pub/sub connection.
         options.setdefault("max_connections", 1000)
         # A Redis that stops answering (a dropped network, a host that vanished) must fail calls, not hang them:
-        # requests then get 503 and producers retry. wait() keeps its XREAD BLOCK below the socket timeout.
+        # requests then get 503 and producers retry. The watch connection pings instead of timing out.
         options.setdefault("socket_connect_timeout", 5.0)
         options.setdefault("socket_timeout", 10.0)
         if options.pop("cluster", False):
@@ -195,9 +188,40 @@ class RedisStore:
 
     # -- plumbing ---------------------------------------------------------------------------------------------
 
-    def _keys(self, stream_id: str) -> tuple[str, str]:
+    def keys(self, stream_id: str) -> tuple[str, str, str]:
+        """The keys of ``stream_id``: its state hash, its entries stream and its notification channel."""
         tag = f"{{{self.key_prefix}:{stream_id}}}"
-        return f"{tag}:m", f"{tag}:e"
+        return f"{tag}:m", f"{tag}:e", f"{tag}:c"
+
+    def pubsub_connection(self, channel: str) -> tuple[Any, Callable[[], Any]]:
+        """For the watch: the node that carries ``channel`` (None on a single server) and a factory of new,
+        unconnected connections to it, with no socket timeout and no health checks of redis-py's own (the watch
+        pings itself, and a health check would read replies from under it)."""
+        client: Any = self.client
+        if self._is_cluster:
+            node = client.get_node_from_key(channel)
+            connection_class, kwargs = node.connection_class, dict(node.connection_kwargs)
+            name = node.name
+        else:
+            pool = client.connection_pool
+            connection_class, kwargs = pool.connection_class, dict(pool.connection_kwargs)
+            name = None
+        # RESP2: messages come back as replies of the read (RESP3 would hand them to a push handler instead).
+        # Maintenance notifications (redis-py 7+) need RESP3: none on this connection.
+        kwargs.update(socket_timeout=None, health_check_interval=0, protocol=2)
+        kwargs.pop("maint_notifications_config", None)
+        return name, lambda: connection_class(**kwargs)
+
+    def watch(self, on_change: OnChange) -> RedisWatch:
+        """See :meth:`EventLog.watch <resumable_sse.EventLog.watch>`: pub/sub, one connection per node."""
+        watch = RedisWatch(self, on_change)
+        self._watches.append(watch)
+        return watch
+
+    def forget_watch(self, watch: RedisWatch) -> None:
+        """Called by a closed watch."""
+        if watch in self._watches:
+            self._watches.remove(watch)
 
     async def _initialize(self) -> None:
         async with self._init_lock:
@@ -214,7 +238,7 @@ class RedisStore:
             return StoreUnavailable(f"Redis is unreachable: {exc}")
         return exc
 
-    async def _eval(self, name: str, keys: tuple[str, str], args: Sequence[Any], **options: Any) -> Any:
+    async def _eval(self, name: str, keys: Sequence[str], args: Sequence[Any], **options: Any) -> Any:
         """Run script ``name``; connection failures become :class:`StoreUnavailable` (``from`` the original)."""
         if self._uninitialized_cluster:
             await self._initialize()
@@ -225,10 +249,10 @@ class RedisStore:
         for attempt in (1, 2):
             try:
                 try:
-                    return await client.execute_command("EVALSHA", script.sha, 2, *keys, *args, **options)
+                    return await client.execute_command("EVALSHA", script.sha, len(keys), *keys, *args, **options)
                 except self._no_script:
                     await client.script_load(script.text)
-                    return await client.execute_command("EVALSHA", script.sha, 2, *keys, *args, **options)
+                    return await client.execute_command("EVALSHA", script.sha, len(keys), *keys, *args, **options)
             except self._unavailable as exc:
                 if attempt == 2:
                     raise StoreUnavailable(f"Redis is unreachable: {exc}") from exc
@@ -257,7 +281,7 @@ class RedisStore:
             try:
                 if self._uninitialized_cluster:
                     await self._initialize()
-                results = await self._pipeline(client, script, group)
+                results = await self._pipeline(client, script, [(item.keys, item.args) for item in group])
             except BaseException as exc:
                 wrapped = self._wrap(exc)
                 for item in group:
@@ -274,30 +298,49 @@ class RedisStore:
                 else:
                     item.future.set_result(outcome)
 
-    async def _pipeline(self, client: Any, script: _Script, group: list[_Pending]) -> list[Any]:
-        """Run the appends of ``group`` in one pipeline; those that met NOSCRIPT run again after SCRIPT LOAD."""
+    async def _pipeline(self, client: Any, script: _Script, calls: Sequence[_Call]) -> list[Any]:
+        """Run ``script`` once per ``(keys, args)`` in one pipeline; calls that met NOSCRIPT run again after
+        SCRIPT LOAD. Errors come back in place of results."""
         pipe = client.pipeline(transaction=False)
-        for item in group:
-            pipe.execute_command("EVALSHA", script.sha, 2, *item.keys, *item.args)
+        for keys, args in calls:
+            pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
         results: list[Any] = await pipe.execute(raise_on_error=False)
         missing = [index for index, outcome in enumerate(results) if isinstance(outcome, self._no_script)]
         if missing:
             await client.script_load(script.text)
             for index in missing:
-                item = group[index]
+                keys, args = calls[index]
                 try:
-                    results[index] = await client.evalsha(script.sha, 2, *item.keys, *item.args)
+                    results[index] = await client.evalsha(script.sha, len(keys), *keys, *args)
                 except Exception as exc:
                     results[index] = exc
         return results
+
+    async def _pipelined(self, name: str, calls: Sequence[_Call]) -> list[Any]:
+        """:meth:`_pipeline` for callers: connection failures become StoreUnavailable, and so do errors in place."""
+        if self._uninitialized_cluster:
+            await self._initialize()
+        for attempt in (1, 2):  # once more on a fresh connection, as in _eval: every script is safe to repeat
+            try:
+                results = await self._pipeline(self.client, self._scripts[name], calls)
+            except self._unavailable as exc:
+                if attempt == 2:
+                    raise StoreUnavailable(f"Redis is unreachable: {exc}") from exc
+                continue
+            for outcome in results:
+                if isinstance(outcome, BaseException):
+                    raise self._wrap(outcome) from outcome
+            return results
+        raise AssertionError("unreachable")  # pragma: no cover
 
     # -- EventLog ---------------------------------------------------------------------------------------------
 
     async def claim(self, stream_id: str, token: str, lease: float) -> Claim:
         """See :meth:`EventLog.claim <resumable_sse.EventLog.claim>`."""
-        reply = await self._eval("claim", self._keys(stream_id), [token, new_epoch(), _ms(lease), self._ttl_ms])
-        acquired, epoch, status, first, last = reply
-        return Claim(bool(int(acquired)), StreamState(stream_id, _text(epoch), _status(status), int(first), int(last)))
+        args = [token, new_epoch(), _ms(lease), self._ttl_ms, self._publish]
+        acquired, epoch, status, first, last = await self._eval("claim", self.keys(stream_id), args)
+        state = StreamState(stream_id, _text(epoch), status_of(status), int(first), int(last))
+        return Claim(bool(int(acquired)), state)
 
     async def append(
         self, stream_id: str, token: str, events: Sequence[NewEvent], *, after: int, final: Status | None = None
@@ -308,10 +351,12 @@ class RedisStore:
         """
         if final is not None and not events:
             raise ValueError("a final append needs the terminal entry")
-        args: list[Any] = [token, after, final or "", self.max_events, self._ttl_ms, len(events), _pack(events)]
+        args: list[Any] = [
+            token, after, final or "", self.max_events, self._ttl_ms, len(events), _pack(events), self._publish
+        ]  # fmt: skip
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        self._queue.append(_Pending(self._keys(stream_id), args, future))
+        self._queue.append(_Pending(self.keys(stream_id), args, future))
         if self._committer is None or self._committer.done():
             self._committer = loop.create_task(self._commit())
         reply = int(await future)
@@ -321,23 +366,46 @@ class RedisStore:
             raise StreamFenced(stream_id)
         return reply
 
-    async def renew(self, stream_id: str, token: str, lease: float) -> bool:
-        """See :meth:`EventLog.renew <resumable_sse.EventLog.renew>`."""
-        reply = await self._eval("renew", self._keys(stream_id), [token, _ms(lease), self._ttl_ms])
-        return bool(int(reply))
+    async def renew(self, leases: Sequence[tuple[str, str]], lease: float) -> list[int]:
+        """See :meth:`EventLog.renew <resumable_sse.EventLog.renew>`: one script call for all of them (on a
+        cluster, one per hash slot, pipelined)."""
+        if not leases:
+            return []
+        head = [_ms(lease), self._ttl_ms]
+        if not self._is_cluster:
+            keys = [key for stream_id, _ in leases for key in self.keys(stream_id)[:2]]
+            return [int(kept) for kept in await self._eval("renew", keys, [*head, *(token for _, token in leases)])]
+        replies = await self._pipelined(
+            "renew", [(self.keys(stream_id)[:2], [*head, token]) for stream_id, token in leases]
+        )
+        return [int(reply[0]) for reply in replies]
 
-    async def end(self, stream_id: str, status: Status, data: str, *, only_if_expired: bool = False) -> bool:
-        """See :meth:`EventLog.end <resumable_sse.EventLog.end>`; the lease is judged by the Redis server's clock."""
+    def _end_args(self, status: Status, data: str, only_if_expired: bool) -> list[Any]:
         nonce = secrets.token_hex(8)
-        args = [status, data, "1" if only_if_expired else "0", nonce, self._ttl_ms, self.max_events]
-        return bool(int(await self._eval("end", self._keys(stream_id), args)))
+        return [status, data, "1" if only_if_expired else "0", nonce, self._ttl_ms, self.max_events, self._publish]
+
+    async def end(self, stream_id: str, status: Status, data: str) -> bool:
+        """See :meth:`EventLog.end <resumable_sse.EventLog.end>`."""
+        reply = await self._eval("end", self.keys(stream_id), self._end_args(status, data, False))
+        return bool(reply) and bool(int(reply[0]))
+
+    async def audit(self, stream_ids: Sequence[str], lost: str) -> list[StreamState | None]:
+        """See :meth:`EventLog.audit <resumable_sse.EventLog.audit>`: the lease is judged by the Redis clock."""
+        if not stream_ids:
+            return []
+        calls = [(self.keys(stream_id), self._end_args("lost", lost, True)) for stream_id in stream_ids]
+        replies = await self._pipelined("end", calls)
+        return [
+            StreamState(sid, _text(reply[1]), status_of(reply[2]), int(reply[3]), int(reply[4])) if reply else None
+            for sid, reply in zip(stream_ids, replies, strict=True)
+        ]
 
     async def state(self, stream_id: str) -> StreamState | None:
         """See :meth:`EventLog.state <resumable_sse.EventLog.state>`."""
         if self._uninitialized_cluster:
             await self._initialize()
         client: Any = self.client
-        key = self._keys(stream_id)[0]
+        key = self.keys(stream_id)[0]
         try:
             reply = await client.hmget(key, ["e", "s", "f", "n"])
         except self._unavailable:
@@ -348,98 +416,30 @@ class RedisStore:
         epoch, status, first, last = reply
         if epoch is None:
             return None
-        return StreamState(stream_id, _text(epoch), _status(status), int(first), int(last))
+        return StreamState(stream_id, _text(epoch), status_of(status), int(first), int(last))
 
-    async def _read(self, stream_id: str, after: int, limit: int) -> tuple[list[Entry], bool]:
-        """Entries after ``after`` and whether the stream is still running."""
+    async def read(self, stream_id: str, after: int, limit: int, *, epoch: str | None = None) -> Page | None:
+        """See :meth:`EventLog.read <resumable_sse.EventLog.read>`: one round trip (a Lua script over XRANGE)."""
         # NEVER_DECODE: the packed entries are not UTF-8 as a whole (their separators are bytes 0xFE and 0xFF), so
         # a client with decode_responses=True must hand them over undecoded.
-        reply = await self._eval("read", self._keys(stream_id), [after, limit], NEVER_DECODE=True)
+        reply = await self._eval("read", self.keys(stream_id)[:2], [after, limit, epoch or ""], NEVER_DECODE=True)
         if reply is None:
-            raise StreamNotFound(stream_id)
-        running = reply[1] == b"running"
-        if len(reply) < 5:
-            return [], running
-        epoch = reply[0].decode()
-        start = int(reply[2])
-        skip = start - int(reply[3])
-        # surrogateescape turns the separator bytes into lone surrogates, which valid UTF-8 text never decodes to.
-        packed = reply[4].decode("utf-8", "surrogateescape").split("\udcff")[skip : skip + limit]
-        entries = []
-        for index, item in enumerate(packed):
-            event, _, data = item.partition("\udcfe")
-            entries.append(Entry(epoch, start + index, event or None, data))
-        return entries, running
-
-    async def read(self, stream_id: str, after: int, limit: int) -> list[Entry]:
-        """See :meth:`EventLog.read <resumable_sse.EventLog.read>`: one round trip (a Lua script over XRANGE)."""
-        entries, _ = await self._read(stream_id, after, limit)
-        return entries
-
-    async def wait(self, stream_id: str, after: int, limit: int, timeout: float) -> list[Entry]:
-        """See :meth:`EventLog.wait <resumable_sse.EventLog.wait>`.
-
-        Reads first; only when nothing follows ``after`` does it block in ``XREAD BLOCK`` on the entries stream
-        (from id ``<after>-0``, so an append between the read and the block is not missed), then reads again.
-        """
-        entries, running = await self._read(stream_id, after, limit)
-        if entries or not running or self._is_closed:
-            return entries
-        closed = self._closed_event()
-        client: Any = self.client
-        key = self._keys(stream_id)[1]
-        options: dict[str, Any] = {"NEVER_DECODE": True}  # the packed entry is not UTF-8 text
-        if self._is_cluster:
-            # Name the node: otherwise redis-py asks the cluster for XREAD's keys first (COMMAND GETKEYS).
-            options["target_nodes"] = client.get_node_from_key(key)
-        if self._socket_timeout is not None:  # a read that outlasts the socket timeout fails as a broken one
-            timeout = min(timeout, self._socket_timeout / 2)
-        block = asyncio.ensure_future(
-            client.execute_command(
-                "XREAD", "COUNT", 1, "BLOCK", max(1, _ms(timeout)), "STREAMS", key, f"{after}-0", **options
-            )
-        )
-        closing = asyncio.ensure_future(closed.wait())
-        try:
-            await asyncio.wait({block, closing}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            closing.cancel()
-            if not block.done():
-                # Closing, or we are cancelled: abandon the blocked read (redis-py drops that connection).
-                block.cancel()
-                block.add_done_callback(_retrieve)
-        if not block.done() or block.cancelled():
-            return []
-        exc = block.exception()
-        if exc is not None:
-            raise self._wrap(exc) from exc
-        if not block.result():
-            return []
-        entries, _ = await self._read(stream_id, after, limit)
-        return entries
-
-    def _closed_event(self) -> asyncio.Event:
-        if self._closed is None:
-            self._closed = asyncio.Event()
-            if self._is_closed:
-                self._closed.set()
-        return self._closed
+            return None
+        state = StreamState(stream_id, reply[0].decode(), status_of(reply[1]), int(reply[2]), int(reply[3]))
+        if len(reply) < 7:
+            return Page(state)
+        start, packed_first = int(reply[4]), int(reply[5])
+        return Page(state, unpack(state.epoch, packed_first, reply[6], start - packed_first, limit))
 
     async def close(self) -> None:
-        """Wake every waiter and, when the store owns its client (``from_url``), close the client."""
-        self._is_closed = True
-        self._closed_event().set()
+        """Stop every watch and, when the store owns its client (``from_url``), close the client."""
+        for watch in list(self._watches):
+            await watch.close()
         if self._committer is not None and not self._committer.done():
             await asyncio.wait({self._committer})
         if self._close_client:
             client: Any = self.client
             await client.aclose()
-
-
-def _retrieve(task: asyncio.Future[Any]) -> None:
-    """Mark an abandoned task's outcome as seen (no 'exception was never retrieved' warning)."""
-    if not task.cancelled():
-        task.exception()
 
 
 def _pack(events: Sequence[NewEvent]) -> bytes:
@@ -459,16 +459,3 @@ def _pack(events: Sequence[NewEvent]) -> bytes:
 
 def _ms(seconds: float) -> int:
     return max(1, round(seconds * 1000))
-
-
-_STATUSES: Final[dict[str, Status]] = {
-    "running": "running",
-    "done": "done",
-    "error": "error",
-    "cancelled": "cancelled",
-    "lost": "lost",
-}
-
-
-def _status(value: bytes | str) -> Status:
-    return _STATUSES[_text(value)]

@@ -1,12 +1,14 @@
 -- Append events for the producer ARGV[1], fenced and idempotent, atomically (EventLog.append).
--- KEYS[1] state hash, KEYS[2] entries stream.
+-- KEYS[1] state hash, KEYS[2] entries stream, KEYS[3] the stream's notification channel.
 -- ARGV[1] token, ARGV[2] after (the last_seq the producer knows), ARGV[3] final status or '',
 -- ARGV[4] max_events, ARGV[5] ttl of a finished stream (ms), ARGV[6] number of events, ARGV[7] the events packed:
 -- each is '<event type or nothing>\254<data>', joined by '\255' (bytes that never occur in UTF-8 text).
 -- The whole append becomes ONE stream entry: id '<seq of its last event>-0', fields 'n' (number of events) and
 -- 'd' (the packed events as they came), so an append costs the server one XADD however many events it holds.
+-- ARGV[8] the publish command ('PUBLISH', or 'SPUBLISH' on a cluster): the append is published on KEYS[3] as
+-- '<epoch>\n<status>\n<first>\n<last>\n<count>\n<packed>', so that followers need no read.
 -- Returns the new last_seq, -1 when the stream is unknown, -2 when the caller is fenced.
-local m = redis.call('HMGET', KEYS[1], 's', 't', 'n', 'lt', 'f')
+local m = redis.call('HMGET', KEYS[1], 's', 't', 'n', 'lt', 'f', 'e')
 if not m[1] then
   return -1
 end
@@ -26,6 +28,7 @@ if count == 0 then
   return last
 end
 local seq = last + count
+local status = 'running'
 redis.call('XADD', KEYS[2], string.format('%d-0', seq), 'n', count, 'd', ARGV[7])
 local first = tonumber(m[5])
 local max_events = tonumber(ARGV[4])
@@ -36,6 +39,7 @@ if seq - first + 1 > max_events then
   redis.call('XTRIM', KEYS[2], 'MINID', string.format('%d-0', first))
 end
 if ARGV[3] ~= '' then
+  status = ARGV[3]
   redis.call('HSET', KEYS[1], 'n', seq, 'f', first, 'lt', ARGV[1], 's', ARGV[3], 't', '')
   redis.call('PEXPIRE', KEYS[1], ARGV[5])
   redis.call('PEXPIRE', KEYS[2], ARGV[5])
@@ -49,4 +53,5 @@ else
     end
   end
 end
+redis.call(ARGV[8], KEYS[3], table.concat({m[6], status, first, seq, count, ARGV[7]}, '\n'))
 return seq

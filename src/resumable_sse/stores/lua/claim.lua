@@ -1,6 +1,7 @@
 -- Create a stream and make ARGV[1] its producer, atomically (EventLog.claim).
--- KEYS[1] state hash, KEYS[2] entries stream.
--- ARGV[1] token, ARGV[2] new epoch, ARGV[3] lease (ms), ARGV[4] time a stream is kept after its lease (ms).
+-- KEYS[1] state hash, KEYS[2] entries stream, KEYS[3] the stream's notification channel.
+-- ARGV[1] token, ARGV[2] new epoch, ARGV[3] lease (ms), ARGV[4] time a stream is kept after its lease (ms),
+-- ARGV[5] the publish command: a new epoch is announced to followers (see append.lua for the message).
 -- Returns {acquired (0/1), epoch, status, first_seq, last_seq}.
 local m = redis.call('HMGET', KEYS[1], 'e', 's', 'f', 'n', 't')
 if m[1] then
@@ -15,4 +16,5 @@ redis.call('DEL', KEYS[2])
 redis.call('HSET', KEYS[1], 'e', ARGV[2], 's', 'running', 't', ARGV[1], 'l', string.format('%d', now + lease),
   'n', 0, 'f', 1, 'lt', '', 'x', '')
 redis.call('PEXPIRE', KEYS[1], lease + tonumber(ARGV[4]))
+redis.call(ARGV[5], KEYS[3], table.concat({ARGV[2], 'running', 1, 0, 0, ''}, '\n'))
 return {1, ARGV[2], 'running', 1, 0}

@@ -1,14 +1,22 @@
--- Extend the producer's lease, atomically (EventLog.renew).
--- KEYS[1] state hash, KEYS[2] entries stream. ARGV[1] token, ARGV[2] lease (ms), ARGV[3] keep time (ms).
--- Returns 1, or 0 when ARGV[1] is not the running stream's producer.
-local m = redis.call('HMGET', KEYS[1], 's', 't')
-if m[1] ~= 'running' or m[2] ~= ARGV[1] then
-  return 0
-end
+-- Extend the leases of many producers at once, atomically for each (EventLog.renew).
+-- KEYS: for each stream its state hash and its entries stream (2 keys a stream, in order).
+-- ARGV[1] lease (ms), ARGV[2] keep time (ms), then one token a stream.
+-- Returns, for each stream, its last seq when the token still owns the running stream, else -1.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local lease = tonumber(ARGV[2])
-redis.call('HSET', KEYS[1], 'l', string.format('%d', now + lease))
-redis.call('PEXPIRE', KEYS[1], lease + tonumber(ARGV[3]))
-redis.call('PEXPIRE', KEYS[2], lease + tonumber(ARGV[3]))
-return 1
+local lease = tonumber(ARGV[1])
+local keep = lease + tonumber(ARGV[2])
+local until_ms = string.format('%d', now + lease)
+local out = {}
+for i = 1, #KEYS / 2 do
+  local m = redis.call('HMGET', KEYS[2 * i - 1], 's', 't', 'n')
+  if m[1] == 'running' and m[2] == ARGV[i + 2] then
+    redis.call('HSET', KEYS[2 * i - 1], 'l', until_ms)
+    redis.call('PEXPIRE', KEYS[2 * i - 1], keep)
+    redis.call('PEXPIRE', KEYS[2 * i], keep)
+    out[i] = tonumber(m[3])
+  else
+    out[i] = -1
+  end
+end
+return out

@@ -1,0 +1,350 @@
+"""The producer runtime: each stream's producer run once, its events batched into appends, its lease kept.
+
+A :class:`_Run` pumps the user's source into a pending batch while its writer appends batches to the store: while one
+append is in flight the next events queue and go in the next append, and a slow producer's event is appended at once.
+:class:`Producers` holds every run of this process, keyed by ``(stream id, epoch)`` and removed by identity, and
+renews all their leases in one store call per period (no timer per stream). Every run ends exactly once, and its
+outcome is always retrieved: a failure is logged by the ``resumable_sse`` logger with the stream id, never left to
+asyncio's "exception was never retrieved".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterable, Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Final, TypeVar, Union
+
+from ._event import Status, normalize
+from ._log import NewEvent, StreamState
+from ._readers import terminal_data
+from .exceptions import EventTooLarge, ProducerError, StoreUnavailable, StreamFenced, StreamNotFound
+
+if TYPE_CHECKING:
+    from ._streamer import Streamer
+
+__all__ = ["Producer", "Producers", "Source", "retry_store"]
+
+logger = logging.getLogger("resumable_sse")
+
+T = TypeVar("T")
+_RETRY_FIRST_DELAY: Final = 0.05  # seconds before the first retry while the store is unreachable; doubles to:
+_RETRY_MAX_DELAY: Final = 1.0
+
+Source = Union[AsyncIterable[Any], Iterable[Any]]  # noqa: UP007 (a runtime alias on 3.10)
+"""What a producer factory returns: an async iterable (run on the loop) or a plain iterable (run in a thread)."""
+
+
+async def retry_store(doing: str, call: Callable[[], Awaitable[T]], timeout: float) -> T:
+    """``await call()``, called again with a growing delay while it raises ``StoreUnavailable`` (a Redis restart),
+    for up to ``timeout`` seconds; then the last ``StoreUnavailable`` propagates."""
+    deadline = time.monotonic() + timeout
+    delay = _RETRY_FIRST_DELAY
+    while True:
+        try:
+            return await call()
+        except StoreUnavailable:
+            if time.monotonic() + delay > deadline:
+                raise
+            logger.warning("store unreachable while %s; retrying in %.2f s", doing, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, _RETRY_MAX_DELAY)
+
+
+class Producer:
+    """A producer this process runs: await :meth:`wait` for the terminal state it ended its stream with."""
+
+    def __init__(self, run: _Run) -> None:
+        self._run = run
+
+    @property
+    def stream_id(self) -> str:
+        """The stream it produces."""
+        return self._run.stream_id
+
+    @property
+    def epoch(self) -> str:
+        """The epoch of the stream it created."""
+        return self._run.epoch
+
+    def done(self) -> bool:
+        """True once the stream has its terminal entry (or the producer was fenced out)."""
+        return self._run.task.done()
+
+    def result(self) -> Status:
+        """The end state; raises :class:`asyncio.InvalidStateError` while the producer runs."""
+        return self._run.task.result()
+
+    def add_done_callback(self, callback: Callable[[Producer], None]) -> None:
+        """Call ``callback(self)`` on the event loop once the stream has ended."""
+        self._run.task.add_done_callback(lambda _task: callback(self))
+
+    async def wait(self) -> Status:
+        """Wait until the stream ends; return its terminal state."""
+        return await asyncio.shield(self._run.task)
+
+
+class _Run:
+    """One producer: its pump (the only code that touches the user's source) and its writer (see module)."""
+
+    def __init__(self, streamer: Streamer, token: str, state: StreamState, factory: Callable[[], Source]) -> None:
+        self.streamer = streamer
+        self.stream_id = state.stream_id
+        self.token = token
+        self.epoch = state.epoch
+        self.factory = factory
+        self.pending: list[NewEvent] = []
+        self.wake = asyncio.Event()
+        self.space: asyncio.Future[None] | None = None
+        self.limit = min(16, streamer.batch_size)  # how far the pump may run ahead of the writer
+        self.stop_reason: tuple[Status, str] | None = None  # why we stopped the pump ourselves
+        self.fenced = False
+        self.ending = False  # the final append is on its way: its notification is no end from elsewhere
+        self.last_seq = 0  # what the log holds of this run; appends name it so that a retry cannot duplicate
+        self.last_progress = time.monotonic()
+        self.pump: asyncio.Task[None] | None = None
+        self.task: asyncio.Task[Status] = asyncio.get_running_loop().create_task(
+            self.supervise(), name=f"resumable-sse producer {self.stream_id}"
+        )
+
+    # -- the pump ---------------------------------------------------------------------------------------------------
+
+    def push_many(self, events: list[NewEvent]) -> None:
+        """Queue events normalized elsewhere (a worker thread)."""
+        self.pending.extend(events)
+        self.wake.set()
+
+    async def has_space(self) -> None:
+        """Wait until the writer has taken the pending batch (backpressure on a fast producer)."""
+        if len(self.pending) >= self.limit:
+            self.space = asyncio.get_running_loop().create_future()
+            await self.space
+
+    async def pump_source(self) -> None:
+        source = self.factory()
+        if isinstance(source, AsyncIterable):
+            iterator = aiter(source)
+            try:
+                # The hot loop: a plain short str (a token) skips normalize(); anything else is checked fully.
+                pending, append, wake = self.pending, self.pending.append, self.wake.set
+                max_bytes = self.streamer.max_event_bytes
+                short = max_bytes // 4  # a str this short cannot exceed max_bytes in UTF-8
+                async for item in iterator:
+                    if type(item) is str and len(item) <= short:
+                        append((None, item))
+                    else:
+                        append(normalize(item, max_bytes))
+                    wake()
+                    if len(pending) >= self.limit:
+                        await self.has_space()
+            finally:
+                aclose = getattr(iterator, "aclose", None)
+                if aclose is not None:
+                    await aclose()
+        elif isinstance(source, Iterable):
+            from .sync import pump_in_thread  # one module crosses threads
+
+            await pump_in_thread(self, source)
+        else:
+            raise TypeError(f"a producer must return an async iterable or an iterable, not {type(source).__name__}")
+
+    # -- the writer and supervisor ----------------------------------------------------------------------------------
+
+    def stop(self, status: Status, message: str) -> None:
+        """Stop the pump; the stream is ended with ``status`` unless another end was already written."""
+        if self.stop_reason is None:
+            self.stop_reason = (status, message)
+        if self.pump is not None:
+            self.pump.cancel()
+
+    def fence(self, status: Status, message: str) -> None:
+        """The stream was ended (or taken) elsewhere: stop without writing."""
+        self.fenced = True
+        self.stop(status, message)
+
+    async def append(self, events: list[NewEvent], final: Status | None = None) -> None:
+        streamer = self.streamer
+        store, stream_id, token, after = streamer.store, self.stream_id, self.token, self.last_seq
+        self.last_seq = await retry_store(
+            f"appending to {stream_id!r}",
+            lambda: store.append(stream_id, token, events, after=after, final=final),
+            streamer.store_retry_timeout,
+        )
+
+    async def flush(self) -> None:
+        batch = self.pending.copy()  # the pump keeps appending to the same list object
+        self.pending.clear()
+        # Start small so the first events go out at once, then grow to batch_size for throughput.
+        self.limit = min(self.limit * 2, self.streamer.batch_size)
+        space = self.space
+        if space is not None and not space.done():
+            space.set_result(None)
+        await self.append(batch)
+        self.last_progress = time.monotonic()
+
+    async def supervise(self) -> Status:
+        pump = self.pump = asyncio.get_running_loop().create_task(self.pump_source())
+        pump.add_done_callback(lambda _: self.wake.set())
+        try:
+            try:
+                while not pump.done() and not self.fenced:
+                    await self.wake.wait()
+                    self.wake.clear()
+                    if self.pending and not pump.done():
+                        await self.flush()
+            except StreamFenced:
+                self.fenced = True
+            if self.fenced:
+                await _stopped(pump)
+                return await self._outside_end()
+            status, message = self._outcome(pump)
+            self.ending = True
+            try:
+                await self.append([*self.pending, (status, terminal_data(status, message))], final=status)
+            except StreamFenced:
+                return await self._outside_end()
+            self.pending.clear()
+            return status
+        except asyncio.CancelledError:
+            await _stopped(pump)  # cancelled itself (shutdown): the pump first, then the cancel goes on
+            raise
+        except (StoreUnavailable, StreamNotFound) as exc:
+            await _stopped(pump)
+            logger.error(
+                "stream %r: %s; its producer stops and readers are told it is lost",
+                self.stream_id,
+                "the store stayed unreachable" if isinstance(exc, StoreUnavailable) else "the store lost it",
+                extra={"stream_id": self.stream_id},
+            )
+            self.streamer.hub.suspect(self.stream_id)
+            return "lost"
+        except Exception:
+            await _stopped(pump)
+            logger.exception("producer of stream %r failed", self.stream_id, extra={"stream_id": self.stream_id})
+            self.streamer.hub.suspect(self.stream_id)
+            return "error"
+        finally:
+            self.streamer.producers.forget(self)
+
+    def _outcome(self, pump: asyncio.Task[None]) -> tuple[Status, str]:
+        if pump.cancelled():
+            if self.stop_reason is not None:
+                return self.stop_reason
+            return "cancelled", "the producer was cancelled"
+        exc = pump.exception()
+        if exc is None:
+            return "done", ""
+        if isinstance(exc, ProducerError):
+            return "error", str(exc)
+        extra = {"stream_id": self.stream_id}
+        if isinstance(exc, EventTooLarge):
+            logger.error("stream %r: %s; the stream ends with error", self.stream_id, exc, extra=extra)
+            return "error", "an event was too large"
+        logger.error(
+            "producer of stream %r raised; the stream ends with error", self.stream_id, exc_info=exc, extra=extra
+        )
+        return "error", self.streamer.error_message
+
+    async def _outside_end(self) -> Status:
+        """Someone else ended the stream (cancel from any process, lost, expiry): report how it ended."""
+        try:
+            state = await self.streamer.store.state(self.stream_id)
+        except StoreUnavailable:
+            state = None
+        if state is None or state.epoch != self.epoch:
+            return "lost"
+        if state.finished:
+            return state.status
+        # Still running but not continuable by this run (the store went back in time under it): end it, so that
+        # readers are not left waiting for events that will never come.
+        message = "the store lost events of this stream"
+        with contextlib.suppress(StoreUnavailable):  # else declared lost by whoever audits it after the lease
+            await self.streamer.store.end(self.stream_id, "lost", terminal_data("lost", message))
+        return "lost"
+
+
+async def _stopped(pump: asyncio.Task[None]) -> None:
+    """Cancel ``pump`` and wait for it to end, without taking a cancel aimed at the caller for the pump's."""
+    pump.cancel()
+    await asyncio.wait({pump})
+    if not pump.cancelled():
+        pump.exception()  # retrieved: the run reports how the stream ended
+
+
+class Producers:
+    """Every producer this process runs (see the module docstring)."""
+
+    def __init__(self, streamer: Streamer) -> None:
+        self.streamer = streamer
+        self.runs: dict[tuple[str, str], _Run] = {}
+        self._keeper: asyncio.Task[None] | None = None
+
+    def __len__(self) -> int:
+        return len(self.runs)
+
+    def start(self, token: str, state: StreamState, factory: Callable[[], Source]) -> Producer:
+        """Run ``factory()`` as the producer of the stream just claimed with ``token`` (shape ``state``)."""
+        run = _Run(self.streamer, token, state, factory)
+        self.runs[state.stream_id, state.epoch] = run
+        # Follow the stream while its producer runs, like a reader would: an end written by another process
+        # (cancel) then stops the producer at once instead of at its next append or lease renewal.
+        hub = self.streamer.hub
+        tail = hub.attach(state)
+        run.task.add_done_callback(lambda _task: hub.detach(tail))
+        if self._keeper is None or self._keeper.done():
+            self._keeper = asyncio.get_running_loop().create_task(self._keep_leases(), name="resumable-sse leases")
+        return Producer(run)
+
+    def get(self, stream_id: str, epoch: str) -> _Run | None:
+        return self.runs.get((stream_id, epoch))
+
+    def of(self, stream_id: str) -> list[_Run]:
+        """The runs of ``stream_id`` in this process (more than one while an old epoch's run winds down)."""
+        return [run for (sid, _), run in self.runs.items() if sid == stream_id]
+
+    def forget(self, run: _Run) -> None:
+        if self.runs.get((run.stream_id, run.epoch)) is run:
+            del self.runs[run.stream_id, run.epoch]
+
+    async def _keep_leases(self) -> None:
+        """Renew every local producer's lease in one store call; stop producers that lost it or went idle."""
+        streamer = self.streamer
+        while self.runs:
+            await asyncio.sleep(streamer.lease / 3)
+            runs = [run for run in self.runs.values() if not run.task.done()]
+            try:
+                kept = await streamer.store.renew([(run.stream_id, run.token) for run in runs], streamer.lease)
+            except Exception as exc:
+                logger.warning("could not renew the leases of %d producers: %s", len(runs), exc)
+                continue
+            now = time.monotonic()
+            for run, last_seq in zip(runs, kept, strict=True):
+                if last_seq < 0:
+                    run.fence("lost", "")
+                    streamer.hub.suspect(run.stream_id)
+                elif last_seq < run.last_seq:
+                    streamer.hub.suspect(run.stream_id)  # the store went back in time: readers must hear of it
+                elif not run.pending and now - run.last_progress > streamer.idle_timeout:
+                    logger.error(
+                        "producer of stream %r yielded nothing for %.0f s; the stream ends with error",
+                        run.stream_id,
+                        streamer.idle_timeout,
+                        extra={"stream_id": run.stream_id},
+                    )
+                    run.stop("error", "the producer was idle too long")
+
+    async def close(self, grace: float) -> None:
+        """Give running producers ``grace`` seconds, then cancel them (``cancelled``, "server shutdown"); wait for
+        every one of them to end."""
+        tasks = [run.task for run in self.runs.values()]
+        if tasks:
+            _, running = await asyncio.wait(tasks, timeout=grace)
+            for run in list(self.runs.values()):
+                run.stop("cancelled", "server shutdown")
+            if running:
+                await asyncio.wait(running)
+        if self._keeper is not None:
+            self._keeper.cancel()
+            await asyncio.gather(self._keeper, return_exceptions=True)

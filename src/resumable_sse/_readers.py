@@ -1,0 +1,385 @@
+"""Readers: one live tail per process, fanned out in memory, and each reader's cursor.
+
+:class:`Hub` follows every stream that has a reader (or a producer) in this process through one store
+:class:`~resumable_sse.Watch`: the store pushes each append with its entries, the hub keeps a short window of recent
+entries per stream and wakes that stream's readers. There is no task or timer per stream: one auditor looks at the
+streams that have been quiet for a while (one batched store call), which is how a stream that the store lost,
+rewound or recreated without a word is noticed, and how a dead producer is declared ``lost``.
+
+A :class:`Subscription` is one reader: an epoch and a cursor. Whatever it is served, from the window or from the
+store, goes through one judgement (:func:`judge`) that compares the stream's shape with what the reader holds; any
+discontinuity becomes the answer a reconnect would get: a :class:`Reset` and every retained event, or a terminal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from typing import TYPE_CHECKING, ClassVar, Final
+
+from ._event import Entry, EventId, encode_event
+from ._log import Page, StreamState, Watch
+from .exceptions import StoreUnavailable
+
+if TYPE_CHECKING:
+    from ._streamer import Streamer
+
+__all__ = ["Gone", "Hub", "Reset", "Subscription", "judge", "terminal_data"]
+
+logger = logging.getLogger("resumable_sse")
+
+_AUDIT_CHUNK: Final = 1000  # streams per audit call
+
+
+def terminal_data(status: str, message: str = "") -> str:
+    """The JSON data of a terminal event: ``{"state": ..., "message": ...}``."""
+    body = {"state": status, "message": message} if message else {"state": status}
+    return json.dumps(body, separators=(",", ":"))
+
+
+class Reset:
+    """Sent in-band before a replay that is not the continuation the client asked for (never a silent gap).
+
+    ``reason`` is ``epoch`` (the position is from another life of the stream), ``trimmed`` (it is older than the
+    retained history) or ``position`` (it lies beyond the stream's end, e.g. the store was restored from an older
+    snapshot). ``first_id`` is the id of the first event that follows, or None when none is retained yet. The client
+    should discard what it built from the stream and rebuild it from the events that follow.
+    """
+
+    __slots__ = ("first_id", "reason")
+    event: ClassVar[str] = "reset"
+    terminal: ClassVar[bool] = False
+
+    def __init__(self, reason: str, first_id: str | None) -> None:
+        self.reason: Final = reason
+        self.first_id: Final = first_id
+
+    def __repr__(self) -> str:
+        return f"Reset({self.reason!r}, {self.first_id!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Reset) and (self.reason, self.first_id) == (other.reason, other.first_id)
+
+    def __hash__(self) -> int:
+        return hash((self.reason, self.first_id))
+
+    @property
+    def data(self) -> str:
+        """The reset's JSON data: ``{"reason": ..., "first_id": ...}``."""
+        return json.dumps({"reason": self.reason, "first_id": self.first_id}, separators=(",", ":"))
+
+    def wire(self) -> bytes:
+        """The reset as an SSE event without an id (it is not part of the log)."""
+        return encode_event(self.data, event=self.event)
+
+
+class Gone:
+    """The end of a stream the store no longer has (expired, or lost by the store): a ``lost`` event with no id.
+
+    It carries no id because it is not in the log: a client that reconnects with its last id is told what the store
+    says then (410 when the stream is unknown, a reset when it was created again).
+    """
+
+    __slots__ = ()
+    event: ClassVar[str] = "lost"
+    terminal: ClassVar[bool] = True
+    data: ClassVar[str] = terminal_data("lost", "the stream is no longer in the store")
+
+    def __repr__(self) -> str:
+        return "Gone()"
+
+    def wire(self) -> bytes:
+        """The event as it goes on the wire."""
+        return encode_event(self.data, event=self.event)
+
+
+Item = Entry | Reset | Gone
+
+
+def judge(state: StreamState, epoch: str, cursor: int, entries: Sequence[Entry] = ()) -> str | None:
+    """Whether ``entries`` (read after ``cursor`` in a stream of shape ``state``) continue what a reader holds
+    (None) or why not: ``epoch``, ``position`` or ``trimmed``. The one place where readers, live or resuming,
+    compare the log with their position."""
+    if state.epoch != epoch:
+        return "epoch"
+    if cursor > state.last_seq:
+        return "position"
+    if entries:
+        return None if entries[0].seq == cursor + 1 else "trimmed"
+    return "trimmed" if cursor < state.first_seq - 1 else None
+
+
+class _Tail:
+    """What this process knows of one followed stream: its latest shape and a window of recent entries."""
+
+    __slots__ = ("heard", "readers", "state", "stream_id", "version", "waiters", "window")
+
+    def __init__(self, stream_id: str, state: StreamState) -> None:
+        self.stream_id = stream_id
+        self.state: StreamState | None = state  # None: the store no longer has the stream
+        self.window: list[Entry] = []  # contiguous entries of state's epoch, ending at most at state.last_seq
+        self.version = 0  # bumped at every change; a reader that saw no change since it looked waits
+        self.readers = 0
+        self.waiters: list[asyncio.Future[None]] = []
+        self.heard = time.monotonic()
+
+    def take(self, epoch: str, after: int, limit: int) -> Page | None:
+        """A page after ``after`` from memory, or None when the store must be asked."""
+        state = self.state
+        if state is None or state.epoch != epoch or after > state.last_seq:
+            return None
+        if after == state.last_seq:
+            return Page(state)
+        window = self.window
+        if not window or window[0].seq > after + 1 or window[-1].seq <= after:
+            return None
+        start = after + 1 - window[0].seq
+        return Page(state, window[start : start + limit])
+
+    def notice(self, page: Page, window: int) -> None:
+        """A change pushed by the store (in order for one stream)."""
+        state, entries = page.state, page.entries
+        old = self.state
+        same_epoch = old is not None and old.epoch == state.epoch
+        if same_epoch and old is not None and state.last_seq < old.last_seq:
+            return  # older than what an audit already told: pushes only go forward
+        if entries:
+            if same_epoch and self.window and self.window[-1].seq + 1 == entries[0].seq:
+                self.window.extend(entries)
+                excess = len(self.window) - window
+                if excess > 0:
+                    del self.window[:excess]
+            else:
+                self.window = list(entries[-window:])
+        elif not same_epoch:
+            self.window = []
+        self.changed(state)
+
+    def audited(self, state: StreamState | None) -> None:
+        """The store's answer to an audit, taken only when no push came while it was asked."""
+        self.heard = time.monotonic()
+        old = self.state
+        if state == old:
+            return
+        if state is None or old is None or state.epoch != old.epoch or state.last_seq < old.last_seq:
+            self.window = []  # gone, recreated or rewound: readers go to the store, which tells them why
+        self.changed(state)
+
+    def changed(self, state: StreamState | None) -> None:
+        self.state = state
+        self.version += 1
+        self.heard = time.monotonic()
+        waiters, self.waiters = self.waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+
+class Hub:
+    """The live tail of every stream followed in this process (see the module docstring)."""
+
+    def __init__(self, streamer: Streamer) -> None:
+        self.streamer = streamer
+        self.tails: dict[str, _Tail] = {}
+        self._watch: Watch | None = None
+        self._suspects: set[str] = set()
+        self._audit_now: asyncio.Event | None = None
+        self._auditor: asyncio.Task[None] | None = None
+        self._outage = False
+
+    def attach(self, state: StreamState) -> _Tail:
+        """Follow ``state.stream_id`` for one more reader (or producer)."""
+        stream_id = state.stream_id
+        tail = self.tails.get(stream_id)
+        if tail is None:
+            tail = self.tails[stream_id] = _Tail(stream_id, state)
+            if self._watch is None:
+                self._watch = self.streamer.store.watch(self._on_change)
+            self._watch.follow(stream_id)
+            if self._auditor is None or self._auditor.done():
+                self._audit_now = asyncio.Event()
+                self._auditor = asyncio.get_running_loop().create_task(self._audit(), name="resumable-sse auditor")
+        tail.readers += 1
+        return tail
+
+    def detach(self, tail: _Tail) -> None:
+        tail.readers -= 1
+        if tail.readers <= 0 and self.tails.get(tail.stream_id) is tail:
+            del self.tails[tail.stream_id]
+            if self._watch is not None:
+                self._watch.unfollow(tail.stream_id)
+
+    def suspect(self, stream_id: str) -> None:
+        """Ask the store about ``stream_id`` now rather than when it has been quiet for a while."""
+        if stream_id in self.tails and self._audit_now is not None:
+            self._suspects.add(stream_id)
+            self._audit_now.set()
+
+    def _on_change(self, stream_id: str, page: Page | None) -> None:
+        tail = self.tails.get(stream_id)
+        if tail is None:
+            return
+        if page is None:
+            self.suspect(stream_id)
+            return
+        tail.notice(page, self.streamer.window)
+        if page.state.finished:
+            self.streamer.ended(page.state)
+
+    async def _audit(self) -> None:
+        """Every ``liveness_interval``: ask the store about the streams nothing was heard of meanwhile."""
+        streamer = self.streamer
+        interval = streamer.liveness_interval
+        lost = terminal_data("lost", "the producer stopped responding")
+        assert self._audit_now is not None
+        while self.tails:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._audit_now.wait(), interval)
+            self._audit_now.clear()
+            quiet = time.monotonic() - interval
+            due = self._suspects | {
+                stream_id
+                for stream_id, tail in self.tails.items()
+                if tail.heard <= quiet and tail.state is not None and not tail.state.finished
+                and not streamer.produces(tail.state)  # a local producer's renewals vouch for it
+            }  # fmt: skip
+            self._suspects = set()
+            ordered = sorted(due)
+            for start in range(0, len(ordered), _AUDIT_CHUNK):
+                await self._audit_some(ordered[start : start + _AUDIT_CHUNK], lost)
+
+    async def _audit_some(self, stream_ids: list[str], lost: str) -> None:
+        versions = {stream_id: tail.version for stream_id in stream_ids if (tail := self.tails.get(stream_id))}
+        try:
+            states = await self.streamer.store.audit(list(versions), lost)
+        except StoreUnavailable as exc:
+            if not self._outage:
+                logger.warning("store unreachable while auditing %d streams: %s", len(versions), exc)
+            self._outage = True
+            self._suspects.update(versions)  # ask again next time
+            return
+        except Exception:
+            logger.exception("auditing %d streams failed", len(versions))
+            return
+        self._outage = False
+        for stream_id, state in zip(versions, states, strict=True):
+            tail = self.tails.get(stream_id)
+            if tail is None or tail.version != versions[stream_id]:
+                continue  # a push came while the store answered: it is newer than this answer
+            tail.audited(state)
+            if state is None:
+                logger.warning("stream %r is no longer in the store; its readers are told it is lost", stream_id)
+            elif state.finished:
+                self.streamer.ended(state)
+
+    async def close(self) -> None:
+        """Stop following; wake every reader."""
+        tasks = []
+        if self._auditor is not None:
+            self._auditor.cancel()
+            tasks.append(self._auditor)
+        for tail in self.tails.values():
+            tail.changed(tail.state)
+        if self._watch is not None:
+            await self._watch.close()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+class Subscription:
+    """One reader's position in a stream, with the events from there on, in order, each exactly once.
+
+    Obtain one from :meth:`Streamer.subscribe`. Iterate :meth:`batches` (lists of entries that are ready together,
+    for one socket write each) or the subscription itself (one entry at a time). Iteration ends after the terminal
+    entry, or early when the Streamer shuts down or :meth:`close` is called. A reader holds a cursor and a future;
+    it never holds a copy of the stream.
+    """
+
+    def __init__(self, streamer: Streamer, state: StreamState, cursor: int, reset: Reset | None) -> None:
+        self.stream_id: Final = state.stream_id
+        self.state: StreamState = state
+        """The stream's state when the subscription was made."""
+        self.reset = reset
+        """The reset to send before the first event, or None when the position continues without a gap."""
+        self.cursor = cursor
+        """Sequence number of the last entry delivered (0: none)."""
+        self._streamer = streamer
+        self._epoch = state.epoch
+        self._closed = False
+        self._waiter: asyncio.Future[None] | None = None
+
+    @property
+    def at_end(self) -> bool:
+        """True when the position named is the terminal entry of a finished stream: nothing more will come."""
+        return self.state.finished and self.reset is None and self.cursor >= self.state.last_seq
+
+    @property
+    def last_event_id(self) -> str | None:
+        """The id of the last entry delivered, for resuming later."""
+        return str(EventId(self._epoch, self.cursor)) if self.cursor else None
+
+    def close(self) -> None:
+        """Stop iterating (e.g. the client went away); an iteration waiting for events ends at once."""
+        self._closed = True
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def _accept(self, page: Page) -> list[Entry | Reset]:
+        """What to send of ``page``, the reader's cursor moved past it: the continuation, or a reset and the
+        replay from the earliest retained entry (pages read from the store start there on a discontinuity)."""
+        state, entries = page.state, page.entries
+        reason = judge(state, self._epoch, self.cursor, entries)
+        if reason is None:
+            if entries:
+                self.cursor = entries[-1].seq
+            return list(entries)
+        self._epoch = state.epoch
+        self.cursor = entries[-1].seq if entries else state.first_seq - 1
+        return [Reset(reason, entries[0].id if entries else state.first_id), *entries]
+
+    async def batches(self, limit: int | None = None) -> AsyncGenerator[Sequence[Item], None]:
+        """Yield the entries ready together (up to ``limit`` each), oldest first, then wait for the live tail.
+
+        The first batch starts with :attr:`reset` when there is one.
+        """
+        streamer = self._streamer
+        hub, store = streamer.hub, streamer.store
+        limit = limit or streamer.batch_size
+        pending: list[Item] = [self.reset] if self.reset is not None else []
+        tail = hub.attach(self.state)
+        try:
+            while not self._closed and not streamer.readers_ended:
+                version = tail.version
+                page = tail.take(self._epoch, self.cursor, limit)
+                if page is None:
+                    page = await store.read(self.stream_id, self.cursor, limit, epoch=self._epoch)
+                    if page is None:
+                        yield [*pending, Gone()]
+                        return
+                batch: list[Item] = [*pending, *self._accept(page)]
+                pending = []
+                if batch:
+                    yield batch
+                    if batch[-1].terminal:
+                        return
+                    continue
+                if page.state.finished:
+                    return  # the terminal entry was delivered before
+                if tail.version == version and not self._closed:
+                    waiter = self._waiter = asyncio.get_running_loop().create_future()
+                    tail.waiters.append(waiter)
+                    try:
+                        await waiter
+                    finally:
+                        self._waiter = None
+        finally:
+            hub.detach(tail)
+            streamer.forget(self)
+
+    async def __aiter__(self) -> AsyncIterator[Item]:
+        async for batch in self.batches():
+            for item in batch:
+                yield item

@@ -1,0 +1,253 @@
+"""Change notifications from Redis: one pub/sub connection per Redis node carries every stream a process follows.
+
+Every script that changes a stream publishes the change on the stream's channel (``{p:s}:c``, in the stream's hash
+slot): its new shape and the entries it appended. A :class:`RedisWatch` subscribes to the channels of the streams its
+owner follows, so a paced token costs one round trip (the append) and reaches every process that follows it with no
+read at all. On a single server that is ``SUBSCRIBE``; on a cluster, sharded pub/sub (``SSUBSCRIBE`` on the node that
+owns the slot), so that no message crosses the cluster bus.
+
+Pub/sub forgets what it could not deliver. Whenever a subscription becomes effective (a new channel, or every
+channel after a reconnect) the watch says so with ``on_change(stream_id, None)``: the owner reads the stream again,
+so nothing that happened before or during the gap goes unseen. A quiet connection is pinged; one that stops
+answering is replaced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Final
+
+from .._event import Entry, Status
+from .._log import OnChange, Page, StreamState
+
+if TYPE_CHECKING:
+    from .redis import RedisStore
+
+__all__ = ["RedisWatch", "unpack"]
+
+logger = logging.getLogger("resumable_sse")
+
+_PING_EVERY: Final = 5.0
+"""Seconds of silence after which a watch connection is pinged; a second silence as long means it is dead."""
+_RETRY_FIRST_DELAY: Final = 0.05
+_RETRY_MAX_DELAY: Final = 1.0
+_STATUSES: Final[dict[bytes, Status]] = {
+    b"running": "running",
+    b"done": "done",
+    b"error": "error",
+    b"cancelled": "cancelled",
+    b"lost": "lost",
+}
+
+
+def status_of(value: bytes | str) -> Status:
+    """A stream status as Redis returns it (bytes or text) as a :data:`Status`."""
+    return _STATUSES[value if isinstance(value, bytes) else value.encode()]
+
+
+def unpack(epoch: str, first: int, packed: bytes, skip: int, limit: int) -> list[Entry]:
+    """Entries from packed events (``<type>\\xfe<data>`` joined by ``\\xff``): the first event has seq ``first``;
+    ``skip`` events are dropped from the front and at most ``limit`` are kept."""
+    # surrogateescape turns the separator bytes into lone surrogates, which valid UTF-8 text never decodes to.
+    items = packed.decode("utf-8", "surrogateescape").split("\udcff")[skip : skip + limit]
+    start = first + skip
+    entries = []
+    for index, item in enumerate(items):
+        event, _, data = item.partition("\udcfe")
+        entries.append(Entry(epoch, start + index, event or None, data))
+    return entries
+
+
+def parse_change(stream_id: str, message: bytes) -> Page:
+    """A published change (``<epoch>\\n<status>\\n<first>\\n<last>\\n<count>\\n<packed>``) as a :class:`Page`."""
+    epoch_b, status_b, first_b, last_b, count_b, packed = message.split(b"\n", 5)
+    epoch, first, last, count = epoch_b.decode(), int(first_b), int(last_b), int(count_b)
+    state = StreamState(stream_id, epoch, status_of(status_b), first, last)
+    if not count:
+        return Page(state)
+    start = last - count + 1
+    skip = max(0, first - start)  # events of this append already trimmed (a batch larger than max_events)
+    return Page(state, unpack(epoch, start, packed, skip, count))
+
+
+class _Listener:
+    """One pub/sub connection (to one Redis node) and the channels it should carry."""
+
+    def __init__(self, watch: RedisWatch, connect: Callable[[], Any], sharded: bool) -> None:
+        self.watch = watch
+        self.connect = connect
+        self.sharded = sharded
+        self.wanted: set[bytes] = set()
+        self.changed = asyncio.Event()
+        self.task = asyncio.get_running_loop().create_task(self.run(), name="resumable-sse redis watch")
+
+    def want(self, channel: bytes, on: bool) -> None:
+        if on:
+            self.wanted.add(channel)
+        else:
+            self.wanted.discard(channel)
+        self.changed.set()
+
+    async def run(self) -> None:
+        delay = _RETRY_FIRST_DELAY
+        failing = False
+        while True:
+            connection: Any = None
+            subscribed: set[bytes] = set()
+            try:
+                connection = self.connect()
+                await connection.connect()
+                await self.serve(connection, subscribed)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if not failing:
+                    logger.warning("change notifications from Redis interrupted (%s); reconnecting", exc)
+                failing = True
+            else:
+                return
+            finally:
+                if connection is not None:
+                    with contextlib.suppress(Exception):
+                        await connection.disconnect()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, _RETRY_MAX_DELAY)
+            if subscribed:
+                delay = _RETRY_FIRST_DELAY
+                failing = False
+
+    async def serve(self, connection: Any, subscribed: set[bytes]) -> None:
+        """Keep the connection's subscriptions equal to :attr:`wanted` and dispatch its messages.
+
+        Subscriptions are sent while a read is pending (a write never disturbs the read of a reply), so a new
+        follow takes effect in one round trip, never after the read's time-out.
+        """
+        sub, unsub = (b"SSUBSCRIBE", b"SUNSUBSCRIBE") if self.sharded else (b"SUBSCRIBE", b"UNSUBSCRIBE")
+        self.changed.set()  # a new connection subscribes to everything wanted
+        silent = 0
+        reader: asyncio.Future[Any] | None = None
+        try:
+            while True:
+                if self.changed.is_set():
+                    self.changed.clear()
+                    add, drop = self.wanted - subscribed, subscribed - self.wanted
+                    if add:
+                        await connection.send_command(sub, *add)
+                        subscribed |= add
+                    if drop:
+                        await connection.send_command(unsub, *drop)
+                        subscribed -= drop
+                if reader is None:
+                    reader = asyncio.ensure_future(connection.read_response(disable_decoding=True, timeout=_PING_EVERY))
+                changed = asyncio.ensure_future(self.changed.wait())
+                try:
+                    await asyncio.wait({reader, changed}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    changed.cancel()
+                if not reader.done():
+                    continue
+                message, reader = reader.result(), None
+                if message is None:  # silence: ping, and give up on a connection that stays silent
+                    silent += 1
+                    if silent > 1:
+                        raise ConnectionError("Redis did not answer a ping on the watch connection")
+                    await connection.send_command(b"PING")
+                    continue
+                silent = 0
+                if isinstance(message, list) and message:
+                    self.dispatch(message, subscribed)
+        finally:
+            if reader is not None and not reader.done():
+                reader.cancel()
+                reader.add_done_callback(_retrieve)
+
+    def dispatch(self, message: Any, subscribed: set[bytes]) -> None:
+        kind = message[0]
+        if kind in (b"message", b"smessage"):
+            self.watch.changed(message[1], message[2])
+        elif kind in (b"subscribe", b"ssubscribe"):
+            self.watch.resync(message[1])  # effective from now: whatever came before must be read
+        elif kind == b"sunsubscribe" and message[1] in self.wanted:
+            # The cluster moved the slot to another node: follow it there.
+            subscribed.discard(message[1])
+            self.watch.moved(message[1])
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
+class RedisWatch:
+    """A :class:`~resumable_sse.Watch` on a :class:`~resumable_sse.stores.redis.RedisStore` (see module docstring)."""
+
+    def __init__(self, store: RedisStore, on_change: OnChange) -> None:
+        self.store = store
+        self.on_change = on_change
+        self.channels: dict[bytes, str] = {}  # channel -> stream id
+        self.listeners: dict[Any, _Listener] = {}  # node name (None on a single server) -> its listener
+        self.placed: dict[bytes, _Listener] = {}
+        self.closed = False
+
+    def channel(self, stream_id: str) -> bytes:
+        return self.store.keys(stream_id)[2].encode()
+
+    def follow(self, stream_id: str) -> None:
+        if self.closed:
+            return
+        channel = self.channel(stream_id)
+        if channel in self.channels:
+            return
+        self.channels[channel] = stream_id
+        self.place(channel)
+
+    def place(self, channel: bytes) -> None:
+        node, connect = self.store.pubsub_connection(channel.decode())
+        listener = self.listeners.get(node)
+        if listener is None:
+            listener = self.listeners[node] = _Listener(self, connect, sharded=node is not None)
+        self.placed[channel] = listener
+        listener.want(channel, True)
+
+    def unfollow(self, stream_id: str) -> None:
+        channel = self.channel(stream_id)
+        self.channels.pop(channel, None)
+        listener = self.placed.pop(channel, None)
+        if listener is not None:
+            listener.want(channel, False)
+
+    def moved(self, channel: bytes) -> None:
+        listener = self.placed.pop(channel, None)
+        if listener is not None:
+            listener.wanted.discard(channel)
+        self.place(channel)
+
+    def changed(self, channel: bytes, message: bytes) -> None:
+        stream_id = self.channels.get(channel)
+        if stream_id is None:
+            return
+        try:
+            page = parse_change(stream_id, message)
+        except (ValueError, KeyError):
+            logger.error("stream %r: unreadable change notification; reading the stream instead", stream_id)
+            self.on_change(stream_id, None)
+            return
+        self.on_change(stream_id, page)
+
+    def resync(self, channel: bytes) -> None:
+        stream_id = self.channels.get(channel)
+        if stream_id is not None:
+            self.on_change(stream_id, None)
+
+    async def close(self) -> None:
+        self.closed = True
+        tasks = [listener.task for listener in self.listeners.values()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self.listeners.clear()
+        self.channels.clear()
+        self.store.forget_watch(self)
