@@ -133,6 +133,16 @@ async def produced(store: EventLog, stream_id: str, token: str, texts: Sequence[
     return state.epoch
 
 
+async def appended(store: EventLog, stream_id: str, count: int) -> None:
+    """Wait until the store holds ``count`` events of the stream."""
+    for _ in range(500):
+        state = await store.state(stream_id)
+        if state is not None and state.last_seq >= count:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{stream_id!r} never reached {count} events")
+
+
 async def finish(store: EventLog, stream_id: str, token: str, after: int) -> None:
     await store.append(stream_id, token, [("done", '{"state":"done"}')], after=after, final="done")
 
@@ -265,8 +275,7 @@ async def test_a_run_of_a_new_epoch_is_not_dropped_when_the_old_one_ends(make_st
 
     old = await streamer.start("s", old_producer)
     assert old is not None
-    while (state := await store.state("s")) is None or state.last_seq < 1:
-        await asyncio.sleep(0.01)
+    await appended(store, "s", 1)
     await lose(store, "s")
     new = await streamer.start("s", new_producer)
     assert new is not None and new.epoch != old.epoch
@@ -313,8 +322,7 @@ async def test_a_producer_whose_stream_the_store_lost_is_logged_with_the_stream_
 
     producer = await streamer.start("s", produce)
     assert producer is not None
-    while (state := await store.state("s")) is None or state.last_seq < 1:
-        await asyncio.sleep(0.01)
+    await appended(store, "s", 1)
     await lose(store, "s")
     with caplog.at_level(logging.WARNING, logger="resumable_sse"):
         gate.set()
