@@ -1,4 +1,4 @@
-"""DESIGN §4 over real HTTP through aiohttp's test client: every row of the table, wire bytes exact."""
+"""docs/protocol.md over real HTTP (aiohttp's test client): every status and resume case, wire bytes exact."""
 
 from __future__ import annotations
 

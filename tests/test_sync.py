@@ -1,4 +1,4 @@
-"""DESIGN §6: SyncStreamer, the facade for blocking producers, and plain generators given to resumable_handler.
+"""SyncStreamer, the facade for blocking producers, and plain generators given to resumable_handler.
 
 Readers are real HTTP clients (aiohttp's test client on a loopback socket); what they receive is checked event by
 event: every event once, in each stream's order, ids without gaps, one terminal event.

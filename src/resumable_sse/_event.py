@@ -3,8 +3,13 @@
 Everything here is pure: no I/O, no clock, no event loop. The wire encoding is a plain function of an entry so
 that it can be tested byte for byte and computed once per entry however many readers send it.
 
-Id format (DESIGN §2): ``<epoch>-<seq>``. ``epoch`` is a random token of ``[a-z0-9]`` made when the stream is
-created; ``seq`` counts from 1 with no gaps within an epoch. Clients must treat ids as opaque strings.
+Every event reaches the wire through one function, :func:`encode_event`, and every producer item becomes an event
+through one function, :func:`normalize`, which is where text is validated: what it returns is safe for the wire and
+for every store, so the encoder does not check again.
+
+Event ids are ``<epoch>-<seq>``. ``epoch`` is a random token of ``[a-z0-9]`` made when the stream is created (a
+stream created again gets a new one); ``seq`` counts from 1 with no gaps within an epoch. Clients must treat ids as
+opaque strings. ``docs/protocol.md`` describes the whole wire protocol.
 """
 
 from __future__ import annotations
@@ -13,9 +18,9 @@ import json
 import re
 import secrets
 from dataclasses import dataclass
-from typing import Any, Final, Literal, NamedTuple, Union
+from typing import Any, ClassVar, Final, Literal, NamedTuple, TypeGuard, Union
 
-from .exceptions import EventTooLarge, InvalidEventId
+from .exceptions import EventTooLarge, InvalidEventData, InvalidEventId
 
 __all__ = [
     "RESERVED_EVENTS",
@@ -24,10 +29,12 @@ __all__ = [
     "Event",
     "EventId",
     "Payload",
+    "Reset",
     "Status",
     "encode_comment",
     "encode_event",
     "encode_retry",
+    "is_plain_token",
     "new_epoch",
     "normalize",
 ]
@@ -43,7 +50,8 @@ RESERVED_EVENTS: Final[frozenset[str]] = TERMINAL_EVENTS | {"reset"}
 
 _EPOCH_RE: Final = re.compile(r"[a-z0-9]{1,32}")
 _SEQ_RE: Final = re.compile(r"[1-9][0-9]{0,17}")
-_EVENT_TYPE_RE: Final = re.compile(r"[^\r\n\x00]{1,64}")
+# No CR, LF or NUL (they would end the field on the wire) and no lone surrogate (it has no UTF-8 form).
+_EVENT_TYPE_RE: Final = re.compile(r"[^\r\n\x00\ud800-\udfff]{1,64}")
 _LINE_BREAK_RE: Final = re.compile(r"\r\n|\r|\n")
 _MAX_ID_LENGTH: Final = 64
 
@@ -93,7 +101,9 @@ class Event:
     def __post_init__(self) -> None:
         if self.event is not None:
             if not isinstance(self.event, str) or not _EVENT_TYPE_RE.fullmatch(self.event):
-                raise ValueError(f"event type must be 1-64 characters with no CR, LF or NUL, got {self.event!r}")
+                raise ValueError(
+                    f"event type must be 1-64 characters with no CR, LF, NUL or lone surrogate, got {self.event!r}"
+                )
             if self.event in RESERVED_EVENTS:
                 raise ValueError(
                     f"event type {self.event!r} is reserved for the library's own events "
@@ -114,11 +124,28 @@ def _text(data: object) -> str:
     raise TypeError(f"a producer may yield str, bytes, dict, list or Event, not {type(data).__name__}")
 
 
-def normalize(item: object, max_bytes: int) -> tuple[str | None, str]:
-    """Turn what a producer yielded into ``(event type, data text)``.
+def is_plain_token(item: object, max_bytes: int) -> TypeGuard[str]:
+    """True when ``item`` is an ``str`` that :func:`normalize` would return unchanged as ``(None, item)``.
 
-    Raises :class:`TypeError` for a payload of the wrong type and :class:`EventTooLarge` when the UTF-8 data is
-    larger than ``max_bytes``, so that nothing of an oversized event is ever written.
+    That is: exactly ``str`` (not a subclass), ASCII only, and at most ``max_bytes`` characters. ASCII text is valid
+    UTF-8 of one byte per character, so neither the size check nor the text check can fail, and a producer's hot
+    loop may queue ``(None, item)`` without calling :func:`normalize`. Both tests are O(1) in CPython (a string
+    knows whether it is ASCII). Anything else, including non-ASCII text, must go through :func:`normalize`.
+    """
+    return type(item) is str and item.isascii() and len(item) <= max_bytes
+
+
+def normalize(item: object, max_bytes: int) -> tuple[str | None, str]:
+    """Turn what a producer yielded into ``(event type, data text)``, validated for the wire and every store.
+
+    This is the one place an item becomes an event, so it is where text is checked: the data must be Unicode text
+    with a UTF-8 form (no lone surrogate such as ``"\\ud800"``, which ``str`` and JSON allow but UTF-8 does not) and
+    at most ``max_bytes`` bytes of it. :func:`encode_event` and the stores then trust what this returns. (The event
+    type was checked when the :class:`Event` was made.)
+
+    Raises :class:`TypeError` for a payload of the wrong type or bytes that are not UTF-8,
+    :class:`~resumable_sse.exceptions.InvalidEventData` for text with no UTF-8 form, and :class:`EventTooLarge`
+    when the UTF-8 data is larger than ``max_bytes``, so that nothing of a bad event is ever written.
     """
     if type(item) is str:  # the hot path: a token
         data, event = item, None
@@ -126,10 +153,60 @@ def normalize(item: object, max_bytes: int) -> tuple[str | None, str]:
         data, event = _text(item.data), item.event
     else:
         data, event = _text(item), None
-    # len(str) <= UTF-8 length <= 4 * len(str): encode only when the cheap bounds cannot decide.
-    if len(data) * 4 > max_bytes and (len(data) > max_bytes or len(data.encode("utf-8")) > max_bytes):
-        raise EventTooLarge(f"event of {len(data.encode('utf-8'))} bytes exceeds max_event_bytes={max_bytes}")
+    if data.isascii():  # O(1): ASCII is its own UTF-8, one byte a character
+        size = len(data)
+    else:
+        try:
+            size = len(data.encode("utf-8"))
+        except UnicodeEncodeError as exc:
+            raise InvalidEventData(
+                f"event data is not valid Unicode text: {exc.object[exc.start : exc.end]!r} at index {exc.start} "
+                "is a lone surrogate, which has no UTF-8 form"
+            ) from None
+    if size > max_bytes:
+        raise EventTooLarge(f"event of {size} bytes exceeds max_event_bytes={max_bytes}")
     return event, data
+
+
+def encode_event(data: str, id: str | None = None, event: str | None = None) -> bytes:
+    """Encode one SSE event per the WHATWG rules, with LF line ends: the one encoder every event goes through.
+
+    Fields come in the order ``id``, ``event``, ``data``; each line of ``data`` (split at CRLF, CR or LF) becomes one
+    ``data:`` field, so the client's joined data equals ``data`` with line breaks normalised to LF; a blank line
+    ends the event.
+
+    The input is trusted, not checked: ``data`` comes from :func:`normalize` (or is the library's own JSON), ids are
+    made from an epoch and a sequence number, and event types were checked when their :class:`Event` was made or are
+    the library's own. An id or event type containing CR, LF or NUL, or text with a lone surrogate, would corrupt
+    the stream or fail here with :class:`UnicodeEncodeError`. ``id`` and ``event`` may be passed by position: the
+    hot path (:meth:`Entry.wire`) does, as that call is measurably cheaper than one with keywords.
+    """
+    if "\n" in data or "\r" in data:
+        data = _LINE_BREAK_RE.sub("\ndata: ", data)
+    if event is None:
+        if id is not None:  # the hot path: a token from the log
+            return f"id: {id}\ndata: {data}\n\n".encode()
+        return f"data: {data}\n\n".encode()
+    if id is None:
+        return f"event: {event}\ndata: {data}\n\n".encode()
+    return f"id: {id}\nevent: {event}\ndata: {data}\n\n".encode()
+
+
+def encode_retry(milliseconds: int) -> bytes:
+    """A ``retry:`` field on its own: tells the browser how long to wait before reconnecting.
+
+    Not an event (a block without ``data`` dispatches nothing), so it does not go through :func:`encode_event`.
+    """
+    if milliseconds < 0:
+        raise ValueError("retry must not be negative")
+    return f"retry: {milliseconds}\n\n".encode()
+
+
+def encode_comment(text: str = "") -> bytes:
+    """An SSE comment line (ignored by clients; the heartbeat is one). Not an event."""
+    if "\n" in text or "\r" in text:
+        raise ValueError("a comment must be a single line")
+    return f":{' ' + text if text else ''}\n\n".encode()
 
 
 class Entry:
@@ -154,15 +231,10 @@ class Entry:
         return self.event in TERMINAL_EVENTS
 
     def wire(self) -> bytes:
-        """The entry as an SSE event, exactly as it goes on the wire."""
+        """The entry as an SSE event, exactly as it goes on the wire (encoded on first use, then cached)."""
         wire = self._wire
         if wire is None:
-            data = self.data
-            if self.event is None and "\n" not in data and "\r" not in data:  # a token: the common case
-                wire = f"id: {self.id}\ndata: {data}\n\n".encode()
-            else:
-                wire = encode_event(data, id=self.id, event=self.event)
-            self._wire = wire
+            wire = self._wire = encode_event(self.data, self.id, self.event)
         return wire
 
     def json(self) -> Any:
@@ -181,38 +253,26 @@ class Entry:
         return hash((self.id, self.event, self.data))
 
 
-def encode_event(data: str, *, id: str | None = None, event: str | None = None) -> bytes:
-    """Encode one SSE event per the WHATWG rules, with LF line ends.
+@dataclass(frozen=True, slots=True)
+class Reset:
+    """Sent in-band before a replay that is not the continuation the client asked for (never a silent gap).
 
-    Each line of ``data`` (split at CRLF, CR or LF) becomes one ``data:`` field, so the client's joined data equals
-    ``data`` with line breaks normalised to LF. ``id`` and ``event`` must not contain CR, LF or NUL (callers have
-    validated them); they are checked here too because a bad id would corrupt the stream for every reader.
+    ``reason`` is ``epoch`` (the position is from an earlier life of the stream), ``trimmed`` (it is older than the
+    retained history) or ``position`` (it lies beyond the stream's end). ``first_id`` is the id of the first event
+    that follows the reset, or None when none is retained yet. The client should discard what it built from the
+    stream and rebuild it from the events that follow.
     """
-    head = ""
-    if id is not None:
-        if "\n" in id or "\r" in id or "\0" in id:
-            raise ValueError(f"an SSE id must not contain CR, LF or NUL: {id!r}")
-        head = f"id: {id}\n"
-    if event is not None:
-        if "\n" in event or "\r" in event:
-            raise ValueError(f"an SSE event type must not contain CR or LF: {event!r}")
-        head += f"event: {event}\n"
-    if "\n" in data or "\r" in data:
-        body = "".join(f"data: {line}\n" for line in _LINE_BREAK_RE.split(data))
-    else:
-        body = f"data: {data}\n"
-    return f"{head}{body}\n".encode()
 
+    reason: str
+    first_id: str | None
 
-def encode_retry(milliseconds: int) -> bytes:
-    """A ``retry:`` field on its own: tells the browser how long to wait before reconnecting."""
-    if milliseconds < 0:
-        raise ValueError("retry must not be negative")
-    return f"retry: {milliseconds}\n\n".encode()
+    event: ClassVar[str] = "reset"
 
+    @property
+    def data(self) -> str:
+        """The reset's JSON data: ``{"reason": ..., "first_id": ...}``."""
+        return json.dumps({"reason": self.reason, "first_id": self.first_id}, separators=(",", ":"))
 
-def encode_comment(text: str = "") -> bytes:
-    """An SSE comment line (ignored by clients; used as a heartbeat)."""
-    if "\n" in text or "\r" in text:
-        raise ValueError("a comment must be a single line")
-    return f":{' ' + text if text else ''}\n\n".encode()
+    def wire(self) -> bytes:
+        """The reset as an SSE event without an id (it is not part of the log, so it moves no client's position)."""
+        return encode_event(self.data, event=self.event)

@@ -4,8 +4,10 @@
 
     app.router.add_get("/stream/{stream_id}", resumable_handler(generate))
 
-The handler implements DESIGN §4: it reads the position from ``Last-Event-ID`` (else ``?last_event_id=``), starts
-the producer only for a new stream, and sends a reader the events after its position, then the live tail.
+The handler serves the wire protocol that ``docs/protocol.md`` describes: it reads the position from
+``Last-Event-ID`` (else ``?last_event_id=``), starts the producer only for a new stream, and sends a reader the
+events after its position, then the live tail; a position it cannot continue gets a ``reset`` event first, never a
+silent gap, and every refusal is a plain status code (400, 403, 410, 503) before any stream is read.
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ Every exception the library raises on purpose derives from :class:`ResumableSSEE
     ├── InvalidStreamId        (also ValueError) a stream id that is too long or has other than [A-Za-z0-9._:-]
     ├── InvalidEventId         (also ValueError) a Last-Event-ID that is not one of ours
     ├── EventTooLarge          (also ValueError) a producer's event is larger than max_event_bytes
+    ├── InvalidEventData       (also ValueError) a producer's event data is text with no UTF-8 form (a lone surrogate)
     ├── StreamNotFound         the stream is unknown: never created, or expired
     ├── StreamAlreadyClaimed   another producer (in this or another process) owns the stream
     ├── StreamFenced           a producer lost its claim (cancelled, lost, taken over) and may not write
@@ -24,6 +25,7 @@ from __future__ import annotations
 __all__ = [
     "EventLoopError",
     "EventTooLarge",
+    "InvalidEventData",
     "InvalidEventId",
     "InvalidStreamId",
     "ProducerError",
@@ -52,6 +54,15 @@ class InvalidEventId(ResumableSSEError, ValueError):
 
 class EventTooLarge(ResumableSSEError, ValueError):
     """A producer yielded an event whose UTF-8 data is larger than ``max_event_bytes``."""
+
+
+class InvalidEventData(ResumableSSEError, ValueError):
+    """A producer's event data is text that cannot be sent: it has a lone surrogate (``"\\ud800"``, which a Python
+    ``str`` and JSON allow but UTF-8, the wire's encoding, does not).
+
+    Raised where an item becomes an event, so nothing of it reaches the log; in a producer it ends the stream with
+    ``error`` like any other exception.
+    """
 
 
 class StreamNotFound(ResumableSSEError):
