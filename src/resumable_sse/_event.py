@@ -258,15 +258,16 @@ class Reset:
     """Sent in-band before a replay that is not the continuation the client asked for (never a silent gap).
 
     ``reason`` is ``epoch`` (the position is from an earlier life of the stream), ``trimmed`` (it is older than the
-    retained history) or ``position`` (it lies beyond the stream's end). ``first_id`` is the id of the first event
-    that follows the reset, or None when none is retained yet. The client should discard what it built from the
-    stream and rebuild it from the events that follow.
+    retained history) or ``position`` (it lies beyond the stream's end, e.g. the store was restored from an older
+    snapshot). ``first_id`` is the id of the first event that follows the reset, or None when none is retained yet.
+    The client should discard what it built from the stream and rebuild it from the events that follow.
     """
 
     reason: str
     first_id: str | None
 
     event: ClassVar[str] = "reset"
+    terminal: ClassVar[bool] = False
 
     @property
     def data(self) -> str:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar, Union
 from ._event import Status, normalize
 from ._log import NewEvent, StreamState
 from ._readers import terminal_data
-from .exceptions import EventTooLarge, ProducerError, StoreUnavailable, StreamFenced, StreamNotFound
+from .exceptions import EventTooLarge, InvalidEventData, ProducerError, StoreUnavailable, StreamFenced, StreamNotFound
 
 if TYPE_CHECKING:
     from ._streamer import Streamer
@@ -127,12 +127,12 @@ class _Run:
         if isinstance(source, AsyncIterable):
             iterator = aiter(source)
             try:
-                # The hot loop: a plain short str (a token) skips normalize(); anything else is checked fully.
+                # The hot loop: a plain ASCII token skips normalize() (is_plain_token, inlined); anything else is
+                # checked fully.
                 pending, append, wake = self.pending, self.pending.append, self.wake.set
                 max_bytes = self.streamer.max_event_bytes
-                short = max_bytes // 4  # a str this short cannot exceed max_bytes in UTF-8
                 async for item in iterator:
-                    if type(item) is str and len(item) <= short:
+                    if type(item) is str and item.isascii() and len(item) <= max_bytes:
                         append((None, item))
                     else:
                         append(normalize(item, max_bytes))
@@ -242,6 +242,9 @@ class _Run:
         if isinstance(exc, EventTooLarge):
             logger.error("stream %r: %s; the stream ends with error", self.stream_id, exc, extra=extra)
             return "error", "an event was too large"
+        if isinstance(exc, InvalidEventData):
+            logger.error("stream %r: %s; the stream ends with error", self.stream_id, exc, extra=extra)
+            return "error", "an event was not valid text"
         logger.error(
             "producer of stream %r raised; the stream ends with error", self.stream_id, exc_info=exc, extra=extra
         )

@@ -21,7 +21,7 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from typing import TYPE_CHECKING, ClassVar, Final
 
-from ._event import Entry, EventId, encode_event
+from ._event import Entry, EventId, Reset, encode_event
 from ._log import Page, StreamState, Watch
 from .exceptions import StoreUnavailable
 
@@ -39,42 +39,6 @@ def terminal_data(status: str, message: str = "") -> str:
     """The JSON data of a terminal event: ``{"state": ..., "message": ...}``."""
     body = {"state": status, "message": message} if message else {"state": status}
     return json.dumps(body, separators=(",", ":"))
-
-
-class Reset:
-    """Sent in-band before a replay that is not the continuation the client asked for (never a silent gap).
-
-    ``reason`` is ``epoch`` (the position is from another life of the stream), ``trimmed`` (it is older than the
-    retained history) or ``position`` (it lies beyond the stream's end, e.g. the store was restored from an older
-    snapshot). ``first_id`` is the id of the first event that follows, or None when none is retained yet. The client
-    should discard what it built from the stream and rebuild it from the events that follow.
-    """
-
-    __slots__ = ("first_id", "reason")
-    event: ClassVar[str] = "reset"
-    terminal: ClassVar[bool] = False
-
-    def __init__(self, reason: str, first_id: str | None) -> None:
-        self.reason: Final = reason
-        self.first_id: Final = first_id
-
-    def __repr__(self) -> str:
-        return f"Reset({self.reason!r}, {self.first_id!r})"
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Reset) and (self.reason, self.first_id) == (other.reason, other.first_id)
-
-    def __hash__(self) -> int:
-        return hash((self.reason, self.first_id))
-
-    @property
-    def data(self) -> str:
-        """The reset's JSON data: ``{"reason": ..., "first_id": ...}``."""
-        return json.dumps({"reason": self.reason, "first_id": self.first_id}, separators=(",", ":"))
-
-    def wire(self) -> bytes:
-        """The reset as an SSE event without an id (it is not part of the log)."""
-        return encode_event(self.data, event=self.event)
 
 
 class Gone:
