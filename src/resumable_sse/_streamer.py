@@ -339,6 +339,16 @@ class Producer:
         """Wait until the stream ends; return its terminal state."""
         return await asyncio.shield(self._run.task)
 
+    # -- the end, without awaiting: for code on the loop that must not block, and for other threads --------------
+
+    def add_done_callback(self, callback: Callable[[Producer], None]) -> None:
+        """Have ``callback(producer)`` called once, on the loop, when the stream has ended (soon, if it has)."""
+        self._run.task.add_done_callback(lambda _task: callback(self))
+
+    def result(self) -> Status:
+        """The stream's end state; raises :class:`asyncio.InvalidStateError` while the producer runs."""
+        return self._run.task.result()
+
 
 class _Run:
     """One producer: pumps its source into a pending batch while a writer loop appends batches to the store.
