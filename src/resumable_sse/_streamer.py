@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Final, TypeVar, Union
 
 from ._event import Entry, EventId, Status, normalize
+from ._feed import pump_in_thread
 from ._log import EventLog, NewEvent, StreamState
 from .exceptions import (
     EventTooLarge,
@@ -419,8 +420,6 @@ class _Run:
                 if aclose is not None:
                     await aclose()
         elif isinstance(source, Iterable):
-            from .sync import pump_in_thread  # one module crosses threads
-
             await pump_in_thread(self, source)
         else:
             raise TypeError(f"a producer must return an async iterable or an iterable, not {type(source).__name__}")

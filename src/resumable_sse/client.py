@@ -56,8 +56,8 @@ import yarl
 
 from ._event import TERMINAL_EVENTS
 from ._parser import ServerSentEvent, SSEParser
+from ._portal import LoopThread  # where blocking code meets an event loop: one implementation, shared
 from .exceptions import ResumableSSEError, StreamEnded
-from .sync import LoopThread  # where blocking code meets an event loop: one implementation, shared
 
 __all__ = [
     "DEFAULT_RAISE_ON",
