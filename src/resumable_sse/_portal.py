@@ -194,13 +194,17 @@ class _Call(Generic[T]):
             task = self.task
         if task is not None:
             self._cancel(task)
+        else:  # never started, and now never will: start() sees the failure
+            self.coroutine.close()
 
     def abandon(self) -> None:
         """The waiter gives up (e.g. KeyboardInterrupt): do not start the call, or cancel it if it runs."""
         with self.record.lock:
             cancelled = self.future.cancel()  # False once running
             task = self.task
-        if not cancelled and task is not None:
+        if cancelled:
+            self.coroutine.close()  # never started, and now never will
+        elif task is not None:
             self._cancel(task)
 
     def _cancel(self, task: asyncio.Task[None]) -> None:
