@@ -49,17 +49,17 @@ of :mod:`resumable_sse._portal`, shared with the server's :class:`~resumable_sse
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import random
 import sys
-from collections.abc import AsyncGenerator, Callable, Collection, Mapping
-from types import MappingProxyType, TracebackType
-from typing import TYPE_CHECKING, Final, TypedDict
+from collections.abc import AsyncGenerator, Callable
+from types import TracebackType
+from typing import TYPE_CHECKING, Final
 
 import aiohttp
 import yarl
 
+from ._client_options import DEFAULT_RAISE_ON, ClientOptions, ClientOptionsDict, merge_options
 from ._event import TERMINAL_EVENTS
 from ._parser import ServerSentEvent, SSEParser
 from ._portal import LoopThread  # where blocking code meets an event loop: one implementation, shared
@@ -87,8 +87,6 @@ __all__ = [
 
 logger = logging.getLogger("resumable_sse.client")
 
-DEFAULT_RAISE_ON: Final[frozenset[str]] = frozenset({"error", "lost"})
-"""Terminal event types that raise :class:`~resumable_sse.exceptions.StreamEnded` by default."""
 
 _MIN_BACKOFF: Final = 0.05  # seconds: failed attempts back off from at least this, even after ``retry: 0``
 _BODY_PREVIEW: Final = 1024  # bytes of an error response's body kept in ResponseError.body
@@ -136,84 +134,6 @@ def backoff_delay(
     return delay * (1.0 - jitter * rand())
 
 
-def _check_header_value(name: str, value: str) -> str:
-    if "\r" in value or "\n" in value or "\0" in value:
-        raise ValueError(f"{name} must not contain CR, LF or NUL: {value!r}")
-    return value
-
-
-@dataclasses.dataclass(frozen=True)
-class ClientOptions:
-    """How the client follows a stream: every option of :func:`connect` and :func:`iter_events` but the session.
-
-    The one place the options are defined, defaulted and checked (a bad value raises ``ValueError`` here, so at the
-    call, not at the first request). Build one to share a configuration between streams and pass it as
-    ``options=``; keywords given next to it override its fields (:func:`dataclasses.replace`).
-
-    :param last_event_id: resume after this event (a saved :attr:`EventStream.last_event_id`), sent as
-        ``Last-Event-ID``.
-    :param headers: extra request headers (e.g. ``Authorization``).
-    :param raise_on: terminal event types that raise :class:`~resumable_sse.exceptions.StreamEnded` instead of
-        being yielded; the others are yielded, then iteration ends. Default: ``error`` and ``lost``.
-    :param reconnect_delay: seconds to wait before reconnecting until the server sends ``retry:``.
-    :param max_delay: the cap on the exponential backoff, in seconds.
-    :param jitter: the largest fraction (0..1) randomly taken off each wait.
-    :param max_retries: attempts in a row that may fail (no event, no heartbeat) before :class:`RetriesExhausted`;
-        None retries forever, as EventSource does.
-    :param connect_timeout: seconds to connect and get the response headers.
-    :param read_timeout: seconds without a byte from the server before the connection counts as dead and is
-        replaced; keep it above the server's heartbeat interval. None: wait forever.
-    """
-
-    last_event_id: str | None = None
-    headers: Mapping[str, str] = dataclasses.field(default_factory=lambda: MappingProxyType({}))
-    raise_on: Collection[str] = DEFAULT_RAISE_ON
-    reconnect_delay: float = 1.0
-    max_delay: float = 30.0
-    jitter: float = 0.5
-    max_retries: int | None = None
-    connect_timeout: float | None = 30.0
-    read_timeout: float | None = 60.0
-
-    def __post_init__(self) -> None:
-        if self.reconnect_delay < 0 or self.max_delay < 0:
-            raise ValueError("reconnect_delay and max_delay must not be negative")
-        if not 0.0 <= self.jitter <= 1.0:
-            raise ValueError("jitter must be between 0 and 1")
-        if self.max_retries is not None and self.max_retries < 0:
-            raise ValueError("max_retries must not be negative (None: retry forever)")
-        unknown = set(self.raise_on) - TERMINAL_EVENTS
-        if unknown:
-            allowed = ", ".join(sorted(TERMINAL_EVENTS))
-            raise ValueError(f"raise_on takes terminal event types ({allowed}), not {sorted(unknown)}")
-        _check_header_value("last_event_id", self.last_event_id or "")
-        headers = {key: _check_header_value(key, value) for key, value in self.headers.items()}
-        # Frozen means frozen: the caller's mutable arguments are copied into read-only ones.
-        object.__setattr__(self, "headers", MappingProxyType(headers))
-        object.__setattr__(self, "raise_on", frozenset(self.raise_on))
-
-
-class ClientOptionsDict(TypedDict, total=False):
-    """The fields of :class:`ClientOptions` as keyword arguments (for type checkers: ``**options``)."""
-
-    last_event_id: str | None
-    headers: Mapping[str, str]
-    raise_on: Collection[str]
-    reconnect_delay: float
-    max_delay: float
-    jitter: float
-    max_retries: int | None
-    connect_timeout: float | None
-    read_timeout: float | None
-
-
-def _options(options: ClientOptions | None, overrides: ClientOptionsDict) -> ClientOptions:
-    """``options`` (default: the defaults) with the keyword ``overrides`` applied, checked once."""
-    if options is None:
-        return ClientOptions(**overrides)
-    return dataclasses.replace(options, **overrides) if overrides else options
-
-
 class EventStream:
     """A followed stream: iterate it (``async for``) for :class:`ServerSentEvent` objects. Made by :func:`connect`.
 
@@ -229,7 +149,7 @@ class EventStream:
         options: ClientOptions | None = None,
         **overrides: Unpack[ClientOptionsDict],
     ) -> None:
-        self.options: Final = _options(options, overrides)
+        self.options: Final = merge_options(options, overrides)
         """The options this stream follows with (see :class:`ClientOptions`)."""
         # A relative URL only makes sense against a session's base_url.
         self.url: Final = check_url(url, relative_ok=getattr(session, "_base_url", None) is not None)
