@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import socket
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -14,9 +18,14 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+import resumable_sse
+import resumable_sse.client
+import resumable_sse.exceptions
 from resumable_sse import STREAMER_KEY
 from resumable_sse.client import (
     ClientError,
+    ClientOptions,
+    ClientOptionsDict,
     EventStream,
     ResponseError,
     RetriesExhausted,
@@ -396,6 +405,61 @@ def test_invalid_options_rejected_early() -> None:
         connect("http://x/", last_event_id="a\nb")
 
 
+def test_options_are_one_frozen_checked_object_that_keywords_override() -> None:
+    shared = ClientOptions(headers={"Authorization": "Bearer t"}, max_retries=3, raise_on=["error"])
+    events = connect("http://x/", options=shared, max_retries=5)
+    assert events.options == dataclasses.replace(shared, max_retries=5)
+    assert events.options.headers == {"Authorization": "Bearer t"}
+    assert events.options.raise_on == frozenset({"error"})
+    assert connect("http://x/", options=shared).options is shared
+    assert connect("http://x/", reconnect_delay=0.5).options == ClientOptions(reconnect_delay=0.5)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        shared.max_retries = 1  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        shared.headers["X-Other"] = "1"  # type: ignore[index]
+    with pytest.raises(ValueError, match="jitter"):
+        connect("http://x/", options=shared, jitter=-1)
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        connect("http://x/", retries=3)  # type: ignore[call-arg]
+
+
+def test_the_keyword_options_are_exactly_the_fields_of_client_options() -> None:
+    assert set(ClientOptionsDict.__annotations__) == {field.name for field in dataclasses.fields(ClientOptions)}
+
+
+def test_client_exceptions_are_the_ones_of_the_one_tree() -> None:
+    for name in ("ClientError", "ResponseError", "StreamGone", "RetriesExhausted"):
+        shared = getattr(resumable_sse.exceptions, name)
+        assert getattr(resumable_sse.client, name) is shared
+        assert getattr(resumable_sse, name) is shared
+        assert issubclass(shared, resumable_sse.ResumableSSEError)
+        assert name in (resumable_sse.exceptions.__doc__ or "")
+
+
+async def test_a_redirect_loop_is_a_client_error_not_a_raw_aiohttp_one(aiohttp_server: ServerFactory) -> None:
+    async def loop(_request: web.Request) -> web.Response:
+        raise web.HTTPFound("/s")
+
+    app = web.Application()
+    app.router.add_get("/s", loop)
+    test_server = await aiohttp_server(app)
+    events = connect(str(test_server.make_url("/s")), **fast(max_retries=5))
+    with pytest.raises(ClientError, match="GET") as caught:
+        await collect(events)
+    assert isinstance(caught.value.__cause__, aiohttp.TooManyRedirects)
+    assert events.connections == 1
+
+
+def test_the_client_does_not_import_the_server_side_sync_module() -> None:
+    code = (
+        "import sys, resumable_sse.client\n"
+        "assert 'resumable_sse.sync' not in sys.modules, 'resumable_sse.sync was imported'\n"
+        "assert 'resumable_sse._portal' in sys.modules\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+
+
 # -- the blocking client -----------------------------------------------------------------------------------------
 
 
@@ -437,4 +501,27 @@ async def test_iter_events_break_closes_the_connection_and_thread(server: TestSe
 
     assert await asyncio.to_thread(read) == "a"
     gc.collect()
+    assert _client_threads() == []
+
+
+async def test_iter_events_closed_from_another_thread_ends_the_waiting_iteration(server: TestServer) -> None:
+    events = iter_events(url(server, "wait"))
+    seen: list[str] = []
+    first = threading.Event()
+
+    def read() -> None:
+        for event in events:  # after "a" the stream stays open: this thread waits in the portal
+            seen.append(event.data)
+            first.set()
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    await asyncio.to_thread(first.wait, 5)
+    await asyncio.sleep(0.05)
+    started = time.monotonic()
+    await asyncio.to_thread(events.close)
+    await asyncio.to_thread(reader.join, 5)
+    assert not reader.is_alive()
+    assert time.monotonic() - started < 2
+    assert seen == ["a"]  # the iteration ended quietly: no exception in the reading thread
     assert _client_threads() == []

@@ -37,6 +37,7 @@ from resumable_sse import (
     resumable_handler,
     setup,
 )
+from resumable_sse._portal import LoopThread, call_in_loop
 from resumable_sse.exceptions import InvalidStreamId, StreamAlreadyClaimed
 
 from .conftest import StoreFactory
@@ -565,6 +566,155 @@ def test_a_writer_waiting_for_room_when_the_loop_stops_raises_instead_of_hanging
         fill()
     assert time.monotonic() - started < 4
     stopping.close(streamer)
+
+
+# -- the portal releases a waiting thread as soon as its loop stops (no polling) ----------------------------------
+
+PROMPT = 0.1  # seconds: far below the 0.25 s the portal used to poll at
+
+
+class Released:
+    """A thread that waits in a portal call (or a send), and when and how it was released."""
+
+    def __init__(self, wait: Callable[[], object]) -> None:
+        self.error: BaseException | None = None
+        self.at = 0.0
+
+        def run() -> None:
+            try:
+                wait()
+            except BaseException as exc:
+                self.error = exc
+            self.at = time.monotonic()
+
+        self.thread = threading.Thread(target=run)
+        self.thread.start()
+
+    def after(self, moment: Callable[[], float]) -> float:
+        """Seconds from ``moment()`` (read once released) until the thread was released, which must be within 5 s."""
+        self.thread.join(5)
+        assert not self.thread.is_alive(), "the waiting thread was never released"
+        return self.at - moment()
+
+
+def stop_while_busy(loop: asyncio.AbstractEventLoop, busy: float = 0.3) -> Callable[[], float]:
+    """Keep ``loop`` busy for ``busy`` seconds, then stop it; the returned function says when it stopped."""
+    stopped: list[float] = []
+    entered = threading.Event()
+
+    def block_then_stop() -> None:
+        entered.set()
+        time.sleep(busy)
+        stopped.append(time.monotonic())
+        loop.stop()
+
+    loop.call_soon_threadsafe(block_then_stop)
+    entered.wait()
+    return lambda: stopped[0]
+
+
+def test_a_loop_thread_that_stops_releases_queued_and_running_calls_at_once() -> None:
+    portal = LoopThread("resumable-sse test loop")
+    running = threading.Event()
+
+    async def forever() -> None:
+        running.set()
+        await asyncio.Event().wait()
+
+    ran: list[str] = []
+
+    async def never() -> None:
+        ran.append("never")
+
+    waiting = Released(lambda: portal.call(forever()))
+    running.wait()
+    stopped_at = stop_while_busy(portal.loop)
+    queued = Released(lambda: portal.call(never()))  # queued while the loop is busy; it stops before running it
+    assert waiting.after(stopped_at) < PROMPT
+    assert queued.after(stopped_at) < PROMPT
+    assert isinstance(waiting.error, StreamerClosed)
+    assert isinstance(queued.error, StreamerClosed)
+    assert "stopped before it finished" in str(queued.error)
+    portal.stop()
+    assert ran == []  # a call that failed is never run later
+    with pytest.raises(StreamerClosed):
+        portal.call(never())  # a stopped portal refuses at once
+
+
+def test_a_sync_streamer_on_a_foreign_loop_releases_its_callers_when_the_loops_thread_ends() -> None:
+    streamer = Streamer(MemoryStore())
+    stopping = StoppingLoop()
+    sync = SyncStreamer(streamer, loop=stopping.loop)
+    writer = sync.writer("w")
+
+    def fill() -> None:
+        for i in range(10_000):  # the feed fills up while the loop is busy, then nobody drains it
+            writer.send(f"t{i}")
+
+    stopped_at = stop_while_busy(stopping.loop)
+    call = Released(lambda: sync.status("s"))
+    sender = Released(fill)
+    assert call.after(stopped_at) < PROMPT
+    assert sender.after(stopped_at) < PROMPT
+    assert isinstance(call.error, StreamerClosed)
+    assert isinstance(sender.error, StreamFenced)
+    stopping.close(streamer)
+
+
+def test_a_foreign_loop_closed_by_a_thread_that_lives_on_releases_the_calls_it_never_ran() -> None:
+    loop = asyncio.new_event_loop()
+    closed_at: list[float] = []
+    done = threading.Event()
+
+    def owner() -> None:
+        loop.run_forever()
+        closed_at.append(time.monotonic())
+        loop.close()  # drops the queued calls
+        done.wait(5)  # the thread lives on: only the close can tell
+
+    thread = threading.Thread(target=owner)
+    thread.start()
+    ran: list[str] = []
+
+    async def never() -> None:
+        ran.append("never")
+
+    stop_while_busy(loop)
+    queued = Released(lambda: call_in_loop(loop, never()))
+    try:
+        assert queued.after(lambda: closed_at[0]) < PROMPT
+        assert isinstance(queued.error, StreamerClosed)
+        assert ran == []
+    finally:
+        done.set()
+        thread.join(5)
+
+
+def test_a_foreign_loop_shut_down_by_asyncio_run_releases_a_running_call() -> None:
+    started = threading.Event()
+    leave = threading.Event()
+    loops: list[asyncio.AbstractEventLoop] = []
+    shutdown_at: list[float] = []
+
+    async def main() -> None:
+        loops.append(asyncio.get_running_loop())
+        await asyncio.to_thread(leave.wait)
+        shutdown_at.append(time.monotonic())  # returning: asyncio.run cancels the tasks left, closes the loop
+
+    async def forever() -> None:
+        started.set()
+        await asyncio.Event().wait()
+
+    thread = threading.Thread(target=asyncio.run, args=(main(),))
+    thread.start()
+    while not loops:
+        time.sleep(0.01)
+    waiting = Released(lambda: call_in_loop(loops[0], forever()))
+    started.wait(5)
+    leave.set()
+    assert waiting.after(lambda: shutdown_at[0]) < PROMPT
+    thread.join(5)
+    assert isinstance(waiting.error, StreamerClosed)
 
 
 async def test_sync_streamer_made_before_the_app_starts_finds_the_apps_loop(aiohttp_client: ClientFactory) -> None:

@@ -12,36 +12,45 @@ from ._log import Claim, EventLog, Page, StreamState, Watch
 from ._streamer import Producer, Reset, Streamer, Subscription, validate_stream_id
 from .aiohttp import STREAMER_KEY, resumable_handler, setup
 from .exceptions import (
+    ClientError,
     EventLoopError,
     EventTooLarge,
     InvalidEventId,
     InvalidStreamId,
     ProducerError,
+    ResponseError,
     ResumableSSEError,
+    RetriesExhausted,
     StoreFull,
     StoreUnavailable,
     StreamAlreadyClaimed,
     StreamEnded,
     StreamerClosed,
     StreamFenced,
+    StreamGone,
     StreamNotFound,
 )
 from .stores import MemoryStore, from_url
-from .sync import SyncStreamer, SyncWriter
 
 if TYPE_CHECKING:
     from .stores.redis import RedisStore
+    from .sync import SyncStreamer, SyncWriter
 
 __version__ = "0.1.0"
 
 
 def __getattr__(name: str) -> object:
-    # RedisStore is imported on first use, so that importing resumable_sse never pulls in redis (an optional extra:
-    # pip install resumable-sse[redis]; making a RedisStore without it says so).
+    # Imported on first use. RedisStore: so that importing resumable_sse never pulls in redis (an optional extra:
+    # pip install resumable-sse[redis]; making a RedisStore without it says so). SyncStreamer and SyncWriter: so
+    # that the blocking client (resumable_sse.client) does not load the server's thread machinery with the package.
     if name == "RedisStore":
         from .stores.redis import RedisStore
 
         return RedisStore
+    if name in ("SyncStreamer", "SyncWriter"):
+        from . import sync
+
+        return getattr(sync, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -49,6 +58,7 @@ __all__ = [
     "STREAMER_KEY",
     "TERMINAL_EVENTS",
     "Claim",
+    "ClientError",
     "Entry",
     "Event",
     "EventId",
@@ -63,12 +73,15 @@ __all__ = [
     "ProducerError",
     "RedisStore",
     "Reset",
+    "ResponseError",
     "ResumableSSEError",
+    "RetriesExhausted",
     "StoreFull",
     "StoreUnavailable",
     "StreamAlreadyClaimed",
     "StreamEnded",
     "StreamFenced",
+    "StreamGone",
     "StreamNotFound",
     "StreamState",
     "Streamer",

@@ -18,6 +18,7 @@ from collections.abc import AsyncIterable, Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, Final, TypeVar, Union
 
 from ._event import Status, normalize
+from ._feed import pump_in_thread
 from ._log import NewEvent, StreamState
 from ._readers import terminal_data
 from .exceptions import EventTooLarge, InvalidEventData, ProducerError, StoreUnavailable, StreamFenced, StreamNotFound
@@ -144,8 +145,6 @@ class _Run:
                 if aclose is not None:
                     await aclose()
         elif isinstance(source, Iterable):
-            from .sync import pump_in_thread  # one module crosses threads
-
             await pump_in_thread(self, source)
         else:
             raise TypeError(f"a producer must return an async iterable or an iterable, not {type(source).__name__}")

@@ -12,7 +12,8 @@
     for ev in iter_events("http://host/stream/abc"):   # the same client, for code with no event loop
         ...
 
-What it does, following EventSource where it can and the resumable-sse wire format (DESIGN §4) where it says more:
+What it does: what a browser's EventSource does, plus what the resumable-sse wire protocol adds (terminal events,
+``reset``, ``204`` and ``410``; the protocol is described in ``docs/protocol.md`` in the repository):
 
 - Parses the stream exactly per the WHATWG rules (:mod:`resumable_sse._parser`).
 - Reconnects when the connection fails or the server closes it, sending the last event id it delivered as
@@ -29,7 +30,7 @@ What it does, following EventSource where it can and the resumable-sse wire form
   not ``text/event-stream`` raise :class:`ResponseError` at once; ``429`` and ``5xx`` are retried with backoff,
   honouring ``Retry-After``.
 
-The exceptions it adds (all :class:`~resumable_sse.exceptions.ResumableSSEError`)::
+The exceptions it raises are part of the library's one tree (:mod:`resumable_sse.exceptions`, re-exported here)::
 
     ResumableSSEError
     ├── StreamEnded            the stream ended with error or lost (see raise_on); .state, .message
@@ -38,7 +39,11 @@ The exceptions it adds (all :class:`~resumable_sse.exceptions.ResumableSSEError`
         │   └── StreamGone     410: the stream is unknown or expired (it is not generated again)
         └── RetriesExhausted   max_retries attempts in a row got nothing; the last failure is __cause__
 
-One async implementation: :class:`SyncEventStream` runs it on a private event loop in a daemon thread.
+Its options are one :class:`ClientOptions`: :func:`connect` and :func:`iter_events` take them as keywords (or a
+prepared ``options=``, which keywords then override), and :class:`EventStream` keeps them as
+:attr:`~EventStream.options`.
+One async implementation: :class:`SyncEventStream` runs it on a private event loop in a daemon thread (the portal
+of :mod:`resumable_sse._portal`, shared with the server's :class:`~resumable_sse.SyncStreamer`).
 """
 
 from __future__ import annotations
@@ -47,21 +52,27 @@ import asyncio
 import logging
 import random
 import sys
-from collections.abc import AsyncGenerator, Callable, Collection, Mapping
+from collections.abc import AsyncGenerator, Callable
 from types import TracebackType
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import aiohttp
 import yarl
 
+from ._client_options import DEFAULT_RAISE_ON, ClientOptions, ClientOptionsDict, merge_options
 from ._event import TERMINAL_EVENTS
 from ._parser import ServerSentEvent, SSEParser
-from .exceptions import ResumableSSEError, StreamEnded
-from .sync import LoopThread  # where blocking code meets an event loop: one implementation, shared
+from ._portal import LoopThread  # where blocking code meets an event loop: one implementation, shared
+from .exceptions import ClientError, ResponseError, RetriesExhausted, StreamEnded, StreamerClosed, StreamGone
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = [
     "DEFAULT_RAISE_ON",
     "ClientError",
+    "ClientOptions",
+    "ClientOptionsDict",
     "EventStream",
     "ResponseError",
     "RetriesExhausted",
@@ -76,47 +87,16 @@ __all__ = [
 
 logger = logging.getLogger("resumable_sse.client")
 
-DEFAULT_RAISE_ON: Final[frozenset[str]] = frozenset({"error", "lost"})
-"""Terminal event types that raise :class:`~resumable_sse.exceptions.StreamEnded` by default."""
 
 _MIN_BACKOFF: Final = 0.05  # seconds: failed attempts back off from at least this, even after ``retry: 0``
 _BODY_PREVIEW: Final = 1024  # bytes of an error response's body kept in ResponseError.body
 _NETWORK_ERRORS: Final = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, asyncio.TimeoutError, OSError)
-_FATAL_NETWORK_ERRORS: Final = (aiohttp.ClientConnectorCertificateError, aiohttp.ServerFingerprintMismatch)
-
-
-class ClientError(ResumableSSEError):
-    """The client could not read the stream (other than the stream itself ending badly)."""
-
-
-class ResponseError(ClientError):
-    """The server answered with a status (or content type) that is not an event stream to follow.
-
-    :ivar url: the URL requested.
-    :ivar status: the HTTP status.
-    :ivar body: the start of the response body (the server's explanation), decoded leniently.
-    """
-
-    def __init__(self, url: str, status: int, reason: str, body: str = "") -> None:
-        detail = body.strip()
-        super().__init__(f"GET {url}: {status} {reason}" + (f": {detail}" if detail else ""))
-        self.url = url
-        self.status = status
-        self.body = body
-
-
-class StreamGone(ResponseError):
-    """``410 Gone``: the server does not know the stream (it expired, or never existed) and will not regenerate it."""
-
-
-class RetriesExhausted(ClientError):
-    """``max_retries`` reconnection attempts in a row got nothing; the last attempt's failure is ``__cause__``."""
-
-    def __init__(self, url: str, attempts: int, last_error: BaseException | None) -> None:
-        reason = f": {_describe(last_error)}" if last_error is not None else ""
-        super().__init__(f"gave up on {url} after {attempts} failed attempts in a row{reason}")
-        self.url = url
-        self.attempts = attempts
+_FATAL_NETWORK_ERRORS: Final = (
+    aiohttp.ClientConnectorCertificateError,
+    aiohttp.ServerFingerprintMismatch,
+    aiohttp.InvalidURL,  # also a redirect to a URL that is not http(s)
+    aiohttp.ClientResponseError,  # a malformed response, too many redirects: retrying cannot fix these
+)
 
 
 def check_url(url: str, *, relative_ok: bool = False) -> str:
@@ -154,12 +134,6 @@ def backoff_delay(
     return delay * (1.0 - jitter * rand())
 
 
-def _check_header_value(name: str, value: str) -> str:
-    if "\r" in value or "\n" in value or "\0" in value:
-        raise ValueError(f"{name} must not contain CR, LF or NUL: {value!r}")
-    return value
-
-
 class EventStream:
     """A followed stream: iterate it (``async for``) for :class:`ServerSentEvent` objects. Made by :func:`connect`.
 
@@ -172,38 +146,20 @@ class EventStream:
         url: str,
         *,
         session: aiohttp.ClientSession | None = None,
-        last_event_id: str | None = None,
-        headers: Mapping[str, str] | None = None,
-        raise_on: Collection[str] = DEFAULT_RAISE_ON,
-        reconnect_delay: float = 1.0,
-        max_delay: float = 30.0,
-        jitter: float = 0.5,
-        max_retries: int | None = None,
-        connect_timeout: float | None = 30.0,
-        read_timeout: float | None = 60.0,
+        options: ClientOptions | None = None,
+        **overrides: Unpack[ClientOptionsDict],
     ) -> None:
-        if reconnect_delay < 0 or max_delay < 0:
-            raise ValueError("reconnect_delay and max_delay must not be negative")
-        if not 0.0 <= jitter <= 1.0:
-            raise ValueError("jitter must be between 0 and 1")
-        if max_retries is not None and max_retries < 0:
-            raise ValueError("max_retries must not be negative (None: retry forever)")
-        unknown = set(raise_on) - TERMINAL_EVENTS
-        if unknown:
-            allowed = ", ".join(sorted(TERMINAL_EVENTS))
-            raise ValueError(f"raise_on takes terminal event types ({allowed}), not {sorted(unknown)}")
+        self.options: Final = merge_options(options, overrides)
+        """The options this stream follows with (see :class:`ClientOptions`)."""
         # A relative URL only makes sense against a session's base_url.
         self.url: Final = check_url(url, relative_ok=getattr(session, "_base_url", None) is not None)
         self._session = session
         self._owns_session = session is None
-        self._last_event_id = _check_header_value("last_event_id", last_event_id or "")
-        self._headers = {key: _check_header_value(key, value) for key, value in (headers or {}).items()}
-        self._raise_on = frozenset(raise_on)
-        self._retry = reconnect_delay
-        self._max_delay = max_delay
-        self._jitter = jitter
-        self._max_retries = max_retries
-        self._timeout = aiohttp.ClientTimeout(total=None, connect=connect_timeout, sock_read=read_timeout)
+        self._last_event_id = self.options.last_event_id or ""
+        self._retry = self.options.reconnect_delay
+        self._timeout = aiohttp.ClientTimeout(
+            total=None, connect=self.options.connect_timeout, sock_read=self.options.read_timeout
+        )
         self._iterator: AsyncGenerator[ServerSentEvent, None] | None = None
         self._finished = False
         self.terminal: ServerSentEvent | None = None
@@ -259,7 +215,7 @@ class EventStream:
             await session.close()
 
     def _request_headers(self) -> dict[str, str]:
-        headers = {"Accept": "text/event-stream", "Cache-Control": "no-cache", **self._headers}
+        headers = {"Accept": "text/event-stream", "Cache-Control": "no-cache", **self.options.headers}
         for key in [key for key in headers if key.lower() == "last-event-id"]:
             del headers[key]
         if self._last_event_id:
@@ -279,7 +235,7 @@ class EventStream:
                 self.connections += 1
                 try:
                     response = await self._session.get(self.url, headers=self._request_headers(), timeout=self._timeout)
-                except (*_FATAL_NETWORK_ERRORS, aiohttp.InvalidURL) as exc:  # retrying cannot fix these
+                except _FATAL_NETWORK_ERRORS as exc:
                     raise ClientError(f"GET {self.url}: {_describe(exc)}") from exc
                 except _NETWORK_ERRORS as exc:
                     error = exc
@@ -310,7 +266,7 @@ class EventStream:
                                         if event.event in TERMINAL_EVENTS:
                                             self._finished = True
                                             self.terminal = event
-                                            if event.event in self._raise_on:
+                                            if event.event in self.options.raise_on:
                                                 raise _ended(event)
                                             yield event
                                             return
@@ -328,9 +284,10 @@ class EventStream:
                         else:
                             raise ResponseError(self.url, status, response.reason or "", await _body(response))
                 failures = 0 if progressed else failures + 1
-                if self._max_retries is not None and failures > self._max_retries:
+                max_retries = self.options.max_retries
+                if max_retries is not None and failures > max_retries:
                     raise RetriesExhausted(self.url, failures, error) from error
-                delay = backoff_delay(self._retry, failures, cap=self._max_delay, jitter=self._jitter)
+                delay = backoff_delay(self._retry, failures, cap=self.options.max_delay, jitter=self.options.jitter)
                 if retry_after is not None:
                     delay = max(delay, retry_after)
                 logger.info(
@@ -376,15 +333,8 @@ def connect(
     url: str,
     *,
     session: aiohttp.ClientSession | None = None,
-    last_event_id: str | None = None,
-    headers: Mapping[str, str] | None = None,
-    raise_on: Collection[str] = DEFAULT_RAISE_ON,
-    reconnect_delay: float = 1.0,
-    max_delay: float = 30.0,
-    jitter: float = 0.5,
-    max_retries: int | None = None,
-    connect_timeout: float | None = 30.0,
-    read_timeout: float | None = 60.0,
+    options: ClientOptions | None = None,
+    **overrides: Unpack[ClientOptionsDict],
 ) -> EventStream:
     """Follow the event stream at ``url``; use as ``async with connect(url) as events: async for ev in events``.
 
@@ -392,33 +342,12 @@ def connect(
 
     :param session: an aiohttp session to use (it is left open); default: one made for this stream and closed with
         it.
-    :param last_event_id: resume after this event (a saved :attr:`EventStream.last_event_id`), sent as
-        ``Last-Event-ID``.
-    :param headers: extra request headers (e.g. ``Authorization``).
-    :param raise_on: terminal event types that raise :class:`~resumable_sse.exceptions.StreamEnded` instead of
-        being yielded; the others are yielded, then iteration ends. Default: ``error`` and ``lost``.
-    :param reconnect_delay: seconds to wait before reconnecting until the server sends ``retry:``.
-    :param max_delay: the cap on the exponential backoff, in seconds.
-    :param jitter: the largest fraction (0..1) randomly taken off each wait.
-    :param max_retries: attempts in a row that may fail (no event, no heartbeat) before :class:`RetriesExhausted`;
-        None retries forever, as EventSource does.
-    :param connect_timeout: seconds to connect and get the response headers.
-    :param read_timeout: seconds without a byte from the server before the connection counts as dead and is
-        replaced; keep it above the server's heartbeat interval. None: wait forever.
+    :param options: a prepared :class:`ClientOptions`; default: the defaults.
+    :param overrides: any field of :class:`ClientOptions` as a keyword (``last_event_id``, ``headers``,
+        ``raise_on``, ``reconnect_delay``, ``max_delay``, ``jitter``, ``max_retries``, ``connect_timeout``,
+        ``read_timeout``), applied over ``options``.
     """
-    return EventStream(
-        url,
-        session=session,
-        last_event_id=last_event_id,
-        headers=headers,
-        raise_on=raise_on,
-        reconnect_delay=reconnect_delay,
-        max_delay=max_delay,
-        jitter=jitter,
-        max_retries=max_retries,
-        connect_timeout=connect_timeout,
-        read_timeout=read_timeout,
-    )
+    return EventStream(url, session=session, options=options, **overrides)
 
 
 class SyncEventStream:
@@ -462,6 +391,11 @@ class SyncEventStream:
             raise StopIteration
         try:
             event = self._portal.call(self._next())
+        except StreamerClosed:
+            if self._closed:  # closed from another thread while this one waited: the iteration is over
+                raise StopIteration from None
+            self.close()
+            raise
         except BaseException:  # e.g. KeyboardInterrupt while waiting: the portal stopped the read on the loop
             self.close()
             raise
@@ -511,34 +445,11 @@ class SyncEventStream:
 
 
 def iter_events(
-    url: str,
-    *,
-    last_event_id: str | None = None,
-    headers: Mapping[str, str] | None = None,
-    raise_on: Collection[str] = DEFAULT_RAISE_ON,
-    reconnect_delay: float = 1.0,
-    max_delay: float = 30.0,
-    jitter: float = 0.5,
-    max_retries: int | None = None,
-    connect_timeout: float | None = 30.0,
-    read_timeout: float | None = 60.0,
+    url: str, *, options: ClientOptions | None = None, **overrides: Unpack[ClientOptionsDict]
 ) -> SyncEventStream:
     """Follow the event stream at ``url`` from blocking code: ``for ev in iter_events(url): ...``.
 
-    The same client as :func:`connect` (same parameters, no ``session``), run on a private event loop thread. Use
-    ``with iter_events(url) as events:`` to read :attr:`SyncEventStream.last_event_id` afterwards.
+    The same client and the same options as :func:`connect` (no ``session``), run on a private event loop thread.
+    Use ``with iter_events(url) as events:`` to read :attr:`SyncEventStream.last_event_id` afterwards.
     """
-    return SyncEventStream(
-        EventStream(
-            url,
-            last_event_id=last_event_id,
-            headers=headers,
-            raise_on=raise_on,
-            reconnect_delay=reconnect_delay,
-            max_delay=max_delay,
-            jitter=jitter,
-            max_retries=max_retries,
-            connect_timeout=connect_timeout,
-            read_timeout=read_timeout,
-        )
-    )
+    return SyncEventStream(EventStream(url, options=options, **overrides))

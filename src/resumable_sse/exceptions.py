@@ -15,26 +15,38 @@ Every exception the library raises on purpose derives from :class:`ResumableSSEE
     ├── ProducerError          raise it in a producer to end the stream with ``error`` and a message
     │                          that is safe to show to clients
     ├── StreamEnded            a stream a client reads ended with error, lost or cancelled (client side)
-    ├── StreamerClosed         the Streamer is shutting down or closed and takes no new work
+    ├── ClientError            the client could not read the stream (resumable_sse.client)
+    │   ├── ResponseError      an HTTP status or content type that is not a stream; .status, .url, .body
+    │   │   └── StreamGone     410: the stream is unknown or expired (it is not generated again)
+    │   └── RetriesExhausted   max_retries attempts in a row got nothing; the last failure is __cause__
+    ├── StreamerClosed         the Streamer is shutting down or closed and takes no new work; also a blocking call
+    │                          whose event loop stopped before it finished the call
     └── EventLoopError         (also RuntimeError) SyncStreamer called from its own event loop's thread (it would
                                deadlock), or with no event loop known for its Streamer
+
+Server and client share this one tree, so ``except ResumableSSEError`` catches whatever either side raises on
+purpose; anything else that escapes is a bug or comes from the caller's own code.
 """
 
 from __future__ import annotations
 
 __all__ = [
+    "ClientError",
     "EventLoopError",
     "EventTooLarge",
     "InvalidEventData",
     "InvalidEventId",
     "InvalidStreamId",
     "ProducerError",
+    "ResponseError",
     "ResumableSSEError",
+    "RetriesExhausted",
     "StoreFull",
     "StoreUnavailable",
     "StreamAlreadyClaimed",
     "StreamEnded",
     "StreamFenced",
+    "StreamGone",
     "StreamNotFound",
     "StreamerClosed",
 ]
@@ -114,8 +126,49 @@ class StreamEnded(ResumableSSEError):
         self.message = message
 
 
+class ClientError(ResumableSSEError):
+    """The client (:mod:`resumable_sse.client`) could not read the stream, other than the stream itself ending badly."""
+
+
+class ResponseError(ClientError):
+    """The server answered with a status (or content type) that is not an event stream to follow.
+
+    :ivar url: the URL requested.
+    :ivar status: the HTTP status.
+    :ivar body: the start of the response body (the server's explanation), decoded leniently.
+    """
+
+    def __init__(self, url: str, status: int, reason: str, body: str = "") -> None:
+        detail = body.strip()
+        super().__init__(f"GET {url}: {status} {reason}" + (f": {detail}" if detail else ""))
+        self.url = url
+        self.status = status
+        self.body = body
+
+
+class StreamGone(ResponseError):
+    """``410 Gone``: the server does not know the stream (it expired, or never existed) and will not regenerate it."""
+
+
+class RetriesExhausted(ClientError):
+    """``max_retries`` reconnection attempts in a row got nothing; the last attempt's failure is ``__cause__``."""
+
+    def __init__(self, url: str, attempts: int, last_error: BaseException | None) -> None:
+        reason = ""
+        if last_error is not None:
+            text = str(last_error)
+            reason = f": {type(last_error).__name__}" + (f": {text}" if text else "")
+        super().__init__(f"gave up on {url} after {attempts} failed attempts in a row{reason}")
+        self.url = url
+        self.attempts = attempts
+
+
 class StreamerClosed(ResumableSSEError):
-    """The Streamer is closed or shutting down and starts no new producers."""
+    """The Streamer is closed or shutting down and starts no new producers.
+
+    Also raised in a thread that waits for an event loop (a :class:`~resumable_sse.SyncStreamer` call) when that
+    loop stops before it finished the call.
+    """
 
 
 class EventLoopError(ResumableSSEError, RuntimeError):

@@ -1,311 +1,33 @@
-"""Where blocking code meets the event loop: the only module of resumable-sse that crosses threads.
+"""Blocking code producing resumable streams: :class:`SyncStreamer` and its :class:`SyncWriter`.
 
-Two pieces, one idea each:
-
-* a **portal** (:func:`call_in_loop`): a blocking thread hands a coroutine to an event loop with
-  :func:`asyncio.run_coroutine_threadsafe` and waits for its result (or for the loop to stop). The loop is the
-  application's own (a :class:`SyncStreamer` sharing the aiohttp app's :class:`~resumable_sse.Streamer`) or a
-  :class:`LoopThread` of its own (:meth:`SyncStreamer.from_url`, for worker processes with no event loop; the
-  blocking client :func:`~resumable_sse.client.iter_events` uses one too). Called from that loop's own thread the
-  portal refuses (:class:`~resumable_sse.exceptions.EventLoopError`) instead of waiting for itself forever.
-* a **feed** (:class:`_Feed`): the events of one stream crossing from blocking threads to the loop. Threads append
-  to a buffer under a lock and schedule one wake-up on the loop only when none is pending; the loop takes the whole
-  buffer at once. A fast producer therefore crosses threads once per batch, not once per event, while a slow
-  producer's event crosses at once (nothing waits on a timer). When the buffer is full the threads wait
-  (backpressure); when the stream stops (cancelled, lost, shutdown) they are told at their next event.
-
-Everything else is the async :class:`~resumable_sse.Streamer`: the feed is just another producer source, drained
-into the same run (batched appends, leases, cancel, terminal entry) as an async generator would be.
+A facade over the async :class:`~resumable_sse.Streamer`, nothing more. Each call runs the Streamer's own
+coroutine on the Streamer's event loop through the portal (:mod:`resumable_sse._portal`) and waits for it; the
+events of a stream produced here cross from the caller's threads to the loop through a feed
+(:mod:`resumable_sse._feed`), which the Streamer drains into the same run (batched appends, leases, cancel, terminal
+entry) as an async generator's events. The loop is the application's (a SyncStreamer sharing the aiohttp app's
+Streamer) or a :class:`~resumable_sse._portal.LoopThread` of its own (:meth:`SyncStreamer.from_url`, for worker
+processes with no event loop).
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
-import threading
 import weakref
-from collections.abc import AsyncIterable, Callable, Coroutine, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterable, Callable, Coroutine, Iterable, Mapping
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from typing import Any, TypeVar
 
 from ._event import Payload, Status, normalize
-from ._log import NewEvent, StreamState
+from ._feed import Feed
+from ._log import StreamState
+from ._portal import LoopThread, call_in_loop
 from ._streamer import Producer, Streamer
 from .exceptions import EventLoopError, StreamAlreadyClaimed, StreamerClosed, StreamFenced
 
-if TYPE_CHECKING:
-    from ._producer import _Run
-
-__all__ = ["SyncStreamer", "SyncWriter", "pump_in_thread"]
+__all__ = ["SyncStreamer", "SyncWriter"]
 
 T = TypeVar("T")
-
-_BUFFER_BATCHES = 2
-"""A feed holds up to this many of the Streamer's ``batch_size`` before its threads wait for the loop."""
-
-_POLL = 0.25
-"""Seconds between looks at the loop while a thread waits for it (a loop that stopped never answers)."""
-
-
-def _wait_on_loop(loop: asyncio.AbstractEventLoop, ready: Callable[[float], bool]) -> bool:
-    """Call ``ready(timeout)`` until it returns True; False once ``loop`` has stopped for good.
-
-    A thread waiting for the loop would otherwise wait forever when the loop stops (application shutdown) before
-    it ran what the thread asked for. A loop seen not running twice in a row is taken as stopped: between the
-    ``run_until_complete`` calls of a shutdown it is briefly not running and then runs again.
-    """
-    stopped = 0
-    while not ready(_POLL):
-        stopped = stopped + 1 if not loop.is_running() else 0  # a closed loop is not running either
-        if stopped >= 2 or loop.is_closed():
-            return ready(0)  # a last look: what finished just before the loop stopped still counts
-    return True
-
-
-class _Feed:
-    """One stream's events on their way from blocking threads to the loop (see the module docstring).
-
-    Thread side: :meth:`put` and :meth:`end`, from any number of threads. Loop side: :meth:`drain_into` (the
-    producer's pump) and :meth:`stop`. The lock guards every field below it.
-    """
-
-    def __init__(self, stream_id: str, loop: asyncio.AbstractEventLoop, max_bytes: int, batch_size: int) -> None:
-        self.stream_id = stream_id
-        self.loop = loop
-        self.loop_thread = threading.get_ident()  # feeds are made on the loop
-        self.max_bytes = max_bytes
-        self.max_limit = batch_size * _BUFFER_BATCHES
-        self.limit = min(16, self.max_limit)  # small at first so the first events go out at once, then grows
-        self.lock = threading.Lock()
-        self.room = threading.Condition(self.lock)
-        self.buffer: list[NewEvent] = []  # one list object for the feed's life: threads may hold its append
-        self.finished = False  # the thread side ended the source (returned or raised)
-        self.error: BaseException | None = None
-        self.stopped = False  # the loop side takes nothing more (cancel, lost, shutdown, or done)
-        self.wake: asyncio.Future[None] | None = None
-        self.wake_scheduled = False
-
-    def __iter__(self) -> Iterator[object]:
-        # Only so that a Streamer hands the feed to pump_in_thread like any plain iterable.
-        raise TypeError("a SyncStreamer feed is drained by its Streamer; it is not iterated")
-
-    # -- thread side ----------------------------------------------------------------------------------------------
-
-    def _schedule_wake(self) -> None:
-        """With the lock held: make sure the loop will look at the buffer (one wake-up in flight at most)."""
-        self.wake_scheduled = True
-        try:
-            self.loop.call_soon_threadsafe(self._on_wake)
-        except RuntimeError:  # the loop is closed: nobody will ever drain this feed
-            self.stopped = True
-
-    def put(self, event: NewEvent) -> bool:
-        """Queue one normalized event; False (nothing queued) when the stream takes no more events."""
-        with self.lock:
-            if len(self.buffer) >= self.limit:
-                if threading.get_ident() == self.loop_thread:
-                    raise EventLoopError("a SyncWriter was written to from its event loop's thread while full")
-
-                def has_room(timeout: float) -> bool:
-                    return self.room.wait_for(
-                        lambda: len(self.buffer) < self.limit or self.stopped or self.finished, timeout
-                    )
-
-                if not _wait_on_loop(self.loop, has_room):
-                    self.stopped = True  # the loop stopped: nobody will ever drain this feed
-            if self.stopped or self.finished:
-                return False
-            self.buffer.append(event)
-            if not self.wake_scheduled:
-                self._schedule_wake()
-            return True
-
-    def pull(self, iterator: Iterator[object]) -> BaseException | None:
-        """Drain a blocking ``iterator`` into the feed in this thread, then end the feed and close the iterator.
-
-        Stops pulling as soon as the stream takes no more events (the one item in hand is dropped). Returns what
-        the iterator raised, if anything; it also goes to the loop, which ends the stream with ``error``.
-        """
-        error: BaseException | None = None
-        max_bytes, short = self.max_bytes, self.max_bytes // 4
-        lock, buffer, append = self.lock, self.buffer, self.buffer.append
-        try:
-            for item in iterator:
-                # The hot path, inlined: a short str needs no normalize(), and room in the buffer no waiting.
-                event = (None, item) if type(item) is str and len(item) <= short else normalize(item, max_bytes)
-                with lock:
-                    if len(buffer) < self.limit and not self.stopped and not self.finished:
-                        append(event)
-                        if not self.wake_scheduled:
-                            self._schedule_wake()
-                        continue
-                if not self.put(event):
-                    break
-        except BaseException as exc:
-            error = exc
-        close = getattr(iterator, "close", None)
-        if close is not None:
-            try:
-                close()
-            except Exception as exc:
-                error = error or exc
-        self.end(error)
-        return error
-
-    def end(self, error: BaseException | None = None) -> None:
-        """The source is over: returned (``error`` None) or raised ``error``. Later calls change nothing."""
-        with self.lock:
-            if self.finished:
-                return
-            self.finished = True
-            self.error = error
-            self.room.notify_all()
-            if not self.wake_scheduled:
-                self._schedule_wake()
-
-    # -- event loop -----------------------------------------------------------------------------------------------
-
-    def _on_wake(self) -> None:
-        wake = self.wake
-        if wake is not None and not wake.done():
-            wake.set_result(None)
-
-    async def drain_into(self, run: _Run) -> None:
-        """Hand the buffered events to ``run`` in batches until the source ends; raise what the source raised."""
-        try:
-            while True:
-                with self.lock:
-                    events = self.buffer.copy()
-                    self.buffer.clear()
-                    if events:
-                        self.limit = min(self.limit * 2, self.max_limit)
-                    finished = self.finished
-                    self.wake_scheduled = False
-                    if not events and not finished:
-                        self.wake = self.loop.create_future()
-                    self.room.notify_all()
-                if events:
-                    run.push_many(events)
-                    await run.has_space()
-                elif finished:
-                    break
-                else:
-                    assert self.wake is not None
-                    await self.wake
-        finally:
-            self.stop()
-        error = self.error
-        if error is None:
-            return
-        if isinstance(error, Exception):
-            raise error
-        # KeyboardInterrupt, SystemExit... belong to the producer's thread, not to the event loop.
-        raise RuntimeError(f"the producer's thread was interrupted by {type(error).__name__}") from error
-
-    def stop(self) -> None:
-        """The stream takes no more events: waiting threads wake, and every later :meth:`put` returns False."""
-        with self.lock:
-            self.stopped = True
-            self.room.notify_all()
-
-
-async def pump_in_thread(run: _Run, source: Iterable[object]) -> None:
-    """Drain the blocking ``source`` into ``run`` without blocking the event loop.
-
-    A :class:`SyncStreamer` feed is drained directly (its threads are the caller's). Any other iterable, e.g. a
-    plain generator given to :func:`~resumable_sse.resumable_handler`, is pulled by a new daemon thread. Cancelling
-    this coroutine stops the thread at the source's next event (a ``next()`` already blocking cannot be
-    interrupted; the thread is a daemon so that it never holds up interpreter exit).
-    """
-    if isinstance(source, _Feed):
-        await source.drain_into(run)
-        return
-    streamer = run.streamer
-    feed = _Feed(run.stream_id, asyncio.get_running_loop(), streamer.max_event_bytes, streamer.batch_size)
-
-    def work() -> None:
-        try:
-            iterator = iter(source)
-        except BaseException as exc:
-            feed.end(exc)
-            return
-        feed.pull(iterator)
-
-    threading.Thread(target=work, name=f"resumable-sse producer {run.stream_id}", daemon=True).start()
-    await feed.drain_into(run)
-
-
-def call_in_loop(loop: asyncio.AbstractEventLoop, coroutine: Coroutine[Any, Any, T]) -> T:
-    """The portal: run ``coroutine`` on ``loop``, which runs in another thread, and block until it returns or raises.
-
-    Raises :class:`~resumable_sse.exceptions.StreamerClosed` when the loop stops before it finished the call. The
-    caller makes sure this is not the loop's own thread (it would wait for itself).
-    """
-    try:
-        future = asyncio.run_coroutine_threadsafe(coroutine, loop)
-    except BaseException:
-        coroutine.close()
-        raise
-    try:
-        if not _wait_on_loop(loop, lambda timeout: bool(concurrent.futures.wait([future], timeout)[0])):
-            future.cancel()
-            raise StreamerClosed("the event loop stopped before it finished this call")
-        return future.result()
-    except BaseException:
-        future.cancel()  # interrupted here (KeyboardInterrupt): do not leave the coroutine running
-        raise
-
-
-def _run_loop(loop: asyncio.AbstractEventLoop) -> None:
-    """The body of a loop thread: run until stopped, then cancel what is left, close async generators, close."""
-    asyncio.set_event_loop(loop)
-    try:
-        loop.run_forever()
-    finally:
-        try:
-            tasks = asyncio.all_tasks(loop)
-            for task in tasks:
-                task.cancel()
-            if tasks:
-                loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
-            loop.run_until_complete(loop.shutdown_asyncgens())
-        finally:
-            asyncio.set_event_loop(None)
-            loop.close()
-
-
-class LoopThread:
-    """An event loop on a daemon thread of its own, for code that has none.
-
-    Used by :meth:`SyncStreamer.from_url` (a worker process) and by the blocking client
-    (:func:`~resumable_sse.client.iter_events`). :meth:`call` runs a coroutine there and waits for it; :meth:`stop`
-    ends the loop (what still runs is cancelled) and waits for the thread.
-    """
-
-    def __init__(self, name: str) -> None:
-        self.loop: Final = asyncio.new_event_loop()
-        self.thread: Final = threading.Thread(target=_run_loop, args=(self.loop,), name=name, daemon=True)
-        self.thread.start()
-
-    def in_thread(self) -> bool:
-        """True when called from the loop's own thread (where waiting for the loop would deadlock)."""
-        return threading.get_ident() == self.thread.ident
-
-    def call(self, coroutine: Coroutine[Any, Any, T]) -> T:
-        """Run ``coroutine`` on the loop and block until it returns or raises (see :func:`call_in_loop`)."""
-        if self.in_thread():
-            coroutine.close()
-            raise EventLoopError("a LoopThread was called from its own thread, where it would wait for itself")
-        return call_in_loop(self.loop, coroutine)
-
-    def stop(self) -> None:
-        """Stop the loop and wait for the thread to end; from the loop's own thread, only stop it."""
-        if not self.loop.is_closed():
-            with contextlib.suppress(RuntimeError):  # closed meanwhile
-                self.loop.call_soon_threadsafe(self.loop.stop)
-        if not self.in_thread():
-            self.thread.join()
 
 
 def _shutdown(portal: LoopThread, streamer: Streamer, grace_period: float | None) -> None:
@@ -355,7 +77,7 @@ class SyncStreamer:
         self._own_loop: LoopThread | None = None  # from_url(): the loop thread of its own
         self._finalizer: weakref.finalize[Any, Any] | None = None  # from_url(): shuts that thread down if forgotten
         self._closed = False
-        self._feeds: dict[str, _Feed] = {}  # streams this facade produces now; touched on the loop only
+        self._feeds: dict[str, Feed] = {}  # streams this facade produces now; touched on the loop only
 
     @classmethod
     def from_url(
@@ -431,22 +153,22 @@ class SyncStreamer:
 
     # -- producers --------------------------------------------------------------------------------------------------
 
-    async def _claim(self, stream_id: str) -> tuple[_Feed, Producer]:
+    async def _claim(self, stream_id: str) -> tuple[Feed, Producer]:
         """On the loop: claim ``stream_id`` with a feed as its producer source; StreamAlreadyClaimed if taken."""
         streamer = self.streamer
-        feed = _Feed(stream_id, asyncio.get_running_loop(), streamer.max_event_bytes, streamer.batch_size)
+        feed = Feed(stream_id, asyncio.get_running_loop(), streamer.max_event_bytes, streamer.batch_size)
         producer = await streamer.start(stream_id, lambda: feed)
         if producer is None:
             raise StreamAlreadyClaimed(stream_id)
         self._feeds[stream_id] = feed
 
-        def ended(_task: object) -> None:
+        def ended(_producer: Producer) -> None:
             # However the run ends (even before its pump started), senders must stop waiting.
             feed.stop()
             if self._feeds.get(stream_id) is feed:
                 del self._feeds[stream_id]
 
-        producer._run.task.add_done_callback(ended)
+        producer.add_done_callback(ended)
         return feed, producer
 
     async def _cancel(self, stream_id: str) -> bool:
@@ -458,14 +180,13 @@ class SyncStreamer:
 
     def _outcome(self, producer: Producer) -> Status:
         """Wait for a producer this facade started to end; its end state."""
-        task = producer._run.task
-        if not task.done():
+        if not producer.done():
             try:
                 return self._call(producer.wait, new_work=False)
             except StreamerClosed:
-                if not task.done():  # the loop stopped under a running stream
+                if not producer.done():  # the loop stopped under a running stream
                     raise
-        return task.result()  # done: readable from any thread, even once the loop has stopped
+        return producer.result()  # done: readable from any thread, even once the loop has stopped
 
     def publish(self, stream_id: str, source: Iterable[Payload]) -> Status:
         """Claim ``stream_id``, drain the blocking ``source`` into it in this thread, and return the end state.
@@ -536,7 +257,7 @@ class SyncWriter:
     lock, not a thread crossing: events sent while the loop is busy go over together.
     """
 
-    def __init__(self, sync: SyncStreamer, stream_id: str, feed: _Feed, producer: Producer) -> None:
+    def __init__(self, sync: SyncStreamer, stream_id: str, feed: Feed, producer: Producer) -> None:
         self.stream_id = stream_id
         self._sync = sync
         self._feed = feed
