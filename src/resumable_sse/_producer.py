@@ -15,16 +15,13 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterable
-from typing import TYPE_CHECKING, Any, Final, TypeVar, Union
+from typing import Any, Final, Protocol, TypeVar, Union
 
 from ._event import Status, normalize
 from ._feed import pump_in_thread
-from ._log import NewEvent, StreamState
-from ._readers import terminal_data
+from ._log import EventLog, NewEvent, StreamState
+from ._readers import Hub, terminal_data
 from .exceptions import EventTooLarge, InvalidEventData, ProducerError, StoreUnavailable, StreamFenced, StreamNotFound
-
-if TYPE_CHECKING:
-    from ._streamer import Streamer
 
 __all__ = ["Producer", "Producers", "Source", "retry_store"]
 
@@ -36,6 +33,27 @@ _RETRY_MAX_DELAY: Final = 1.0
 
 Source = Union[AsyncIterable[Any], Iterable[Any]]  # noqa: UP007 (a runtime alias on 3.10)
 """What a producer factory returns: an async iterable (run on the loop) or a plain iterable (run in a thread)."""
+
+
+class Settings(Protocol):
+    """What the producer runtime needs of the engine that owns it (the :class:`~resumable_sse.Streamer`)."""
+
+    @property
+    def store(self) -> EventLog: ...
+    @property
+    def hub(self) -> Hub: ...
+    @property
+    def lease(self) -> float: ...
+    @property
+    def idle_timeout(self) -> float: ...
+    @property
+    def batch_size(self) -> int: ...
+    @property
+    def max_event_bytes(self) -> int: ...
+    @property
+    def error_message(self) -> str: ...
+    @property
+    def store_retry_timeout(self) -> float: ...
 
 
 async def retry_store(doing: str, call: Callable[[], Awaitable[T]], timeout: float) -> T:
@@ -90,8 +108,9 @@ class Producer:
 class _Run:
     """One producer: its pump (the only code that touches the user's source) and its writer (see module)."""
 
-    def __init__(self, streamer: Streamer, token: str, state: StreamState, factory: Callable[[], Source]) -> None:
-        self.streamer = streamer
+    def __init__(self, producers: Producers, token: str, state: StreamState, factory: Callable[[], Source]) -> None:
+        self.producers = producers
+        self.streamer = streamer = producers.streamer
         self.stream_id = state.stream_id
         self.token = token
         self.epoch = state.epoch
@@ -225,7 +244,7 @@ class _Run:
             self.streamer.hub.suspect(self.stream_id)
             return "error"
         finally:
-            self.streamer.producers.forget(self)
+            self.producers.forget(self)
 
     def _outcome(self, pump: asyncio.Task[None]) -> tuple[Status, str]:
         if pump.cancelled():
@@ -278,7 +297,7 @@ async def _stopped(pump: asyncio.Task[None]) -> None:
 class Producers:
     """Every producer this process runs (see the module docstring)."""
 
-    def __init__(self, streamer: Streamer) -> None:
+    def __init__(self, streamer: Settings) -> None:
         self.streamer = streamer
         self.runs: dict[tuple[str, str], _Run] = {}
         self._keeper: asyncio.Task[None] | None = None
@@ -288,7 +307,7 @@ class Producers:
 
     def start(self, token: str, state: StreamState, factory: Callable[[], Source]) -> Producer:
         """Run ``factory()`` as the producer of the stream just claimed with ``token`` (shape ``state``)."""
-        run = _Run(self.streamer, token, state, factory)
+        run = _Run(self, token, state, factory)
         self.runs[state.stream_id, state.epoch] = run
         # Follow the stream while its producer runs, like a reader would: an end written by another process
         # (cancel) then stops the producer at once instead of at its next append or lease renewal.

@@ -19,20 +19,41 @@ import json
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
-from typing import TYPE_CHECKING, ClassVar, Final
+from typing import ClassVar, Final, Protocol
 
 from ._event import Entry, EventId, Reset, encode_event
-from ._log import Page, StreamState, Watch
+from ._log import EventLog, Page, StreamState, Watch
 from .exceptions import StoreUnavailable
 
-if TYPE_CHECKING:
-    from ._streamer import Streamer
-
-__all__ = ["Gone", "Hub", "Reset", "Subscription", "judge", "terminal_data"]
+__all__ = ["Gone", "Hub", "Owner", "Reset", "Subscription", "judge", "terminal_data"]
 
 logger = logging.getLogger("resumable_sse")
 
 _AUDIT_CHUNK: Final = 1000  # streams per audit call
+
+
+class Owner(Protocol):
+    """What readers need of the engine that owns them (the :class:`~resumable_sse.Streamer`)."""
+
+    @property
+    def store(self) -> EventLog: ...
+    @property
+    def window(self) -> int: ...
+    @property
+    def batch_size(self) -> int: ...
+    @property
+    def liveness_interval(self) -> float: ...
+    @property
+    def readers_ended(self) -> bool: ...
+
+    def produces(self, state: StreamState) -> bool:
+        """True when this process runs the producer of that stream's epoch."""
+
+    def ended(self, state: StreamState) -> None:
+        """The store says the stream ended."""
+
+    def forget(self, subscription: Subscription) -> None:
+        """A subscription ended."""
 
 
 def terminal_data(status: str, message: str = "") -> str:
@@ -146,7 +167,7 @@ class _Tail:
 class Hub:
     """The live tail of every stream followed in this process (see the module docstring)."""
 
-    def __init__(self, streamer: Streamer) -> None:
+    def __init__(self, streamer: Owner) -> None:
         self.streamer = streamer
         self.tails: dict[str, _Tail] = {}
         self._watch: Watch | None = None
@@ -262,7 +283,7 @@ class Subscription:
     it never holds a copy of the stream.
     """
 
-    def __init__(self, streamer: Streamer, state: StreamState, cursor: int, reset: Reset | None) -> None:
+    def __init__(self, hub: Hub, state: StreamState, cursor: int, reset: Reset | None) -> None:
         self.stream_id: Final = state.stream_id
         self.state: StreamState = state
         """The stream's state when the subscription was made."""
@@ -270,7 +291,7 @@ class Subscription:
         """The reset to send before the first event, or None when the position continues without a gap."""
         self.cursor = cursor
         """Sequence number of the last entry delivered (0: none)."""
-        self._streamer = streamer
+        self._hub = hub
         self._epoch = state.epoch
         self._closed = False
         self._waiter: asyncio.Future[None] | None = None
@@ -309,8 +330,8 @@ class Subscription:
 
         The first batch starts with :attr:`reset` when there is one.
         """
-        streamer = self._streamer
-        hub, store = streamer.hub, streamer.store
+        hub = self._hub
+        streamer, store = hub.streamer, hub.streamer.store
         limit = limit or streamer.batch_size
         pending: list[Item] = [self.reset] if self.reset is not None else []
         tail = hub.attach(self.state)

@@ -214,7 +214,7 @@ class Streamer:
                 reset = Reset(reason, state.first_id)
         if self.readers_ended:  # end_readers() ran while the store answered: this one would never be ended
             raise StreamerClosed("the Streamer is closing")
-        subscription = Subscription(self, state, cursor, reset)
+        subscription = Subscription(self.hub, state, cursor, reset)
         self._subscriptions.add(subscription)
         return subscription
 

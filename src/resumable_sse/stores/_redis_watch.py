@@ -18,13 +18,10 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final, Protocol
 
 from .._event import Entry, Status
 from .._log import OnChange, Page, StreamState
-
-if TYPE_CHECKING:
-    from .redis import RedisStore
 
 __all__ = ["RedisWatch", "unpack"]
 
@@ -181,10 +178,23 @@ def _retrieve(future: asyncio.Future[Any]) -> None:
         future.exception()
 
 
+class Store(Protocol):
+    """What a watch needs of its store (the :class:`~resumable_sse.stores.redis.RedisStore`)."""
+
+    def keys(self, stream_id: str) -> tuple[str, str, str]:
+        """The stream's keys; the last is its channel."""
+
+    def pubsub_connection(self, channel: str) -> tuple[Any, Callable[[], Any]]:
+        """The node carrying ``channel`` and a factory of connections to it."""
+
+    def forget_watch(self, watch: RedisWatch) -> None:
+        """Called by a closed watch."""
+
+
 class RedisWatch:
     """A :class:`~resumable_sse.Watch` on a :class:`~resumable_sse.stores.redis.RedisStore` (see module docstring)."""
 
-    def __init__(self, store: RedisStore, on_change: OnChange) -> None:
+    def __init__(self, store: Store, on_change: OnChange) -> None:
         self.store = store
         self.on_change = on_change
         self.channels: dict[bytes, str] = {}  # channel -> stream id
