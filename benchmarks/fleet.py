@@ -233,6 +233,7 @@ class Readers:
         self.failed = 0  # no 200, or closed before a first event
         self.done = 0  # terminal event (any)
         self.bad_ends = 0  # a terminal event other than done
+        self.end_types: dict[str, int] = {}  # terminal events by type
         self.lost = 0  # ended after the first event, before a terminal one
         self.measuring = False
         self.latencies: list[int] = []  # ns, every token received while measuring
@@ -263,6 +264,8 @@ class Readers:
             if terminal is not None:
                 self.done += 1
                 self.bad_ends += terminal.group(1) != b"done"
+                end_type = terminal.group(1).decode()
+                self.end_types[end_type] = self.end_types.get(end_type, 0) + 1
                 reader.finish("done")
         if b"0\r\n\r\n" in body and LAST_CHUNK_RE.search(body):
             reader.finish("lost")  # ended without a terminal event (a no-op after one)
@@ -376,7 +379,9 @@ async def client(port: int, prefix: str, streams: int, idle: bool, connect_timeo
         "connect_s": connect_s,
         "tokens": len(ordered),
         "done": readers.done - done_before,
+        "ended": readers.done,  # terminal events since connecting
         "bad_ends": readers.bad_ends,
+        "end_types": readers.end_types,
         "lost": readers.lost,  # since connecting
         "held": sum(1 for reader in readers.open if reader.state == "ready"),  # still streaming at the end
         "pings": readers.pings,
@@ -415,6 +420,7 @@ class TokenResult:
     failed: int
     lost: int
     bad_ends: int
+    end_types: dict[str, int]
     p99_vs_baseline: float | None = None
     cpu_vs_baseline: float | None = None
 
@@ -435,6 +441,9 @@ class IdleResult:
     rss_per_connection_kb: float
     pings: int
     held: int
+    ended: int
+    bad_ends: int
+    end_types: dict[str, int]
     lost: int
     cpu_vs_baseline: float | None = None
     rss_vs_baseline: float | None = None
@@ -581,6 +590,7 @@ class Driver:
             failed=out["failed"],
             lost=out["lost"],
             bad_ends=out["bad_ends"],
+            end_types=out["end_types"],
         )
 
     async def idle(self, row: str, streams: int) -> IdleResult:
@@ -621,6 +631,9 @@ class Driver:
             rss_per_connection_kb=(rss1 - rss0) / max(1, ready) / 1024,
             pings=out["pings"],
             held=out["held"],
+            ended=out["ended"],
+            bad_ends=out["bad_ends"],
+            end_types=out["end_types"],
             lost=out["lost"],
         )
 
@@ -635,6 +648,10 @@ def _ratio(value: float, base: float | None) -> float | None:
 
 def _x(ratio: float | None) -> str:
     return "-" if ratio is None else f"{ratio:.2f}x"
+
+
+def _ends(types: dict[str, int]) -> str:
+    return ", ".join(f"{name}: {count}" for name, count in sorted(types.items())) or "none"
 
 
 def print_tokens(results: list[TokenResult], out: Any) -> None:
@@ -656,7 +673,7 @@ def print_tokens(results: list[TokenResult], out: Any) -> None:
     for r in odd:
         print(
             f"  {r.row} S={r.streams}: {r.failed} readers failed to connect, {r.lost} lost mid-stream, "
-            f"{r.bad_ends} streams ended other than done, {r.late_tokens} tokens yielded a period or more late "
+            f"ends: {_ends(r.end_types)}; {r.late_tokens} tokens yielded a period or more late "
             f"(producer lag p99 {r.lag_p99_ms:.0f} ms)",
             file=out,
         )
@@ -679,10 +696,11 @@ def print_idle(results: list[IdleResult], out: Any) -> None:
             file=out,
         )
     for r in results:
-        if r.failed or r.lost or r.held != r.streams:
+        if r.failed or r.lost or r.ended or r.held != r.streams:
             print(
-                f"  {r.row} S={r.streams}: {r.failed} readers were refused or ended before their first event, "
-                f"{r.lost} ended later without a terminal event; {r.held} still streaming at the end of the window",
+                f"  {r.row} S={r.streams}: {r.failed} readers were refused or ended before their first event; "
+                f"of the connected, {r.ended} got a terminal event ({_ends(r.end_types)}) and {r.lost} "
+                f"ended without one; {r.held} still streaming at the end of the window",
                 file=out,
             )
 
