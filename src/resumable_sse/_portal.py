@@ -281,25 +281,6 @@ def on_loop_stop(loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) 
     return cancel
 
 
-def _run_loop(loop: asyncio.AbstractEventLoop) -> None:
-    """The body of a loop thread: run until stopped, release the waiters, cancel what is left, close."""
-    asyncio.set_event_loop(loop)
-    try:
-        loop.run_forever()
-    finally:
-        try:
-            _record_for(loop).stop()  # first: the cleanup below runs the loop again and may take a while
-            tasks = asyncio.all_tasks(loop)
-            for task in tasks:
-                task.cancel()
-            if tasks:
-                loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
-            loop.run_until_complete(loop.shutdown_asyncgens())
-        finally:
-            asyncio.set_event_loop(None)
-            loop.close()
-
-
 class LoopThread:
     """An event loop on a daemon thread of its own, for code that has none.
 
@@ -312,8 +293,33 @@ class LoopThread:
     def __init__(self, name: str) -> None:
         self.loop: Final = asyncio.new_event_loop()
         _record_for(self.loop).own = True
-        self.thread: Final = threading.Thread(target=_run_loop, args=(self.loop,), name=name, daemon=True)
+        self._running = True  # run_forever has not returned yet; read and written on the loop's thread only
+        self.thread: Final = threading.Thread(target=self._run, name=name, daemon=True)
         self.thread.start()
+
+    def _run(self) -> None:
+        """The thread's body: run until stopped, release the waiters, cancel what is left, close."""
+        loop = self.loop
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_forever()
+        finally:
+            self._running = False  # a stop() arriving from now on must not cut the cleanup's run short
+            try:
+                _record_for(loop).stop()  # first: the cleanup below runs the loop again and may take a while
+                tasks = asyncio.all_tasks(loop)
+                for task in tasks:
+                    task.cancel()
+                if tasks:
+                    loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+                loop.run_until_complete(loop.shutdown_asyncgens())
+            finally:
+                asyncio.set_event_loop(None)
+                loop.close()
+
+    def _stop_running(self) -> None:
+        if self._running:
+            self.loop.stop()
 
     def in_thread(self) -> bool:
         """True when called from the loop's own thread (where waiting for the loop would deadlock)."""
@@ -330,6 +336,6 @@ class LoopThread:
         """Stop the loop and wait for the thread to end; from the loop's own thread, only stop it."""
         if not self.loop.is_closed():
             with contextlib.suppress(RuntimeError):  # closed meanwhile
-                self.loop.call_soon_threadsafe(self.loop.stop)
+                self.loop.call_soon_threadsafe(self._stop_running)
         if not self.in_thread():
             self.thread.join()
