@@ -117,36 +117,19 @@ class _Listener:
                 failing = False
 
     async def serve(self, connection: Any, subscribed: set[bytes]) -> None:
-        """Keep the connection's subscriptions equal to :attr:`wanted` and dispatch its messages.
+        """Dispatch the connection's messages, one read each, while :meth:`subscribe` keeps its subscriptions.
 
-        Subscriptions are sent while a read is pending (a write never disturbs the read of a reply), so a new
-        follow takes effect in one round trip, never after the read's time-out.
+        Subscriptions are sent while a read is pending (a write never disturbs the read of a reply), so a new follow
+        takes effect in one round trip; the reading loop itself costs no task or future per message.
         """
-        sub, unsub = (b"SSUBSCRIBE", b"SUNSUBSCRIBE") if self.sharded else (b"SUBSCRIBE", b"UNSUBSCRIBE")
         self.changed.set()  # a new connection subscribes to everything wanted
+        writer = asyncio.ensure_future(self.subscribe(connection, subscribed))
         silent = 0
-        reader: asyncio.Future[Any] | None = None
         try:
             while True:
-                if self.changed.is_set():
-                    self.changed.clear()
-                    add, drop = self.wanted - subscribed, subscribed - self.wanted
-                    if add:
-                        await connection.send_command(sub, *add)
-                        subscribed |= add
-                    if drop:
-                        await connection.send_command(unsub, *drop)
-                        subscribed -= drop
-                if reader is None:
-                    reader = asyncio.ensure_future(connection.read_response(disable_decoding=True, timeout=_PING_EVERY))
-                changed = asyncio.ensure_future(self.changed.wait())
-                try:
-                    await asyncio.wait({reader, changed}, return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    changed.cancel()
-                if not reader.done():
-                    continue
-                message, reader = reader.result(), None
+                message = await connection.read_response(disable_decoding=True, timeout=_PING_EVERY)
+                if writer.done():
+                    writer.result()  # its failure is the connection's
                 if message is None:  # silence: ping, and give up on a connection that stays silent
                     silent += 1
                     if silent > 1:
@@ -157,9 +140,27 @@ class _Listener:
                 if isinstance(message, list) and message:
                     self.dispatch(message, subscribed)
         finally:
-            if reader is not None and not reader.done():
-                reader.cancel()
-                reader.add_done_callback(_retrieve)
+            writer.cancel()
+            await asyncio.gather(writer, return_exceptions=True)
+
+    async def subscribe(self, connection: Any, subscribed: set[bytes]) -> None:
+        """Send (S)SUBSCRIBE and (S)UNSUBSCRIBE whenever :attr:`wanted` changes; on a failure, drop the connection
+        (its reader then fails and the listener reconnects)."""
+        sub, unsub = (b"SSUBSCRIBE", b"SUNSUBSCRIBE") if self.sharded else (b"SUBSCRIBE", b"UNSUBSCRIBE")
+        try:
+            while True:
+                await self.changed.wait()
+                self.changed.clear()
+                add, drop = self.wanted - subscribed, subscribed - self.wanted
+                if add:
+                    await connection.send_command(sub, *add)
+                    subscribed |= add
+                if drop:
+                    await connection.send_command(unsub, *drop)
+                    subscribed -= drop
+        except Exception:
+            await connection.disconnect()
+            raise
 
     def dispatch(self, message: Any, subscribed: set[bytes]) -> None:
         kind = message[0]
@@ -171,11 +172,6 @@ class _Listener:
             # The cluster moved the slot to another node: follow it there.
             subscribed.discard(message[1])
             self.watch.moved(message[1])
-
-
-def _retrieve(future: asyncio.Future[Any]) -> None:
-    if not future.cancelled():
-        future.exception()
 
 
 class Store(Protocol):
