@@ -166,7 +166,10 @@ async def test_a_stream_recreated_under_a_live_reader_is_a_reset_then_the_new_li
     got = shape(await reader.end())
     assert new != old
     done = ("entry", f"{new}-{new_length + 1}", '{"state":"done"}')
-    assert got == [*entries(old, "abcde"), ("reset", "epoch", f"{new}-1"), *entries(new, new_texts), done]
+    # The claim of the new life is announced at once: the reader may hear of it before its first event exists.
+    reset = got[5]
+    assert reset in {("reset", "epoch", f"{new}-1"), ("reset", "epoch", "None")}
+    assert got == [*entries(old, "abcde"), reset, *entries(new, new_texts), done]
     await streamer.close()
 
 

@@ -214,7 +214,10 @@ class Recorder:
     def __call__(self, stream_id: str, page: Page | None) -> None:
         if page is None:
             self.resyncs.append(stream_id)
-        else:
+        elif not any(
+            sid == stream_id and (seen.state.epoch, seen.state.last_seq) == (page.state.epoch, page.state.last_seq)
+            for sid, seen in self.pages
+        ):  # a change made through this store may be reported twice: at once, and again by the server
             self.pages.append((stream_id, page))
         self.event.set()
 

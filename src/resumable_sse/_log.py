@@ -92,12 +92,18 @@ class Watch(Protocol):
     """Change notifications for the streams one process follows, from :meth:`EventLog.watch`.
 
     One watch serves every stream its owner follows (one connection, not one per stream). Notifications of one stream
-    arrive in the order of its changes. A loss or rewind of the store is not notified (it cannot be): the owner
-    audits quiet streams with :meth:`EventLog.audit`.
+    arrive in the order of its changes; a change made through this store object may be notified twice (at once, and
+    again from the store's server), which followers recognise by its sequence number. A loss or rewind of the store
+    is not notified (it cannot be): the owner audits quiet streams with :meth:`EventLog.audit`.
     """
 
-    def follow(self, stream_id: str) -> None:
-        """Start notifying changes of ``stream_id``."""
+    def follow(self, stream_id: str, entries: bool = True) -> None:
+        """Start notifying changes of ``stream_id``; called again, change what is notified.
+
+        ``entries=False`` when this process runs the stream's producer: the appends it makes itself are notified
+        by the store at once (the append is its own notification), so only what others write must come from
+        outside (an end: cancel, lost). Fewer messages; nothing is missed.
+        """
         ...
 
     def unfollow(self, stream_id: str) -> None:

@@ -312,8 +312,8 @@ class Producers:
         # Follow the stream while its producer runs, like a reader would: an end written by another process
         # (cancel) then stops the producer at once instead of at its next append or lease renewal.
         hub = self.streamer.hub
-        tail = hub.attach(state)
-        run.task.add_done_callback(lambda _task: hub.detach(tail))
+        tail = hub.attach(state, producer=True)
+        run.task.add_done_callback(lambda _task: hub.detach(tail, producer=True))
         if self._keeper is None or self._keeper.done():
             self._keeper = asyncio.get_running_loop().create_task(self._keep_leases(), name="resumable-sse leases")
         return Producer(run)

@@ -101,14 +101,15 @@ def judge(state: StreamState, epoch: str, cursor: int, entries: Sequence[Entry] 
 class _Tail:
     """What this process knows of one followed stream: its latest shape and a window of recent entries."""
 
-    __slots__ = ("heard", "readers", "state", "stream_id", "version", "waiters", "window")
+    __slots__ = ("heard", "producing", "readers", "state", "stream_id", "version", "waiters", "window")
 
     def __init__(self, stream_id: str, state: StreamState) -> None:
         self.stream_id = stream_id
         self.state: StreamState | None = state  # None: the store no longer has the stream
         self.window: list[Entry] = []  # contiguous entries of state's epoch, ending at most at state.last_seq
         self.version = 0  # bumped at every change; a reader that saw no change since it looked waits
-        self.readers = 0
+        self.readers = 0  # readers and local producers following the stream
+        self.producing = 0  # of them, local producers: their appends come as local notifications
         self.waiters: list[asyncio.Future[None]] = []
         self.heard = time.monotonic()
 
@@ -130,9 +131,9 @@ class _Tail:
         state, entries = page.state, page.entries
         old = self.state
         same_epoch = old is not None and old.epoch == state.epoch
-        if same_epoch and old is not None and state.last_seq < old.last_seq:
-            return  # older than what an audit already told: pushes only go forward
-        if entries:
+        if same_epoch and old is not None and state.last_seq <= old.last_seq:
+            return  # known already (told twice, or an audit was newer): pushes only go forward
+        if entries and self.readers > self.producing:  # a producer alone needs no window
             if same_epoch and self.window and self.window[-1].seq + 1 == entries[0].seq:
                 self.window.extend(entries)
                 excess = len(self.window) - window
@@ -140,7 +141,7 @@ class _Tail:
                     del self.window[:excess]
             else:
                 self.window = list(entries[-window:])
-        elif not same_epoch:
+        else:
             self.window = []
         self.changed(state)
 
@@ -176,27 +177,38 @@ class Hub:
         self._auditor: asyncio.Task[None] | None = None
         self._outage = False
 
-    def attach(self, state: StreamState) -> _Tail:
-        """Follow ``state.stream_id`` for one more reader (or producer)."""
+    def attach(self, state: StreamState, *, producer: bool = False) -> _Tail:
+        """Follow ``state.stream_id`` for one more reader, or for the stream's producer in this process."""
         stream_id = state.stream_id
         tail = self.tails.get(stream_id)
         if tail is None:
             tail = self.tails[stream_id] = _Tail(stream_id, state)
             if self._watch is None:
                 self._watch = self.streamer.store.watch(self._on_change)
-            self._watch.follow(stream_id)
             if self._auditor is None or self._auditor.done():
                 self._audit_now = asyncio.Event()
                 self._auditor = asyncio.get_running_loop().create_task(self._audit(), name="resumable-sse auditor")
         tail.readers += 1
+        tail.producing += producer
+        self._follow(tail)
         return tail
 
-    def detach(self, tail: _Tail) -> None:
+    def detach(self, tail: _Tail, *, producer: bool = False) -> None:
         tail.readers -= 1
-        if tail.readers <= 0 and self.tails.get(tail.stream_id) is tail:
+        tail.producing -= producer
+        if self.tails.get(tail.stream_id) is not tail:
+            return
+        if tail.readers <= 0:
             del self.tails[tail.stream_id]
             if self._watch is not None:
                 self._watch.unfollow(tail.stream_id)
+        else:
+            self._follow(tail)
+
+    def _follow(self, tail: _Tail) -> None:
+        """Follow the stream's every change, or (while this process produces it) only the ends others write."""
+        if self._watch is not None:
+            self._watch.follow(tail.stream_id, entries=not tail.producing)
 
     def suspect(self, stream_id: str) -> None:
         """Ask the store about ``stream_id`` now rather than when it has been quiet for a while."""

@@ -177,8 +177,8 @@ class _Listener:
 class Store(Protocol):
     """What a watch needs of its store (the :class:`~resumable_sse.stores.redis.RedisStore`)."""
 
-    def keys(self, stream_id: str) -> tuple[str, str, str]:
-        """The stream's keys; the last is its channel."""
+    def keys(self, stream_id: str) -> tuple[str, str, str, str]:
+        """The stream's keys; the last two are its channels (every change; ends from outside the producer)."""
 
     def pubsub_connection(self, channel: str) -> tuple[Any, Callable[[], Any]]:
         """The node carrying ``channel`` and a factory of connections to it."""
@@ -194,19 +194,21 @@ class RedisWatch:
         self.store = store
         self.on_change = on_change
         self.channels: dict[bytes, str] = {}  # channel -> stream id
+        self.followed: dict[str, bytes] = {}  # stream id -> the channel followed
         self.listeners: dict[Any, _Listener] = {}  # node name (None on a single server) -> its listener
         self.placed: dict[bytes, _Listener] = {}
         self.closed = False
 
-    def channel(self, stream_id: str) -> bytes:
-        return self.store.keys(stream_id)[2].encode()
-
-    def follow(self, stream_id: str) -> None:
+    def follow(self, stream_id: str, entries: bool = True) -> None:
         if self.closed:
             return
-        channel = self.channel(stream_id)
-        if channel in self.channels:
+        channel = self.store.keys(stream_id)[2 if entries else 3].encode()
+        current = self.followed.get(stream_id)
+        if current == channel:
             return
+        if current is not None:
+            self.drop(current)
+        self.followed[stream_id] = channel
         self.channels[channel] = stream_id
         self.place(channel)
 
@@ -219,11 +221,20 @@ class RedisWatch:
         listener.want(channel, True)
 
     def unfollow(self, stream_id: str) -> None:
-        channel = self.channel(stream_id)
+        channel = self.followed.pop(stream_id, None)
+        if channel is not None:
+            self.drop(channel)
+
+    def drop(self, channel: bytes) -> None:
         self.channels.pop(channel, None)
         listener = self.placed.pop(channel, None)
         if listener is not None:
             listener.want(channel, False)
+
+    def local(self, stream_id: str, page: Page) -> None:
+        """A change this process made itself (an append): reported at once, whatever channel is followed."""
+        if stream_id in self.followed:
+            self.on_change(stream_id, page)
 
     def moved(self, channel: bytes) -> None:
         listener = self.placed.pop(channel, None)
@@ -256,4 +267,5 @@ class RedisWatch:
         await asyncio.gather(*tasks, return_exceptions=True)
         self.listeners.clear()
         self.channels.clear()
+        self.followed.clear()
         self.store.forget_watch(self)

@@ -68,8 +68,8 @@ class _MemoryWatch:
         self.on_change = on_change
         self.followed: set[str] = set()
 
-    def follow(self, stream_id: str) -> None:
-        self.followed.add(stream_id)
+    def follow(self, stream_id: str, entries: bool = True) -> None:
+        self.followed.add(stream_id)  # every change is made in this process: entries come either way
 
     def unfollow(self, stream_id: str) -> None:
         self.followed.discard(stream_id)

@@ -34,7 +34,7 @@ import secrets
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
-from .._event import Status, new_epoch
+from .._event import Entry, Status, new_epoch
 from .._log import Claim, NewEvent, OnChange, Page, StreamState
 from ..exceptions import StoreUnavailable, StreamFenced, StreamNotFound
 from ._redis_watch import RedisWatch, status_of, unpack
@@ -188,10 +188,11 @@ class RedisStore:
 
     # -- plumbing ---------------------------------------------------------------------------------------------
 
-    def keys(self, stream_id: str) -> tuple[str, str, str]:
-        """The keys of ``stream_id``: its state hash, its entries stream and its notification channel."""
+    def keys(self, stream_id: str) -> tuple[str, str, str, str]:
+        """The keys of ``stream_id``: its state hash, its entries stream, its channel of every change and its channel
+        of ends written from outside the producer (cancel, lost)."""
         tag = f"{{{self.key_prefix}:{stream_id}}}"
-        return f"{tag}:m", f"{tag}:e", f"{tag}:c"
+        return f"{tag}:m", f"{tag}:e", f"{tag}:c", f"{tag}:x"
 
     def pubsub_connection(self, channel: str) -> tuple[Any, Callable[[], Any]]:
         """For the watch: the node that carries ``channel`` (None on a single server) and a factory of new,
@@ -259,44 +260,42 @@ class RedisStore:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _commit(self) -> None:
-        """Send queued appends, one round trip per group, until the queue is empty (group commit)."""
-        script = self._scripts["append"]
-        client: Any = self.client
+        """Send queued appends, one round trip per group, until the queue is empty (group commit).
+
+        A group is one script call on a single server (one command, one reply, whatever the number of streams); on a
+        cluster one call per hash slot, pipelined.
+        """
         while self._queue:
             group, self._queue = self._queue, []
             self.round_trips += 1
-            if len(group) == 1:
-                item = group[0]
-                try:
-                    result: Any = await self._eval("append", item.keys, item.args)
-                except BaseException as exc:
-                    if not item.future.done():
-                        item.future.set_exception(exc)
-                    if not isinstance(exc, Exception):
-                        raise
-                    continue
-                if not item.future.done():
-                    item.future.set_result(result)
-                continue
+            by_slot: dict[int, list[_Pending]] = {}
+            client: Any = self.client
+            for item in group:
+                slot = client.keyslot(item.keys[0]) if self._is_cluster else 0
+                by_slot.setdefault(slot, []).append(item)
+            head = [self._publish, self.max_events, self._ttl_ms]
+            batches = list(by_slot.values())
+            calls = [
+                ([key for item in items for key in item.keys], [*head, *(arg for item in items for arg in item.args)])
+                for items in batches
+            ]
             try:
-                if self._uninitialized_cluster:
-                    await self._initialize()
-                results = await self._pipeline(client, script, [(item.keys, item.args) for item in group])
+                results = await self._calls("append", calls)
             except BaseException as exc:
-                wrapped = self._wrap(exc)
                 for item in group:
                     if not item.future.done():
-                        item.future.set_exception(wrapped)
+                        item.future.set_exception(self._wrap(exc))
                 if not isinstance(exc, Exception):
                     raise
                 continue
-            for item, outcome in zip(group, results, strict=True):
-                if item.future.done():
-                    continue
-                if isinstance(outcome, BaseException):
-                    item.future.set_exception(self._wrap(outcome))
-                else:
-                    item.future.set_result(outcome)
+            for items, outcome in zip(batches, results, strict=True):
+                for index, item in enumerate(items):
+                    if item.future.done():
+                        continue
+                    if isinstance(outcome, BaseException):
+                        item.future.set_exception(outcome)
+                    else:
+                        item.future.set_result(outcome[index])
 
     async def _pipeline(self, client: Any, script: _Script, calls: Sequence[_Call]) -> list[Any]:
         """Run ``script`` once per ``(keys, args)`` in one pipeline; calls that met NOSCRIPT run again after
@@ -316,29 +315,35 @@ class RedisStore:
                     results[index] = exc
         return results
 
-    async def _pipelined(self, name: str, calls: Sequence[_Call]) -> list[Any]:
-        """:meth:`_pipeline` for callers: connection failures become StoreUnavailable, and so do errors in place."""
+    async def _calls(self, name: str, calls: Sequence[_Call]) -> list[Any]:
+        """:meth:`_pipeline` sent once more on a fresh connection after a broken one (every script is safe to
+        repeat); connection failures become StoreUnavailable, in place too."""
         if self._uninitialized_cluster:
             await self._initialize()
-        for attempt in (1, 2):  # once more on a fresh connection, as in _eval: every script is safe to repeat
+        for attempt in (1, 2):
             try:
                 results = await self._pipeline(self.client, self._scripts[name], calls)
             except self._unavailable as exc:
                 if attempt == 2:
                     raise StoreUnavailable(f"Redis is unreachable: {exc}") from exc
                 continue
-            for outcome in results:
-                if isinstance(outcome, BaseException):
-                    raise self._wrap(outcome) from outcome
-            return results
+            return [self._wrap(outcome) if isinstance(outcome, BaseException) else outcome for outcome in results]
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _pipelined(self, name: str, calls: Sequence[_Call]) -> list[Any]:
+        """:meth:`_calls`, raising the first error that came back in place of a result."""
+        results = await self._calls(name, calls)
+        for outcome in results:
+            if isinstance(outcome, BaseException):
+                raise outcome
+        return results
 
     # -- EventLog ---------------------------------------------------------------------------------------------
 
     async def claim(self, stream_id: str, token: str, lease: float) -> Claim:
         """See :meth:`EventLog.claim <resumable_sse.EventLog.claim>`."""
         args = [token, new_epoch(), _ms(lease), self._ttl_ms, self._publish]
-        acquired, epoch, status, first, last = await self._eval("claim", self.keys(stream_id), args)
+        acquired, epoch, status, first, last = await self._eval("claim", self.keys(stream_id)[:3], args)
         state = StreamState(stream_id, _text(epoch), status_of(status), int(first), int(last))
         return Claim(bool(int(acquired)), state)
 
@@ -351,20 +356,28 @@ class RedisStore:
         """
         if final is not None and not events:
             raise ValueError("a final append needs the terminal entry")
-        args: list[Any] = [
-            token, after, final or "", self.max_events, self._ttl_ms, len(events), _pack(events), self._publish
-        ]  # fmt: skip
+        args: list[Any] = [token, after, final or "", len(events), _pack(events)]
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        self._queue.append(_Pending(self.keys(stream_id), args, future))
+        self._queue.append(_Pending(self.keys(stream_id)[:3], args, future))
         if self._committer is None or self._committer.done():
             self._committer = loop.create_task(self._commit())
-        reply = int(await future)
-        if reply == -1:
+        reply = await future
+        code = int(reply[0])
+        if code == -1:
             raise StreamNotFound(stream_id)
-        if reply == -2:
+        if code == -2:
             raise StreamFenced(stream_id)
-        return reply
+        if code == 1:  # a retry of an append that was applied before
+            return int(reply[1])
+        seq, epoch, first = int(reply[1]), _text(reply[2]), int(reply[3])
+        if self._watches:  # the append is its own notification in this process (see RedisWatch.follow)
+            start = seq - len(events) + 1
+            entries = [Entry(epoch, start + i, event or None, data) for i, (event, data) in enumerate(events)]
+            page = Page(StreamState(stream_id, epoch, final or "running", first, seq), entries[max(0, first - start) :])
+            for watch in self._watches:
+                watch.local(stream_id, page)
+        return seq
 
     async def renew(self, leases: Sequence[tuple[str, str]], lease: float) -> list[int]:
         """See :meth:`EventLog.renew <resumable_sse.EventLog.renew>`: one script call for all of them (on a

@@ -1,6 +1,7 @@
 -- End a running stream from outside its producer with one terminal entry, at most once (EventLog.end), or look
 -- at it and end it as lost only when its producer's lease has run out (EventLog.audit).
--- KEYS[1] state hash, KEYS[2] entries stream, KEYS[3] the stream's notification channel.
+-- KEYS[1] state hash, KEYS[2] entries stream, KEYS[3] the stream's channel of every change, KEYS[4] its channel of
+-- ends from outside the producer (the producer's process follows that one: its own appends it knows).
 -- ARGV[1] status, ARGV[2] data, ARGV[3] '1' to end only when the lease has expired (server clock),
 -- ARGV[4] a nonce naming this call (so that a retry whose first reply was lost still counts as the one that ended),
 -- ARGV[5] ttl of a finished stream (ms), ARGV[6] max_events, ARGV[7] the publish command (see append.lua).
@@ -31,5 +32,7 @@ end
 redis.call('HSET', KEYS[1], 's', ARGV[1], 't', '', 'n', seq, 'f', first, 'lt', '', 'x', ARGV[4])
 redis.call('PEXPIRE', KEYS[1], ARGV[5])
 redis.call('PEXPIRE', KEYS[2], ARGV[5])
-redis.call(ARGV[7], KEYS[3], table.concat({m[6], ARGV[1], first, seq, 1, packed}, '\n'))
+local message = table.concat({m[6], ARGV[1], first, seq, 1, packed}, '\n')
+redis.call(ARGV[7], KEYS[3], message)
+redis.call(ARGV[7], KEYS[4], message)
 return {1, m[6], ARGV[1], first, seq}
