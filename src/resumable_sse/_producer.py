@@ -229,6 +229,7 @@ class _Run:
             await _stopped(pump)  # cancelled itself (shutdown): the pump first, then the cancel goes on
             raise
         except (StoreUnavailable, StreamNotFound) as exc:
+            self.fenced = True
             await _stopped(pump)
             logger.error(
                 "stream %r: %s; its producer stops and readers are told it is lost",
@@ -239,6 +240,7 @@ class _Run:
             self.streamer.hub.suspect(self.stream_id)
             return "lost"
         except Exception:
+            self.fenced = True
             await _stopped(pump)
             logger.exception("producer of stream %r failed", self.stream_id, extra={"stream_id": self.stream_id})
             self.streamer.hub.suspect(self.stream_id)

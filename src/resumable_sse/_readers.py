@@ -238,13 +238,18 @@ class Hub:
                 await asyncio.wait_for(self._audit_now.wait(), interval)
             self._audit_now.clear()
             quiet = time.monotonic() - interval
-            due = self._suspects | {
+            suspects, self._suspects = self._suspects, set()
+            # A stream this process produces is never audited: its producer's renewals and appends vouch for it
+            # (and tell of a loss or rewind); an audit could declare it lost while a busy loop delays a renewal.
+            due = {
                 stream_id
                 for stream_id, tail in self.tails.items()
-                if tail.heard <= quiet and tail.state is not None and not tail.state.finished
-                and not streamer.produces(tail.state)  # a local producer's renewals vouch for it
-            }  # fmt: skip
-            self._suspects = set()
+                if (
+                    stream_id in suspects
+                    or (tail.heard <= quiet and tail.state is not None and not tail.state.finished)
+                )
+                and (tail.state is None or not streamer.produces(tail.state))
+            }
             ordered = sorted(due)
             for start in range(0, len(ordered), _AUDIT_CHUNK):
                 await self._audit_some(ordered[start : start + _AUDIT_CHUNK], lost)

@@ -165,9 +165,10 @@ class Streamer:
         return Producer(runs[-1]) if runs else None
 
     def produces(self, state: StreamState) -> bool:
-        """True when this process runs the producer of that stream's epoch (its lease renewals vouch for it)."""
+        """True when this process runs the producer of that stream's epoch and it still owns the stream (its lease
+        renewals and appends vouch for the stream)."""
         run = self.producers.get(state.stream_id, state.epoch)
-        return run is not None and not run.task.done()
+        return run is not None and not run.fenced and not run.task.done()
 
     def ended(self, state: StreamState) -> None:
         """The store says the stream ended: a local producer of that epoch that did not end it stops at once."""
