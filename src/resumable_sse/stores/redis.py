@@ -49,7 +49,7 @@ if TYPE_CHECKING:
 
 __all__ = ["RedisStore"]
 
-_Call = tuple[Sequence[str], Sequence[Any]]  # one script call: keys and args
+_Call = tuple[Sequence[str | bytes], Sequence[Any]]  # one script call: keys and args
 _INSTALL_HINT: Final = "RedisStore needs the redis package: pip install resumable-sse[redis]"
 _SCRIPTS: Final = ("claim", "append", "renew", "end", "read")
 
@@ -87,12 +87,17 @@ class _Script:
 class _Pending:
     """An append waiting for the next group commit."""
 
-    __slots__ = ("args", "future", "keys")
+    __slots__ = ("arg", "events", "final", "future", "keys", "stream_id")
 
-    def __init__(self, keys: tuple[str, ...], args: list[Any], future: asyncio.Future[Any]) -> None:
+    def __init__(
+        self, stream_id: str, events: Sequence[NewEvent], final: Status | None, keys: tuple[bytes, ...], arg: bytes
+    ) -> None:
+        self.stream_id = stream_id
+        self.events = events
+        self.final = final
         self.keys = keys
-        self.args = args
-        self.future = future
+        self.arg = arg
+        self.future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
 
 
 class RedisStore:
@@ -239,7 +244,7 @@ class RedisStore:
             return StoreUnavailable(f"Redis is unreachable: {exc}")
         return exc
 
-    async def _eval(self, name: str, keys: Sequence[str], args: Sequence[Any], **options: Any) -> Any:
+    async def _eval(self, name: str, keys: Sequence[str | bytes], args: Sequence[Any], **options: Any) -> Any:
         """Run script ``name``; connection failures become :class:`StoreUnavailable` (``from`` the original)."""
         if self._uninitialized_cluster:
             await self._initialize()
@@ -276,7 +281,7 @@ class RedisStore:
             head = [self._publish, self.max_events, self._ttl_ms]
             batches = list(by_slot.values())
             calls = [
-                ([key for item in items for key in item.keys], [*head, *(arg for item in items for arg in item.args)])
+                ([key for item in items for key in item.keys], [*head, *(item.arg for item in items)])
                 for items in batches
             ]
             try:
@@ -295,7 +300,7 @@ class RedisStore:
                     if isinstance(outcome, BaseException):
                         item.future.set_exception(outcome)
                     else:
-                        item.future.set_result(outcome[index])
+                        self._applied(item, outcome[index])
 
     async def _pipeline(self, client: Any, script: _Script, calls: Sequence[_Call]) -> list[Any]:
         """Run ``script`` once per ``(keys, args)`` in one pipeline; calls that met NOSCRIPT run again after
@@ -318,6 +323,14 @@ class RedisStore:
     async def _calls(self, name: str, calls: Sequence[_Call]) -> list[Any]:
         """:meth:`_pipeline` sent once more on a fresh connection after a broken one (every script is safe to
         repeat); connection failures become StoreUnavailable, in place too."""
+        if len(calls) == 1:  # one command needs no pipeline (most group commits on a single server)
+            keys, args = calls[0]
+            try:
+                return [await self._eval(name, keys, args)]
+            except StoreUnavailable:
+                raise
+            except Exception as exc:
+                return [exc]
         if self._uninitialized_cluster:
             await self._initialize()
         for attempt in (1, 2):
@@ -356,13 +369,13 @@ class RedisStore:
         """
         if final is not None and not events:
             raise ValueError("a final append needs the terminal entry")
-        args: list[Any] = [token, after, final or "", len(events), _pack(events)]
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
-        self._queue.append(_Pending(self.keys(stream_id)[:3], args, future))
+        arg = b"%s\n%d\n%s\n%d\n%s" % (token.encode(), after, (final or "").encode(), len(events), _pack(events))
+        tag = f"{{{self.key_prefix}:{stream_id}}}".encode()  # bytes: nothing for redis-py to encode
+        item = _Pending(stream_id, events, final, (tag + b":m", tag + b":e", tag + b":c"), arg)
+        self._queue.append(item)
         if self._committer is None or self._committer.done():
-            self._committer = loop.create_task(self._commit())
-        reply = await future
+            self._committer = asyncio.get_running_loop().create_task(self._commit())
+        reply = await item.future
         code = int(reply[0])
         if code == -1:
             raise StreamNotFound(stream_id)
@@ -370,14 +383,20 @@ class RedisStore:
             raise StreamFenced(stream_id)
         if code == 1:  # a retry of an append that was applied before
             return int(reply[1])
-        seq, epoch, first = int(reply[1]), _text(reply[2]), int(reply[3])
-        if self._watches:  # the append is its own notification in this process (see RedisWatch.follow)
-            start = seq - len(events) + 1
-            entries = [Entry(epoch, start + i, event or None, data) for i, (event, data) in enumerate(events)]
-            page = Page(StreamState(stream_id, epoch, final or "running", first, seq), entries[max(0, first - start) :])
+        return int(reply[1])
+
+    def _applied(self, item: _Pending, reply: Any) -> None:
+        """An append's reply came: the append is its own notification in this process (see RedisWatch.follow),
+        given to the local watches at once, in the committer, before the appending coroutine even resumes."""
+        if self._watches and int(reply[0]) == 0 and item.events:
+            seq, epoch, first = int(reply[1]), _text(reply[2]), int(reply[3])
+            start = seq - len(item.events) + 1
+            entries = [Entry(epoch, start + i, event or None, data) for i, (event, data) in enumerate(item.events)]
+            state = StreamState(item.stream_id, epoch, item.final or "running", first, seq)
+            page = Page(state, entries[max(0, first - start) :])
             for watch in self._watches:
-                watch.local(stream_id, page)
-        return seq
+                watch.local(item.stream_id, page)
+        item.future.set_result(reply)
 
     async def renew(self, leases: Sequence[tuple[str, str]], lease: float) -> list[int]:
         """See :meth:`EventLog.renew <resumable_sse.EventLog.renew>`: one script call for all of them (on a

@@ -2,9 +2,10 @@
 -- a whole group commit: the appends of many streams (on a cluster, of one hash slot).
 -- KEYS: for each stream its state hash, its entries stream and its channel of every change (3 keys a stream).
 -- ARGV[1] the publish command ('PUBLISH', or 'SPUBLISH' on a cluster), ARGV[2] max_events, ARGV[3] ttl of a
--- finished stream (ms); then for each stream 5 arguments: token, after (the last_seq the producer knows), final
--- status or '', number of events, the events packed: each is '<event type or nothing>\254<data>', joined by '\255'
--- (bytes that never occur in UTF-8 text).
+-- finished stream (ms); then for each stream ONE argument (one argument a stream keeps the command cheap to build):
+-- '<token>\n<after>\n<final status or nothing>\n<number of events>\n<packed>', after being the last_seq the producer
+-- knows and packed the events, each '<event type or nothing>\254<data>', joined by '\255' (bytes that never occur in
+-- UTF-8 text).
 -- Each append becomes ONE stream entry: id '<seq of its last event>-0', fields 'n' (number of events) and 'd' (the
 -- packed events as they came), so an append costs the server one XADD however many events it holds. It is published
 -- on the channel as '<epoch>\n<status>\n<first>\n<last>\n<count>\n<packed>', so that followers need no read.
@@ -61,8 +62,13 @@ local function append(hash, entries, channel, token, after, final, count, packed
 end
 
 for i = 1, #KEYS / 3 do
-  local a = 3 + 5 * (i - 1)
-  out[i] = append(KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i], ARGV[a + 1], tonumber(ARGV[a + 2]), ARGV[a + 3],
-    tonumber(ARGV[a + 4]), ARGV[a + 5])
+  local arg = ARGV[3 + i]
+  local e1 = string.find(arg, '\n', 1, true)
+  local e2 = string.find(arg, '\n', e1 + 1, true)
+  local e3 = string.find(arg, '\n', e2 + 1, true)
+  local e4 = string.find(arg, '\n', e3 + 1, true)
+  out[i] = append(KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i], string.sub(arg, 1, e1 - 1),
+    tonumber(string.sub(arg, e1 + 1, e2 - 1)), string.sub(arg, e2 + 1, e3 - 1), tonumber(string.sub(arg, e3 + 1, e4 - 1)),
+    string.sub(arg, e4 + 1))
 end
 return out
