@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
+import threading
 import time
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterable
 from typing import Any, Final, Protocol, TypeVar, Union
@@ -23,7 +25,7 @@ from ._log import EventLog, NewEvent, StreamState
 from ._readers import Hub, terminal_data
 from .exceptions import EventTooLarge, InvalidEventData, ProducerError, StoreUnavailable, StreamFenced, StreamNotFound
 
-__all__ = ["Producer", "Producers", "Source", "retry_store"]
+__all__ = ["Factory", "Producer", "Producers", "Source", "check_factory", "retry_store"]
 
 logger = logging.getLogger("resumable_sse")
 
@@ -33,6 +35,10 @@ _RETRY_MAX_DELAY: Final = 1.0
 
 Source = Union[AsyncIterable[Any], Iterable[Any]]  # noqa: UP007 (a runtime alias on 3.10)
 """What a producer factory returns: an async iterable (run on the loop) or a plain iterable (run in a thread)."""
+
+Factory = Callable[[], Union[Source, Awaitable[Source]]]  # noqa: UP007 (a runtime alias on 3.10)
+"""A producer function: an async generator function, an async function returning the events, or a plain function
+(called in a thread of its own) returning them."""
 
 
 class Settings(Protocol):
@@ -50,6 +56,8 @@ class Settings(Protocol):
     def batch_size(self) -> int: ...
     @property
     def max_event_bytes(self) -> int: ...
+    @property
+    def max_batch_bytes(self) -> int: ...
     @property
     def error_message(self) -> str: ...
     @property
@@ -70,6 +78,44 @@ async def retry_store(doing: str, call: Callable[[], Awaitable[T]], timeout: flo
             logger.warning("store unreachable while %s; retrying in %.2f s", doing, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, _RETRY_MAX_DELAY)
+
+
+async def _in_thread(function: Callable[[], T], name: str) -> T:
+    """``function()`` called in a new daemon thread (no executor to outlive the loop), its result awaited here."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(result: T | None, error: BaseException | None) -> None:
+        if future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)  # type: ignore[arg-type]
+
+    def work() -> None:
+        try:
+            result, error = function(), None
+        except BaseException as exc:
+            result, error = None, exc
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits any more
+            loop.call_soon_threadsafe(settle, result, error)
+
+    threading.Thread(target=work, name=name, daemon=True).start()
+    return await future
+
+
+def check_factory(producer: object) -> None:
+    """Refuse at once what cannot be a producer function (a generator object, an iterable, None)."""
+    if callable(producer):
+        return
+    kind = type(producer).__name__
+    if isinstance(producer, (AsyncIterable, Iterable)):
+        raise TypeError(
+            f"a producer must be a function that returns the events, not a {kind} object: pass the generator "
+            "function itself (or lambda: gen), so that it runs once, only when the stream is claimed"
+        )
+    raise TypeError(f"a producer must be a function that returns the events, not {kind}")
 
 
 class Producer:
@@ -108,7 +154,7 @@ class Producer:
 class _Run:
     """One producer: its pump (the only code that touches the user's source) and its writer (see module)."""
 
-    def __init__(self, producers: Producers, token: str, state: StreamState, factory: Callable[[], Source]) -> None:
+    def __init__(self, producers: Producers, token: str, state: StreamState, factory: Factory) -> None:
         self.producers = producers
         self.streamer = streamer = producers.streamer
         self.stream_id = state.stream_id
@@ -143,7 +189,15 @@ class _Run:
             await self.space
 
     async def pump_source(self) -> None:
-        source = self.factory()
+        factory = self.factory
+        if inspect.iscoroutinefunction(factory):
+            source = await factory()
+        elif inspect.isasyncgenfunction(factory):
+            source = factory()
+        else:
+            # A plain function may block before it returns (a legacy SDK's create(stream=True) connects first):
+            # it is called in a thread of its own, never on the event loop.
+            source = await _in_thread(factory, f"resumable-sse producer {self.stream_id}")
         if isinstance(source, AsyncIterable):
             iterator = aiter(source)
             try:
@@ -191,9 +245,30 @@ class _Run:
             streamer.store_retry_timeout,
         )
 
+    def take(self) -> list[NewEvent]:
+        """The pending events that go in the next append: all of them, or as many as fit ``max_batch_bytes`` (at
+        least one: a single event is never larger than ``max_event_bytes``, which is at most that)."""
+        pending = self.pending
+        budget = self.streamer.max_batch_bytes
+        # UTF-8 takes at most 4 bytes a character: the common case (short tokens) is decided by one pass of len().
+        if 4 * sum([len(data) for _, data in pending]) <= budget:
+            batch = pending.copy()  # the pump keeps appending to the same list object
+            pending.clear()
+            return batch
+        size = 0
+        cut = 0
+        for _, data in pending:
+            size += len(data) if data.isascii() else len(data.encode("utf-8"))
+            if size > budget and cut:
+                break
+            cut += 1
+        batch = pending[:cut]
+        del pending[:cut]
+        self.wake.set()  # what is left goes in the next append, without waiting for the producer
+        return batch
+
     async def flush(self) -> None:
-        batch = self.pending.copy()  # the pump keeps appending to the same list object
-        self.pending.clear()
+        batch = self.take()
         # Start small so the first events go out at once, then grow to batch_size for throughput.
         self.limit = min(self.limit * 2, self.streamer.batch_size)
         space = self.space
@@ -219,8 +294,14 @@ class _Run:
                 return await self._outside_end()
             status, message = self._outcome(pump)
             self.ending = True
+            self.pending.append((status, terminal_data(status, message)))
             try:
-                await self.append([*self.pending, (status, terminal_data(status, message))], final=status)
+                while True:  # what is pending, in appends of at most max_batch_bytes; the last holds the terminal
+                    batch = self.take()
+                    if not self.pending:
+                        await self.append(batch, final=status)
+                        break
+                    await self.append(batch)
             except StreamFenced:
                 return await self._outside_end()
             self.pending.clear()
@@ -307,7 +388,7 @@ class Producers:
     def __len__(self) -> int:
         return len(self.runs)
 
-    def start(self, token: str, state: StreamState, factory: Callable[[], Source]) -> Producer:
+    def start(self, token: str, state: StreamState, factory: Factory) -> Producer:
         """Run ``factory()`` as the producer of the stream just claimed with ``token`` (shape ``state``)."""
         run = _Run(self, token, state, factory)
         self.runs[state.stream_id, state.epoch] = run

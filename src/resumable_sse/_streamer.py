@@ -11,12 +11,11 @@ import asyncio
 import re
 import secrets
 import weakref
-from collections.abc import Callable
 from typing import Final
 
 from ._event import EventId, Status
 from ._log import EventLog, NewEvent, StreamState
-from ._producer import Producer, Producers, Source, retry_store
+from ._producer import Factory, Producer, Producers, Source, check_factory, retry_store
 from ._readers import Hub, Reset, Subscription, judge, terminal_data
 from .exceptions import InvalidStreamId, StreamerClosed, StreamNotFound
 
@@ -50,6 +49,8 @@ class Streamer:
     :param grace_period: seconds running producers get to finish when the Streamer closes, before they are
         cancelled.
     :param batch_size: most events per append and per read; also how far a producer may run ahead of its writes.
+    :param max_batch_bytes: most bytes of event data per append (a store or a proxy refuses commands beyond some
+        size, and an append that can never succeed must not be sent); at least ``max_event_bytes``.
     :param error_message: what clients are told when a producer raises anything but
         :class:`~resumable_sse.ProducerError`.
     :param store_retry_timeout: how long a producer's appends, and the live tail readers wait on, are retried while
@@ -65,6 +66,7 @@ class Streamer:
         idle_timeout: float = 300.0,
         grace_period: float = 10.0,
         batch_size: int = 1024,
+        max_batch_bytes: int = 4 * 1024 * 1024,
         window: int = 4096,
         error_message: str = "the stream failed",
         store_retry_timeout: float = 30.0,
@@ -79,12 +81,15 @@ class Streamer:
             raise ValueError("batch_size must be at least 1 and window at least batch_size")
         if max_event_bytes < 1:
             raise ValueError("max_event_bytes must be positive")
+        if max_batch_bytes < max_event_bytes:
+            raise ValueError("max_batch_bytes must be at least max_event_bytes")
         self.store: Final[EventLog] = store
         self.lease: Final = lease
         self.max_event_bytes: Final = max_event_bytes
         self.idle_timeout: Final = idle_timeout
         self.grace_period: Final = grace_period
         self.batch_size: Final = batch_size
+        self.max_batch_bytes: Final = max_batch_bytes
         self.window: Final = window
         self.error_message: Final = error_message
         self.store_retry_timeout: Final = store_retry_timeout
@@ -125,14 +130,19 @@ class Streamer:
 
     # -- producers ------------------------------------------------------------------------------------------------
 
-    async def start(self, stream_id: str, producer: Callable[[], Source]) -> Producer | None:
+    async def start(self, stream_id: str, producer: Factory) -> Producer | None:
         """Claim ``stream_id`` and run ``producer()`` as its producer, in the background.
 
         ``producer`` is called only when the claim succeeds, so a generator is created exactly once per stream
-        across every process sharing the store. Returns the running :class:`Producer`, or None when the stream
-        already exists (another request or process produces it, or it has finished and not yet expired).
+        across every process sharing the store: an async generator function is called on the event loop, an async
+        function awaited there (it returns the events), any other function is called in a thread of its own (it may
+        block before it returns, like a legacy SDK's ``create(stream=True)``). Returns the running
+        :class:`Producer`, or None when the stream already exists (another request or process produces it, or it has
+        finished and not yet expired). Raises :class:`TypeError` at once for a generator object or anything else
+        that is not a function.
         """
         validate_stream_id(stream_id)
+        check_factory(producer)
         self.bind_loop()
         if self.readers_ended:  # also set by close()
             raise StreamerClosed("the Streamer is closing and starts no new producers")

@@ -157,7 +157,11 @@ class SyncStreamer:
         """On the loop: claim ``stream_id`` with a feed as its producer source; StreamAlreadyClaimed if taken."""
         streamer = self.streamer
         feed = Feed(stream_id, asyncio.get_running_loop(), streamer.max_event_bytes, streamer.batch_size)
-        producer = await streamer.start(stream_id, lambda: feed)
+
+        async def source() -> Feed:  # async: handed over on the loop (a plain function would get a thread)
+            return feed
+
+        producer = await streamer.start(stream_id, source)
         if producer is None:
             raise StreamAlreadyClaimed(stream_id)
         self._feeds[stream_id] = feed

@@ -50,6 +50,9 @@ if TYPE_CHECKING:
 __all__ = ["RedisStore"]
 
 _Call = tuple[Sequence[str | bytes], Sequence[Any]]  # one script call: keys and args
+_MAX_COMMAND_BYTES: Final = 16 * 1024 * 1024
+"""A group commit sends one command per this many bytes of appends: Redis drops a client whose query buffer grows
+too large (``client-query-buffer-limit``), and a command that can never succeed must not be sent."""
 _INSTALL_HINT: Final = "RedisStore needs the redis package: pip install resumable-sse[redis]"
 _SCRIPTS: Final = ("claim", "append", "renew", "end", "read")
 
@@ -279,7 +282,7 @@ class RedisStore:
                 slot = client.keyslot(item.keys[0]) if self._is_cluster else 0
                 by_slot.setdefault(slot, []).append(item)
             head = [self._publish, self.max_events, self._ttl_ms]
-            batches = list(by_slot.values())
+            batches = [part for items in by_slot.values() for part in _bounded(items)]
             calls = [
                 ([key for item in items for key in item.keys], [*head, *(item.arg for item in items)])
                 for items in batches
@@ -472,6 +475,19 @@ class RedisStore:
         if self._close_client:
             client: Any = self.client
             await client.aclose()
+
+
+def _bounded(items: list[_Pending]) -> list[list[_Pending]]:
+    """``items`` in runs of at most :data:`_MAX_COMMAND_BYTES` of arguments (at least one item each)."""
+    runs: list[list[_Pending]] = [[]]
+    size = 0
+    for item in items:
+        if runs[-1] and size + len(item.arg) > _MAX_COMMAND_BYTES:
+            runs.append([])
+            size = 0
+        runs[-1].append(item)
+        size += len(item.arg)
+    return runs
 
 
 def _pack(events: Sequence[NewEvent]) -> bytes:
