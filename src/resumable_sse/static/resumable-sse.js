@@ -14,7 +14,10 @@
  * What it does:
  * - Keeps the state folded from the events together with the id of the last event folded into it, in one
  *   storage entry, so that after a reload it shows the saved state and reconnects with ?last_event_id=<that id>
- *   (EventSource cannot set the Last-Event-ID header itself): every event arrives once, none is missing.
+ *   (EventSource cannot set the Last-Event-ID header itself): every event arrives once, none is missing. The entry
+ *   is written at most every `saveEvery` ms (a long answer is not serialized again at every token) and at once on
+ *   a reset, at the end and when the page is hidden; state and id are always saved together, so a reload that
+ *   comes before a write simply replays the events after the saved id.
  * - A `reset` event (the server could not continue from that id) clears the state; the replay that follows
  *   redraws it. onReset(info) is told why.
  * - A terminal event (`done`, `error`, `cancelled`, `lost`) is saved and closes the connection; a stream already
@@ -74,6 +77,7 @@
    *   onStatus   (status, message) on every status change (see the list above)
    *   onReset    ({reason, first_id}) before a replay that redraws the state
    *   maxRetries how many refusals in a row (5xx, network down) are retried before `failed` (default: no limit)
+   *   saveEvery  milliseconds between writes of the progress to storage (default 250)
    * Returns {close(), state, lastEventId, status}.
    */
   function open(url, options) {
@@ -89,6 +93,8 @@
     var onStatus = options.onStatus || function () {};
     var onReset = options.onReset || function () {};
     var maxRetries = options.maxRetries === undefined ? Infinity : options.maxRetries;
+    var saveEvery = options.saveEvery === undefined ? 250 : options.saveEvery;
+    var saveTimer = null;
 
     var record = load() || { lastEventId: null, state: clone(initial), status: "running", message: "" };
     var source = null;
@@ -103,6 +109,8 @@
     }
 
     function save() {
+      if (saveTimer !== null) clearTimeout(saveTimer);
+      saveTimer = null;
       if (!storage) return;
       record.v = 1;
       try {
@@ -110,6 +118,14 @@
       } catch (e) {
         /* quota exceeded: keep streaming, a reload will replay from the start */
       }
+    }
+
+    function saveSoon() {
+      if (storage && saveTimer === null) saveTimer = setTimeout(save, saveEvery);
+    }
+
+    function saveNow() {
+      if (saveTimer !== null) save(); // the page is going away: write what is pending
     }
 
     function setStatus(status, message) {
@@ -128,6 +144,8 @@
     }
 
     function stop() {
+      saveNow();
+      if (root.removeEventListener) root.removeEventListener("pagehide", saveNow);
       closed = true;
       if (timer !== null) clearTimeout(timer);
       timer = null;
@@ -138,7 +156,7 @@
     function fold(event) {
       record.state = reduce(record.state, event.data, event.type);
       if (event.lastEventId) record.lastEventId = event.lastEventId;
-      save();
+      saveSoon();
       onUpdate(record.state, { lastEventId: record.lastEventId, restored: false });
     }
 
@@ -223,9 +241,14 @@
           } else if (status >= 500) {
             retryLater();
           } else {
-            response.text().then(function (text) {
-              finish("failed", (text || "HTTP " + status).trim());
-            });
+            response.text().then(
+              function (text) {
+                finish("failed", (text || "HTTP " + status).trim());
+              },
+              function () {
+                finish("failed", "HTTP " + status); // the body could not be read (the connection dropped)
+              }
+            );
           }
         },
         function () {
@@ -246,6 +269,7 @@
     };
 
     onUpdate(record.state, { lastEventId: record.lastEventId, restored: true });
+    if (root.addEventListener) root.addEventListener("pagehide", saveNow);
     if (FINAL.indexOf(record.status) !== -1) {
       closed = true;
       setStatus(record.status, record.message);
