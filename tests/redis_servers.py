@@ -65,13 +65,23 @@ def require_server_binary() -> str:
 
 
 def free_port() -> int:
-    """A TCP port that was free a moment ago (the OS picked it); never 6379."""
+    """A TCP port that was free a moment ago (the OS picked it), and so was its cluster bus port (port + 10000);
+    never 6379."""
     while True:
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             port = int(sock.getsockname()[1])
-        if port != 6379 and port < 55535:  # cluster bus port is port + 10000
+        if port != 6379 and port < 55535 and _bindable(port + 10000):
             return port
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def _ping(port: int) -> bool:

@@ -15,16 +15,19 @@ knows the run through the small :class:`ProducerRun` protocol, so that the Strea
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
-from collections.abc import Iterable, Iterator
-from typing import Final, Protocol
+from collections.abc import Callable, Iterable, Iterator
+from typing import Final, Protocol, TypeVar
 
 from ._event import is_plain_token, normalize
 from ._log import NewEvent
 from ._portal import on_loop_stop
 from .exceptions import EventLoopError
 
-__all__ = ["Feed", "ProducerRun", "StreamLimits", "pump_in_thread"]
+__all__ = ["Feed", "ProducerRun", "StreamLimits", "call_in_thread", "pump_in_thread"]
+
+T = TypeVar("T")
 
 _BUFFER_BATCHES: Final = 2
 """A feed holds up to this many of the Streamer's ``batch_size`` before its threads wait for the loop."""
@@ -228,3 +231,28 @@ async def pump_in_thread(run: ProducerRun, source: Iterable[object]) -> None:
 
     threading.Thread(target=work, name=f"resumable-sse producer {run.stream_id}", daemon=True).start()
     await feed.drain_into(run)
+
+
+async def call_in_thread(function: Callable[[], T], name: str) -> T:
+    """``function()`` called in a new daemon thread (no executor to outlive the loop), its result awaited here."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(result: T | None, error: BaseException | None) -> None:
+        if future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)  # type: ignore[arg-type]
+
+    def work() -> None:
+        try:
+            result, error = function(), None
+        except BaseException as exc:
+            result, error = None, exc
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits any more
+            loop.call_soon_threadsafe(settle, result, error)
+
+    threading.Thread(target=work, name=name, daemon=True).start()
+    return await future

@@ -14,15 +14,15 @@ import asyncio
 import contextlib
 import inspect
 import logging
-import threading
 import time
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterable
 from typing import Any, Final, Protocol, TypeVar, Union
 
 from ._event import Status, normalize
-from ._feed import pump_in_thread
+from ._feed import call_in_thread, pump_in_thread
 from ._log import EventLog, NewEvent, StreamState
 from ._readers import Hub, terminal_data
+from ._tasks import spawn
 from .exceptions import EventTooLarge, InvalidEventData, ProducerError, StoreUnavailable, StreamFenced, StreamNotFound
 
 __all__ = ["Factory", "Producer", "Producers", "Source", "check_factory", "retry_store"]
@@ -78,31 +78,6 @@ async def retry_store(doing: str, call: Callable[[], Awaitable[T]], timeout: flo
             logger.warning("store unreachable while %s; retrying in %.2f s", doing, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, _RETRY_MAX_DELAY)
-
-
-async def _in_thread(function: Callable[[], T], name: str) -> T:
-    """``function()`` called in a new daemon thread (no executor to outlive the loop), its result awaited here."""
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[T] = loop.create_future()
-
-    def settle(result: T | None, error: BaseException | None) -> None:
-        if future.done():
-            return
-        if error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(result)  # type: ignore[arg-type]
-
-    def work() -> None:
-        try:
-            result, error = function(), None
-        except BaseException as exc:
-            result, error = None, exc
-        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits any more
-            loop.call_soon_threadsafe(settle, result, error)
-
-    threading.Thread(target=work, name=name, daemon=True).start()
-    return await future
 
 
 def check_factory(producer: object) -> None:
@@ -171,9 +146,7 @@ class _Run:
         self.last_seq = 0  # what the log holds of this run; appends name it so that a retry cannot duplicate
         self.last_progress = time.monotonic()
         self.pump: asyncio.Task[None] | None = None
-        self.task: asyncio.Task[Status] = asyncio.get_running_loop().create_task(
-            self.supervise(), name=f"resumable-sse producer {self.stream_id}"
-        )
+        self.task: asyncio.Task[Status] = spawn(self.supervise(), f"resumable-sse producer {self.stream_id}")
 
     # -- the pump ---------------------------------------------------------------------------------------------------
 
@@ -197,7 +170,7 @@ class _Run:
         else:
             # A plain function may block before it returns (a legacy SDK's create(stream=True) connects first):
             # it is called in a thread of its own, never on the event loop.
-            source = await _in_thread(factory, f"resumable-sse producer {self.stream_id}")
+            source = await call_in_thread(factory, f"resumable-sse producer {self.stream_id}")
         if isinstance(source, AsyncIterable):
             iterator = aiter(source)
             try:
@@ -398,7 +371,7 @@ class Producers:
         tail = hub.attach(state, producer=True)
         run.task.add_done_callback(lambda _task: hub.detach(tail, producer=True))
         if self._keeper is None or self._keeper.done():
-            self._keeper = asyncio.get_running_loop().create_task(self._keep_leases(), name="resumable-sse leases")
+            self._keeper = spawn(self._keep_leases(), "resumable-sse leases")
         return Producer(run)
 
     def get(self, stream_id: str, epoch: str) -> _Run | None:

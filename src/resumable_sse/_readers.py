@@ -23,6 +23,7 @@ from typing import ClassVar, Final, Protocol
 
 from ._event import Entry, EventId, Reset, encode_event
 from ._log import EventLog, Page, StreamState, Watch
+from ._tasks import spawn
 from .exceptions import StoreUnavailable
 
 __all__ = ["Gone", "Hub", "Owner", "Reset", "Subscription", "judge", "terminal_data"]
@@ -187,7 +188,7 @@ class Hub:
                 self._watch = self.streamer.store.watch(self._on_change)
             if self._auditor is None or self._auditor.done():
                 self._audit_now = asyncio.Event()
-                self._auditor = asyncio.get_running_loop().create_task(self._audit(), name="resumable-sse auditor")
+                self._auditor = spawn(self._audit(), "resumable-sse auditor")
         tail.readers += 1
         tail.producing += producer
         self._follow(tail)

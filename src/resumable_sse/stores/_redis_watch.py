@@ -20,10 +20,11 @@ import logging
 from collections.abc import Callable
 from typing import Any, Final, Protocol
 
-from .._event import Entry, Status
-from .._log import OnChange, Page, StreamState
+from .._log import OnChange, Page
+from .._tasks import spawn
+from ._redis_format import parse_change
 
-__all__ = ["RedisWatch", "unpack"]
+__all__ = ["RedisWatch"]
 
 logger = logging.getLogger("resumable_sse")
 
@@ -31,43 +32,6 @@ _PING_EVERY: Final = 5.0
 """Seconds of silence after which a watch connection is pinged; a second silence as long means it is dead."""
 _RETRY_FIRST_DELAY: Final = 0.05
 _RETRY_MAX_DELAY: Final = 1.0
-_STATUSES: Final[dict[bytes, Status]] = {
-    b"running": "running",
-    b"done": "done",
-    b"error": "error",
-    b"cancelled": "cancelled",
-    b"lost": "lost",
-}
-
-
-def status_of(value: bytes | str) -> Status:
-    """A stream status as Redis returns it (bytes or text) as a :data:`Status`."""
-    return _STATUSES[value if isinstance(value, bytes) else value.encode()]
-
-
-def unpack(epoch: str, first: int, packed: bytes, skip: int, limit: int) -> list[Entry]:
-    """Entries from packed events (``<type>\\xfe<data>`` joined by ``\\xff``): the first event has seq ``first``;
-    ``skip`` events are dropped from the front and at most ``limit`` are kept."""
-    # surrogateescape turns the separator bytes into lone surrogates, which valid UTF-8 text never decodes to.
-    items = packed.decode("utf-8", "surrogateescape").split("\udcff")[skip : skip + limit]
-    start = first + skip
-    entries = []
-    for index, item in enumerate(items):
-        event, _, data = item.partition("\udcfe")
-        entries.append(Entry(epoch, start + index, event or None, data))
-    return entries
-
-
-def parse_change(stream_id: str, message: bytes) -> Page:
-    """A published change (``<epoch>\\n<status>\\n<first>\\n<last>\\n<count>\\n<packed>``) as a :class:`Page`."""
-    epoch_b, status_b, first_b, last_b, count_b, packed = message.split(b"\n", 5)
-    epoch, first, last, count = epoch_b.decode(), int(first_b), int(last_b), int(count_b)
-    state = StreamState(stream_id, epoch, status_of(status_b), first, last)
-    if not count:
-        return Page(state)
-    start = last - count + 1
-    skip = max(0, first - start)  # events of this append already trimmed (a batch larger than max_events)
-    return Page(state, unpack(epoch, start, packed, skip, count))
 
 
 class _Listener:
@@ -79,7 +43,7 @@ class _Listener:
         self.sharded = sharded
         self.wanted: set[bytes] = set()
         self.changed = asyncio.Event()
-        self.task = asyncio.get_running_loop().create_task(self.run(), name="resumable-sse redis watch")
+        self.task = spawn(self.run(), "resumable-sse redis watch")
 
     def want(self, channel: bytes, on: bool) -> None:
         if on:

@@ -29,15 +29,16 @@ without it and says so when a store is made.
 from __future__ import annotations
 
 import asyncio
-import importlib.resources
 import secrets
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 from .._event import Entry, Status, new_epoch
 from .._log import Claim, NewEvent, OnChange, Page, StreamState
+from .._tasks import spawn
 from ..exceptions import StoreUnavailable, StreamFenced, StreamNotFound
-from ._redis_watch import RedisWatch, status_of, unpack
+from ._redis_format import Call, Pending, Script, bounded, ms, pack, status_of, text, unpack
+from ._redis_watch import RedisWatch
 
 if TYPE_CHECKING:
     from typing import TypeAlias
@@ -49,10 +50,6 @@ if TYPE_CHECKING:
 
 __all__ = ["RedisStore"]
 
-_Call = tuple[Sequence[str | bytes], Sequence[Any]]  # one script call: keys and args
-_MAX_COMMAND_BYTES: Final = 16 * 1024 * 1024
-"""A group commit sends one command per this many bytes of appends: Redis drops a client whose query buffer grows
-too large (``client-query-buffer-limit``), and a command that can never succeed must not be sent."""
 _INSTALL_HINT: Final = "RedisStore needs the redis package: pip install resumable-sse[redis]"
 _SCRIPTS: Final = ("claim", "append", "renew", "end", "read")
 
@@ -64,43 +61,6 @@ def _redis_module() -> Any:
     except ImportError as exc:  # pragma: no cover - exercised in an environment without redis
         raise ImportError(_INSTALL_HINT) from exc
     return redis
-
-
-def _load_script(name: str) -> str:
-    folder = importlib.resources.files("resumable_sse.stores").joinpath("lua")
-    return folder.joinpath(f"{name}.lua").read_text(encoding="utf-8")
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode("utf-8") if isinstance(value, bytes) else value
-
-
-class _Script:
-    """One Lua script: its text and SHA1; run with EVALSHA, loaded (SCRIPT LOAD) after a NOSCRIPT reply."""
-
-    __slots__ = ("sha", "text")
-
-    def __init__(self, text: str) -> None:
-        import hashlib
-
-        self.text = text
-        self.sha = hashlib.sha1(text.encode("utf-8")).hexdigest()
-
-
-class _Pending:
-    """An append waiting for the next group commit."""
-
-    __slots__ = ("arg", "events", "final", "future", "keys", "stream_id")
-
-    def __init__(
-        self, stream_id: str, events: Sequence[NewEvent], final: Status | None, keys: tuple[bytes, ...], arg: bytes
-    ) -> None:
-        self.stream_id = stream_id
-        self.events = events
-        self.final = final
-        self.keys = keys
-        self.arg = arg
-        self.future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
 
 
 class RedisStore:
@@ -138,7 +98,7 @@ class RedisStore:
         self.ttl: Final = ttl
         self._ttl_ms = max(1, round(ttl * 1000))
         self._close_client = close_client
-        self._scripts = {name: _Script(_load_script(name)) for name in _SCRIPTS}
+        self._scripts = {name: Script(name) for name in _SCRIPTS}
         self._unavailable: tuple[type[BaseException], ...] = (
             redis.exceptions.ConnectionError,
             redis.exceptions.TimeoutError,
@@ -156,7 +116,7 @@ class RedisStore:
         self._uninitialized_cluster = self._is_cluster
         self._init_lock = asyncio.Lock()
         self._publish = "SPUBLISH" if self._is_cluster else "PUBLISH"
-        self._queue: list[_Pending] = []
+        self._queue: list[Pending] = []
         self._committer: asyncio.Task[None] | None = None
         self._watches: list[RedisWatch] = []
         self.round_trips = 0
@@ -276,13 +236,13 @@ class RedisStore:
         while self._queue:
             group, self._queue = self._queue, []
             self.round_trips += 1
-            by_slot: dict[int, list[_Pending]] = {}
+            by_slot: dict[int, list[Pending]] = {}
             client: Any = self.client
             for item in group:
                 slot = client.keyslot(item.keys[0]) if self._is_cluster else 0
                 by_slot.setdefault(slot, []).append(item)
             head = [self._publish, self.max_events, self._ttl_ms]
-            batches = [part for items in by_slot.values() for part in _bounded(items)]
+            batches = [part for items in by_slot.values() for part in bounded(items)]
             calls = [
                 ([key for item in items for key in item.keys], [*head, *(item.arg for item in items)])
                 for items in batches
@@ -305,7 +265,7 @@ class RedisStore:
                     else:
                         self._applied(item, outcome[index])
 
-    async def _pipeline(self, client: Any, script: _Script, calls: Sequence[_Call]) -> list[Any]:
+    async def _pipeline(self, client: Any, script: Script, calls: Sequence[Call]) -> list[Any]:
         """Run ``script`` once per ``(keys, args)`` in one pipeline; calls that met NOSCRIPT run again after
         SCRIPT LOAD. Errors come back in place of results."""
         pipe = client.pipeline(transaction=False)
@@ -323,7 +283,7 @@ class RedisStore:
                     results[index] = exc
         return results
 
-    async def _calls(self, name: str, calls: Sequence[_Call]) -> list[Any]:
+    async def _calls(self, name: str, calls: Sequence[Call]) -> list[Any]:
         """:meth:`_pipeline` sent once more on a fresh connection after a broken one (every script is safe to
         repeat); connection failures become StoreUnavailable, in place too."""
         if len(calls) == 1:  # one command needs no pipeline (most group commits on a single server)
@@ -346,7 +306,7 @@ class RedisStore:
             return [self._wrap(outcome) if isinstance(outcome, BaseException) else outcome for outcome in results]
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _pipelined(self, name: str, calls: Sequence[_Call]) -> list[Any]:
+    async def _pipelined(self, name: str, calls: Sequence[Call]) -> list[Any]:
         """:meth:`_calls`, raising the first error that came back in place of a result."""
         results = await self._calls(name, calls)
         for outcome in results:
@@ -358,9 +318,9 @@ class RedisStore:
 
     async def claim(self, stream_id: str, token: str, lease: float) -> Claim:
         """See :meth:`EventLog.claim <resumable_sse.EventLog.claim>`."""
-        args = [token, new_epoch(), _ms(lease), self._ttl_ms, self._publish]
+        args = [token, new_epoch(), ms(lease), self._ttl_ms, self._publish]
         acquired, epoch, status, first, last = await self._eval("claim", self.keys(stream_id)[:3], args)
-        state = StreamState(stream_id, _text(epoch), status_of(status), int(first), int(last))
+        state = StreamState(stream_id, text(epoch), status_of(status), int(first), int(last))
         return Claim(bool(int(acquired)), state)
 
     async def append(
@@ -372,12 +332,12 @@ class RedisStore:
         """
         if final is not None and not events:
             raise ValueError("a final append needs the terminal entry")
-        arg = b"%s\n%d\n%s\n%d\n%s" % (token.encode(), after, (final or "").encode(), len(events), _pack(events))
+        arg = b"%s\n%d\n%s\n%d\n%s" % (token.encode(), after, (final or "").encode(), len(events), pack(events))
         tag = f"{{{self.key_prefix}:{stream_id}}}".encode()  # bytes: nothing for redis-py to encode
-        item = _Pending(stream_id, events, final, (tag + b":m", tag + b":e", tag + b":c"), arg)
+        item = Pending(stream_id, events, final, (tag + b":m", tag + b":e", tag + b":c"), arg)
         self._queue.append(item)
         if self._committer is None or self._committer.done():
-            self._committer = asyncio.get_running_loop().create_task(self._commit())
+            self._committer = spawn(self._commit(), "resumable-sse redis group commit")
         reply = await item.future
         code = int(reply[0])
         if code == -1:
@@ -388,11 +348,11 @@ class RedisStore:
             return int(reply[1])
         return int(reply[1])
 
-    def _applied(self, item: _Pending, reply: Any) -> None:
+    def _applied(self, item: Pending, reply: Any) -> None:
         """An append's reply came: the append is its own notification in this process (see RedisWatch.follow),
         given to the local watches at once, in the committer, before the appending coroutine even resumes."""
         if self._watches and int(reply[0]) == 0 and item.events:
-            seq, epoch, first = int(reply[1]), _text(reply[2]), int(reply[3])
+            seq, epoch, first = int(reply[1]), text(reply[2]), int(reply[3])
             start = seq - len(item.events) + 1
             entries = [Entry(epoch, start + i, event or None, data) for i, (event, data) in enumerate(item.events)]
             state = StreamState(item.stream_id, epoch, item.final or "running", first, seq)
@@ -406,7 +366,7 @@ class RedisStore:
         cluster, one per hash slot, pipelined)."""
         if not leases:
             return []
-        head = [_ms(lease), self._ttl_ms]
+        head = [ms(lease), self._ttl_ms]
         if not self._is_cluster:
             keys = [key for stream_id, _ in leases for key in self.keys(stream_id)[:2]]
             return [int(kept) for kept in await self._eval("renew", keys, [*head, *(token for _, token in leases)])]
@@ -431,7 +391,7 @@ class RedisStore:
         calls = [(self.keys(stream_id), self._end_args("lost", lost, True)) for stream_id in stream_ids]
         replies = await self._pipelined("end", calls)
         return [
-            StreamState(sid, _text(reply[1]), status_of(reply[2]), int(reply[3]), int(reply[4])) if reply else None
+            StreamState(sid, text(reply[1]), status_of(reply[2]), int(reply[3]), int(reply[4])) if reply else None
             for sid, reply in zip(stream_ids, replies, strict=True)
         ]
 
@@ -451,7 +411,7 @@ class RedisStore:
         epoch, status, first, last = reply
         if epoch is None:
             return None
-        return StreamState(stream_id, _text(epoch), status_of(status), int(first), int(last))
+        return StreamState(stream_id, text(epoch), status_of(status), int(first), int(last))
 
     async def read(self, stream_id: str, after: int, limit: int, *, epoch: str | None = None) -> Page | None:
         """See :meth:`EventLog.read <resumable_sse.EventLog.read>`: one round trip (a Lua script over XRANGE)."""
@@ -475,35 +435,3 @@ class RedisStore:
         if self._close_client:
             client: Any = self.client
             await client.aclose()
-
-
-def _bounded(items: list[_Pending]) -> list[list[_Pending]]:
-    """``items`` in runs of at most :data:`_MAX_COMMAND_BYTES` of arguments (at least one item each)."""
-    runs: list[list[_Pending]] = [[]]
-    size = 0
-    for item in items:
-        if runs[-1] and size + len(item.arg) > _MAX_COMMAND_BYTES:
-            runs.append([])
-            size = 0
-        runs[-1].append(item)
-        size += len(item.arg)
-    return runs
-
-
-def _pack(events: Sequence[NewEvent]) -> bytes:
-    """Events as one argument: ``<type>\\xfe<data>`` each, joined by ``\\xff`` (bytes UTF-8 text never has)."""
-    if not events:
-        return b""
-    text = "\udcff".join([f"{event or ''}\udcfe{data}" for event, data in events])
-    packed = text.encode("utf-8", "surrogateescape")
-    if packed.count(b"\xff") != len(events) - 1 or packed.count(b"\xfe") != len(events):
-        # Some text held lone surrogates (not valid Unicode text): let a strict encode say which.
-        for event, data in events:
-            (event or "").encode("utf-8")
-            data.encode("utf-8")
-        raise ValueError("event text must be valid Unicode (no lone surrogates)")
-    return packed
-
-
-def _ms(seconds: float) -> int:
-    return max(1, round(seconds * 1000))
