@@ -100,6 +100,12 @@ def _plain(status: int, message: str) -> web.Response:
     return web.Response(status=status, text=message + "\n")
 
 
+def _method_not_allowed() -> web.Response:
+    response = _plain(405, "method not allowed: an event stream is read with GET")
+    response.headers["Allow"] = "GET"
+    return response
+
+
 def resumable_handler(
     producer: ProducerFunction,
     *,
@@ -161,6 +167,9 @@ def resumable_handler(
             return await engine.subscribe(sid, position)
 
     async def handler(request: web.Request) -> web.StreamResponse:
+        if request.method != "GET":
+            # add_get() also routes HEAD here: refuse before anything is validated, started or read.
+            return _method_not_allowed()
         engine = streamer if streamer is not None else _streamer_for(request)
         position = request.headers.get("Last-Event-ID") or request.query.get("last_event_id") or None
         try:
