@@ -100,6 +100,23 @@ def _plain(status: int, message: str) -> web.Response:
     return web.Response(status=status, text=message + "\n")
 
 
+async def _start(response: ResumableResponse, request: web.Request) -> bool:
+    """Write the response's headers; False when the client has already gone (nothing was started then)."""
+    transport = request.transport
+    if transport is None or transport.is_closing():
+        return False  # aiohttp-sse's prepare() would fail on it (an assertion in aiohttp-sse 3, a reset in 2)
+    try:
+        await response.prepare(request)
+    except ConnectionError:
+        return False
+    return True
+
+
+def _client_gone() -> web.Response:
+    """What the access log records for a request whose client left before its response began."""
+    return web.Response(status=499, reason="Client Closed Request")
+
+
 def _method_not_allowed() -> web.Response:
     response = _plain(405, "method not allowed: an event stream is read with GET")
     response.headers["Allow"] = "GET"
@@ -194,10 +211,19 @@ def resumable_handler(
         if isinstance(opened, web.Response):
             return opened
         subscription = opened
-        if subscription.at_end:
-            return web.Response(status=204)
-        response = ResumableResponse(heartbeat=heartbeat, headers=headers)
-        await response.prepare(request)
+        try:
+            if subscription.at_end:
+                return web.Response(status=204)
+            response = ResumableResponse(heartbeat=heartbeat, headers=headers)
+            if not await _start(response, request):
+                logger.debug("the client of %r went away before the response started", sid)
+                return _client_gone()
+            await serve(response, subscription, sid)
+        finally:
+            subscription.close()
+        return response
+
+    async def serve(response: ResumableResponse, subscription: Subscription, sid: str) -> None:
         # The heartbeat task ends when a write fails: the client is gone, so stop waiting for events at once.
         watcher = asyncio.ensure_future(response.wait())
 
@@ -219,9 +245,7 @@ def resumable_handler(
         except StoreUnavailable:
             logger.warning("store unreachable while serving %r; the client will reconnect", sid)
         finally:
-            subscription.close()
             watcher.cancel()
             response.stop_streaming()
-        return response
 
     return handler
