@@ -97,3 +97,67 @@ async def test_clients_that_disconnect_before_the_headers_leave_nothing_open_and
     finally:
         await runner.cleanup()
     assert_no_tracebacks(caplog.records)
+
+
+# -- readers that never read ---------------------------------------------------------------------------------------
+
+
+async def test_a_stalled_reader_is_aborted_after_send_timeout_and_leaves_nothing_open(
+    make_store: StoreFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Two clients never read their sockets: one from the start of the stream, one that comes after it ended. A
+    # producer writes a few MB; each write to them blocks, and after send_timeout their connections are aborted.
+    caplog.set_level(logging.DEBUG)
+    events, payload = 3000, "x" * 1000
+
+    async def big(_request: web.Request) -> AsyncIterator[str]:
+        for _ in range(events):
+            yield payload
+
+    app = web.Application()
+    streamer = setup(app, Streamer(await make_store(max_events=events + 1)))
+    app.router.add_get("/stream/{stream_id}", resumable_handler(big, send_timeout=0.3, heartbeat=0.1))
+    runner, port = await serve(app)
+    stalled: list[socket.socket] = []
+    loop = asyncio.get_running_loop()
+
+    async def stall() -> None:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        stalled.append(sock)
+        await loop.sock_connect(sock, ("127.0.0.1", port))
+        await loop.sock_sendall(sock, b"GET /stream/big HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n")
+
+    try:
+        await stall()
+        for _ in range(2000):
+            if (state := await streamer.status("big")) is not None and state.finished:
+                break
+            await asyncio.sleep(0.01)
+        assert state is not None
+        assert (state.status, state.last_seq) == ("done", events + 1)
+        await stall()  # a stalled reader of a finished stream: its replay blocks too
+        await asyncio.sleep(0.5)
+        await settle(streamer, timeout=5)
+        for _ in range(250):  # both connections were aborted by the server
+            if not runner.server or not runner.server.connections:
+                break
+            await asyncio.sleep(0.02)
+        assert runner.server is not None
+        assert runner.server.connections == []
+    finally:
+        for sock in stalled:
+            sock.close()
+        await runner.cleanup()
+    assert_no_tracebacks(caplog.records)
+    assert sum("read nothing for 0.3 s" in r.getMessage() for r in caplog.records) == 2
+
+
+async def test_send_timeout_defaults_to_30_seconds_and_must_be_positive() -> None:
+    import inspect
+
+    assert inspect.signature(resumable_handler).parameters["send_timeout"].default == 30.0
+    for bad in [0, -1.0]:
+        with pytest.raises(ValueError, match="send_timeout"):
+            resumable_handler(hello, send_timeout=bad)
