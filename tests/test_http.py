@@ -619,3 +619,36 @@ async def test_methods_but_get_are_405_before_anything_is_started_or_read(
     assert len(streamer.producers) == 0
     gate.release()
     assert (await client.get("/any/m2")).status == 200  # GET is still served
+
+
+# -- stream ids made only of dots -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stream_id", [".", "..", "...", "." * 128])
+async def test_stream_ids_made_only_of_dots_are_400_and_nothing_started(
+    aiohttp_client: ClientFactory, stream_id: str
+) -> None:
+    from resumable_sse import InvalidStreamId
+    from resumable_sse._streamer import validate_stream_id
+
+    with pytest.raises(InvalidStreamId, match="dots"):
+        validate_stream_id(stream_id)
+    gate = Gate(["x"])
+    app = web.Application()
+    streamer = setup(app)
+    app.router.add_get("/q", resumable_handler(gate.produce))
+    app.router.add_get("/stream/{stream_id}", resumable_handler(gate.produce))
+    client = await aiohttp_client(app)
+    responses = [await client.get("/q", params={"stream_id": stream_id})]
+    encoded = stream_id.replace(".", "%2E")
+    responses.append(await client.get(f"/stream/{encoded}"))
+    for response in responses:
+        if response.status == 404:  # the URL normalised "." and ".." away: the handler never saw it
+            continue
+        assert response.status == 400
+        assert "dots" in await response.text()
+    assert responses[0].status == 400
+    assert gate.runs == 0
+    assert len(streamer.store) == 0  # type: ignore[arg-type]
+    for ok in ["a.b", ".a", "a..", "._", "-", ":"]:
+        assert validate_stream_id(ok) == ok

@@ -191,7 +191,8 @@ def resumable_handler(
         ``dict``/``list``, or :class:`~resumable_sse.Event`.
     :param streamer: the engine to use; default: the one :func:`setup` registered, else an embedded memory store.
     :param stream_id: ``stream_id(request) -> str``; default: the route's ``{stream_id}``, else the ``stream_id``
-        query parameter. Validated (``[A-Za-z0-9._:-]``, at most 128 characters) before anything else.
+        query parameter. Validated (``[A-Za-z0-9._:-]``, at most 128 characters, not only dots) before anything
+        else but the method.
     :param authorize: ``authorize(request, stream_id) -> bool`` (or awaitable); False means 403, nothing started or
         read.
     :param heartbeat: seconds between comment lines that keep proxies from closing a quiet stream.
