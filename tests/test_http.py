@@ -580,3 +580,75 @@ async def test_shutdown_ends_responses_and_cancels_producers_after_grace() -> No
     last = (await read_entries(store, "sd", state.last_seq - 1, 1))[0]
     assert json.loads(last.data) == {"state": "cancelled", "message": "server shutdown"}
     assert gate.closed
+
+
+# -- methods -------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"])
+async def test_methods_but_get_are_405_before_anything_is_started_or_read(
+    aiohttp_client: ClientFactory, method: str
+) -> None:
+    # add_get() routes HEAD to the handler too: it must not claim the stream before refusing it.
+    gate = Gate(["x"])
+    checked: list[str] = []
+
+    def authorize(_request: web.Request, stream_id: str) -> bool:
+        checked.append(stream_id)
+        return True
+
+    app = web.Application()
+    streamer = setup(app)
+    handler = resumable_handler(gate.produce, authorize=authorize)
+    app.router.add_get("/stream/{stream_id}", handler)  # GET and HEAD
+    app.router.add_route("*", "/any/{stream_id}", handler)  # every method reaches the handler
+    client = await aiohttp_client(app)
+    for path in ["/stream/m1", "/stream/m1?last_event_id=0123456789abcdef-1", "/any/m2", "/any/bad%20id"]:
+        if method != "HEAD" and path.startswith("/stream/"):
+            continue  # the router answers those itself
+        for _ in range(3):
+            response = await client.request(method, path, headers={"Last-Event-ID": "0123456789abcdef-1"})
+            assert response.status == 405, (method, path)
+            assert response.headers["Allow"] == "GET"
+            if method != "HEAD":
+                assert "GET" in await response.text()
+    await asyncio.sleep(0.05)
+    assert gate.runs == 0
+    assert checked == []
+    assert len(streamer.store) == 0  # type: ignore[arg-type]
+    assert len(streamer.producers) == 0
+    gate.release()
+    assert (await client.get("/any/m2")).status == 200  # GET is still served
+
+
+# -- stream ids made only of dots -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stream_id", [".", "..", "...", "." * 128])
+async def test_stream_ids_made_only_of_dots_are_400_and_nothing_started(
+    aiohttp_client: ClientFactory, stream_id: str
+) -> None:
+    from resumable_sse import InvalidStreamId
+    from resumable_sse._streamer import validate_stream_id
+
+    with pytest.raises(InvalidStreamId, match="dots"):
+        validate_stream_id(stream_id)
+    gate = Gate(["x"])
+    app = web.Application()
+    streamer = setup(app)
+    app.router.add_get("/q", resumable_handler(gate.produce))
+    app.router.add_get("/stream/{stream_id}", resumable_handler(gate.produce))
+    client = await aiohttp_client(app)
+    responses = [await client.get("/q", params={"stream_id": stream_id})]
+    encoded = stream_id.replace(".", "%2E")
+    responses.append(await client.get(f"/stream/{encoded}"))
+    for response in responses:
+        if response.status == 404:  # the URL normalised "." and ".." away: the handler never saw it
+            continue
+        assert response.status == 400
+        assert "dots" in await response.text()
+    assert responses[0].status == 400
+    assert gate.runs == 0
+    assert len(streamer.store) == 0  # type: ignore[arg-type]
+    for ok in ["a.b", ".a", "a..", "._", "-", ":"]:
+        assert validate_stream_id(ok) == ok

@@ -26,13 +26,19 @@ MAX_STREAM_ID_LENGTH: Final = 128
 
 
 def validate_stream_id(stream_id: object) -> str:
-    """Return ``stream_id`` if it is a valid stream id, else raise :class:`InvalidStreamId` saying why."""
+    """Return ``stream_id`` if it is a valid stream id, else raise :class:`InvalidStreamId` saying why.
+
+    A stream id is 1 to 128 characters of ``A-Z a-z 0-9 . _ : -``, not made only of dots (``.`` and ``..`` name
+    path segments to anything that maps ids to paths or URLs).
+    """
     if not isinstance(stream_id, str) or not stream_id:
         raise InvalidStreamId("stream id must be a non-empty string")
     if len(stream_id) > MAX_STREAM_ID_LENGTH:
         raise InvalidStreamId(f"stream id is longer than {MAX_STREAM_ID_LENGTH} characters")
     if not _STREAM_ID_RE.fullmatch(stream_id):
         raise InvalidStreamId("stream id may only contain letters, digits and . _ : -")
+    if not stream_id.strip("."):
+        raise InvalidStreamId("stream id may not be made only of dots")
     return stream_id
 
 

@@ -21,6 +21,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, Final, Literal
 
 from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
+from aiohttp.web_request import BaseRequest
 from aiohttp_sse import EventSourceResponse
 
 from ._event import EventId, encode_retry
@@ -49,6 +51,7 @@ AuthorizeFunction = Callable[[web.Request, str], "bool | Awaitable[bool]"]
 
 _DEFAULT_STREAMERS: weakref.WeakKeyDictionary[web.Application, Streamer] = weakref.WeakKeyDictionary()
 _PING_IN_INIT: Final = "ping_interval" in inspect.signature(EventSourceResponse.__init__).parameters
+_SEND_TIMEOUT_IN_INIT: Final = "send_timeout" in inspect.signature(EventSourceResponse.__init__).parameters
 
 
 def setup(app: web.Application, streamer: Streamer | None = None) -> Streamer:
@@ -85,19 +88,87 @@ def _streamer_for(request: web.Request) -> Streamer:
 
 
 class ResumableResponse(EventSourceResponse):
-    """aiohttp-sse's response with LF line ends and a configurable heartbeat, written to in whole batches."""
+    """aiohttp-sse's response with LF line ends and a configurable heartbeat, written to in whole batches.
 
-    def __init__(self, *, heartbeat: float, headers: Mapping[str, str] | None = None) -> None:
+    Every write (events, heartbeats, the end of the body) is bounded by ``send_timeout`` seconds: a client that
+    reads nothing for that long has its connection aborted, and the write raises :class:`ConnectionResetError`.
+    aiohttp-sse 2.x bounds no write at all, and 3.x only its own ``send()`` and heartbeats, so the bound is kept here.
+    """
+
+    def __init__(
+        self, *, heartbeat: float, headers: Mapping[str, str] | None = None, send_timeout: float | None = 30.0
+    ) -> None:
+        if send_timeout is not None and send_timeout <= 0:
+            raise ValueError("send_timeout must be positive (or None: no bound)")
         options: dict[str, Any] = {"headers": headers, "sep": "\n"}
         if _PING_IN_INIT:
             options["ping_interval"] = heartbeat
+        if _SEND_TIMEOUT_IN_INIT:  # aiohttp-sse 3: the same bound for its heartbeats and the kernel's TCP_USER_TIMEOUT
+            options["send_timeout"] = send_timeout
         super().__init__(**options)
         if not _PING_IN_INIT:  # aiohttp-sse < 3 takes it through a property
             self.ping_interval = heartbeat
+        self._write_timeout = send_timeout
+        self._transport: asyncio.Transport | None = None
+        self.stalled = False
+        """True once a write took longer than ``send_timeout`` and the connection was aborted."""
+
+    async def prepare(self, request: BaseRequest) -> AbstractStreamWriter | None:
+        if self._transport is None:
+            self._transport = request.transport
+        return await super().prepare(request)
+
+    def _stall(self) -> None:
+        self.stalled = True
+        if self._transport is not None:
+            self._transport.abort()  # a graceful close would wait for the client to read, forever
+
+    async def _bounded(self, write: Awaitable[None]) -> None:
+        if self._write_timeout is None:
+            await write
+            return
+        timer = asyncio.get_running_loop().call_later(self._write_timeout, self._stall)
+        try:
+            await write
+        finally:
+            timer.cancel()
+        if self.stalled:
+            raise ConnectionResetError(f"the client read nothing for {self._write_timeout} s")
+
+    async def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self.stalled:
+            raise ConnectionResetError("the connection was aborted: the client stopped reading")
+        await self._bounded(super().write(data))
+
+    async def write_eof(self, data: bytes = b"") -> None:
+        await self._bounded(super().write_eof(data))
 
 
 def _plain(status: int, message: str) -> web.Response:
     return web.Response(status=status, text=message + "\n")
+
+
+async def _start(response: ResumableResponse, request: web.Request) -> bool:
+    """Write the response's headers; False when the client has already gone (nothing was started then)."""
+    transport = request.transport
+    if transport is None or transport.is_closing():
+        return False  # aiohttp-sse's prepare() would fail on it (an assertion in aiohttp-sse 3, a reset in 2)
+    try:
+        await response.prepare(request)
+    except ConnectionError:
+        return False
+    return True
+
+
+def _client_gone() -> web.Response:
+    """What the access log records for a request whose client left before its response began."""
+    return web.Response(status=499, reason="Client Closed Request")
+
+
+def _method_not_allowed() -> web.Response:
+    response = _plain(405, "method not allowed: an event stream is read with GET")
+    response.headers["Allow"] = "GET"
+    return response
 
 
 def resumable_handler(
@@ -110,6 +181,7 @@ def resumable_handler(
     retry: int = 2000,
     on_unknown: Literal["gone", "restart"] = "gone",
     headers: Mapping[str, str] | None = None,
+    send_timeout: float | None = 30.0,
 ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     """An aiohttp handler serving the resumable stream that ``producer(request)`` generates.
 
@@ -119,7 +191,8 @@ def resumable_handler(
         ``dict``/``list``, or :class:`~resumable_sse.Event`.
     :param streamer: the engine to use; default: the one :func:`setup` registered, else an embedded memory store.
     :param stream_id: ``stream_id(request) -> str``; default: the route's ``{stream_id}``, else the ``stream_id``
-        query parameter. Validated (``[A-Za-z0-9._:-]``, at most 128 characters) before anything else.
+        query parameter. Validated (``[A-Za-z0-9._:-]``, at most 128 characters, not only dots) before anything
+        else but the method.
     :param authorize: ``authorize(request, stream_id) -> bool`` (or awaitable); False means 403, nothing started or
         read.
     :param heartbeat: seconds between comment lines that keep proxies from closing a quiet stream.
@@ -128,11 +201,17 @@ def resumable_handler(
         which makes EventSource stop reconnecting; ``restart``: the producer runs again as a new epoch and the
         client gets a ``reset`` first.
     :param headers: extra response headers for the event stream.
+    :param send_timeout: seconds any one write to the client (a batch of events, a heartbeat, the end of the
+        body) may take. A client that reads nothing for that long (its socket buffers are full) has its connection
+        aborted and its subscription closed; it can resume with ``Last-Event-ID``. The producer is never affected.
+        ``None``: no bound (a stalled client is then held until the kernel gives up on it).
     """
     if on_unknown not in ("gone", "restart"):
         raise ValueError("on_unknown must be 'gone' or 'restart'")
     if heartbeat <= 0:
         raise ValueError("heartbeat must be positive")
+    if send_timeout is not None and send_timeout <= 0:
+        raise ValueError("send_timeout must be positive (or None: no bound)")
     retry_bytes = encode_retry(retry)
 
     def resolve_stream_id(request: web.Request) -> str:
@@ -161,6 +240,9 @@ def resumable_handler(
             return await engine.subscribe(sid, position)
 
     async def handler(request: web.Request) -> web.StreamResponse:
+        if request.method != "GET":
+            # add_get() also routes HEAD here: refuse before anything is validated, started or read.
+            return _method_not_allowed()
         engine = streamer if streamer is not None else _streamer_for(request)
         position = request.headers.get("Last-Event-ID") or request.query.get("last_event_id") or None
         try:
@@ -185,10 +267,19 @@ def resumable_handler(
         if isinstance(opened, web.Response):
             return opened
         subscription = opened
-        if subscription.at_end:
-            return web.Response(status=204)
-        response = ResumableResponse(heartbeat=heartbeat, headers=headers)
-        await response.prepare(request)
+        try:
+            if subscription.at_end:
+                return web.Response(status=204)
+            response = ResumableResponse(heartbeat=heartbeat, headers=headers, send_timeout=send_timeout)
+            if not await _start(response, request):
+                logger.debug("the client of %r went away before the response started", sid)
+                return _client_gone()
+            await serve(response, subscription, sid)
+        finally:
+            subscription.close()
+        return response
+
+    async def serve(response: ResumableResponse, subscription: Subscription, sid: str) -> None:
         # The heartbeat task ends when a write fails: the client is gone, so stop waiting for events at once.
         watcher = asyncio.ensure_future(response.wait())
 
@@ -205,14 +296,16 @@ def resumable_handler(
             async with contextlib.aclosing(subscription.batches()) as batches:
                 async for batch in batches:
                     await response.write(b"".join([item.wire() for item in batch]))
+            response.stop_streaming()
+            await response.write_eof()  # here, bounded, rather than unbounded by aiohttp after the handler returns
         except (ConnectionResetError, StreamNotFound):
-            pass  # the client went away, or the stream expired under it: either way this response is over
+            # the client went away, or the stream expired under it: either way this response is over
+            if response.stalled:
+                logger.info("a reader of %r read nothing for %s s: its connection was aborted", sid, send_timeout)
         except StoreUnavailable:
             logger.warning("store unreachable while serving %r; the client will reconnect", sid)
         finally:
-            subscription.close()
             watcher.cancel()
             response.stop_streaming()
-        return response
 
     return handler
