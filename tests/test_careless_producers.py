@@ -150,3 +150,22 @@ async def test_a_redis_that_refuses_large_commands_still_gets_every_event() -> N
         entries = await read_entries(store, "big", 0, 1000)
         assert [len(e.data) for e in entries[:-1]] == [100_000] * 60
         await streamer.close()
+
+
+async def test_a_handler_whose_plain_producer_function_blocks_does_not_stall_the_loop(aiohttp_client: Any) -> None:
+    def legacy(_request: web.Request) -> Iterator[str]:
+        time.sleep(0.5)  # a legacy SDK connecting inside create(stream=True)
+        return iter(["a", "b"])
+
+    app = web.Application()
+    setup(app, Streamer(MemoryStore()))
+    app.router.add_get("/stream/{stream_id}", resumable_handler(legacy))
+    client = await aiohttp_client(app)
+    body: list[bytes] = []
+
+    async def request() -> None:
+        response = await client.get("/stream/s")
+        body.append(await response.read())
+
+    assert await _worst_loop_stall(request()) < 0.1
+    assert [e.data for e in parse(body[0])] == ["a", "b", '{"state":"done"}']

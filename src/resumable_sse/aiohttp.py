@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import inspect
 import logging
 import weakref
@@ -225,9 +226,9 @@ def resumable_handler(
     async def open_subscription(
         request: web.Request, engine: Streamer, sid: str, position: str | None
     ) -> Subscription | web.Response:
-        def source() -> Source:
-            return producer(request)
-
+        # A partial keeps what producer is: an async generator function runs on the loop, a plain function in a
+        # thread of its own (it may block before it returns).
+        source = functools.partial(producer, request)
         if position is None:
             await engine.start(sid, source)
             return await engine.subscribe(sid)
