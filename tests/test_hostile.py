@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import json
 import logging
 import random
 import socket
@@ -363,3 +364,107 @@ async def test_fuzzed_requests_get_plain_refusals_no_500_no_traceback_nothing_st
     await settle(streamer)
     assert len(runs) > 5, statuses  # the generator does reach the producer
     assert {200, 400, 405} <= set(statuses), statuses
+
+
+# -- careless producers: fuzzed payloads --------------------------------------------------------------------------
+
+
+def _payloads(rng: random.Random) -> list[Any]:
+    """What a careless producer yields: mostly fine items, now and then one that cannot be an event."""
+    from resumable_sse import Event
+
+    fine: list[Any] = [
+        lambda: "".join(rng.choice("ab é日🎉\n\r\t<>&") for _ in range(rng.randrange(0, 12))),
+        lambda: "tok" * rng.randrange(0, 4),
+        lambda: "é日🎉".encode() * rng.randrange(0, 3),
+        lambda: {"n": rng.randrange(100), "s": "x\ny"},
+        lambda: [1, "two", None],
+        lambda: Event(data=rng.choice(["a", b"b", {"c": 1}]), event=rng.choice([None, "note", "tick"])),
+    ]
+    bad: list[Any] = [
+        lambda: "ok\ud800",  # a lone surrogate: not text
+        lambda: b"\xff\xfe",  # bytes that are not UTF-8
+        lambda: 42,
+        lambda: None,
+        lambda: object(),
+        lambda: "x" * 5_000,  # over max_event_bytes below
+    ]
+    items = [rng.choice(fine)() for _ in range(rng.randrange(0, 8))]
+    if rng.random() < 0.6:
+        items.append(rng.choice(bad)())
+        items += [rng.choice(fine)() for _ in range(rng.randrange(0, 3))]  # never sent: the stream ended before
+    return items
+
+
+def _expected(item: Any) -> tuple[str | None, str] | None:
+    """The event a payload becomes, or None when it cannot be one."""
+    from resumable_sse import Event
+
+    def text(data: Any) -> str | None:
+        if isinstance(data, str):
+            try:
+                data.encode("utf-8")
+            except UnicodeEncodeError:
+                return None
+            return data if len(data.encode()) <= 4_000 else None
+        if isinstance(data, bytes):
+            try:
+                return text(data.decode("utf-8"))
+            except UnicodeDecodeError:
+                return None
+        if isinstance(data, (dict, list)):
+            return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+        return None
+
+    if isinstance(item, Event):
+        data = text(item.data)
+        return None if data is None else (item.event, data)
+    data = text(item)
+    return None if data is None else (None, data)
+
+
+async def test_fuzzed_producer_payloads_end_each_stream_honestly_on_every_store(
+    make_store: StoreFactory, aiohttp_client: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Each stream delivers exactly the events before the first payload that cannot be one, then `error` with a safe
+    # message (never a traceback), or `done`; every store the same; never a 500.
+    from .helpers import parse
+
+    rng = random.Random(20261126)
+    store = await make_store()
+    plans: dict[str, list[Any]] = {f"p{i}": _payloads(rng) for i in range(150)}
+
+    async def produce(request: web.Request) -> AsyncIterator[Any]:
+        for item in plans[request.match_info["stream_id"]]:
+            yield item
+
+    app = web.Application()
+    setup(app, Streamer(store, max_event_bytes=4_000))
+    app.router.add_get("/stream/{stream_id}", resumable_handler(produce))
+    client = await aiohttp_client(app)
+    safe = {"an event was not valid text", "an event was too large", "the stream failed"}
+    with caplog.at_level(logging.WARNING):
+        for stream_id, items in plans.items():
+            response = await client.get(f"/stream/{stream_id}")
+            assert response.status == 200, stream_id
+            body = await response.read()
+            assert b"Traceback" not in body
+            events = parse(body)
+            expected: list[tuple[str | None, str]] = []
+            ok = True
+            for item in items:
+                event = _expected(item)
+                if event is None:
+                    ok = False
+                    break
+                expected.append(event)
+            assert [(e.event, e.data.replace("\r\n", "\n").replace("\r", "\n")) for e in events[:-1]] == [
+                (event, data.replace("\r\n", "\n").replace("\r", "\n")) for event, data in expected
+            ], stream_id
+            terminal = events[-1]
+            if ok:
+                assert (terminal.event, terminal.data) == ("done", '{"state":"done"}'), stream_id
+            else:
+                assert terminal.event == "error", stream_id
+                assert json.loads(terminal.data)["message"] in safe, stream_id
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR and r.name != "resumable_sse"]
