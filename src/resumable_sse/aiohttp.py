@@ -28,6 +28,7 @@ from aiohttp_sse import EventSourceResponse
 
 from ._event import EventId, encode_retry
 from ._streamer import Source, Streamer, Subscription, validate_stream_id
+from ._tasks import spawn
 from .exceptions import (
     InvalidEventId,
     InvalidStreamId,
@@ -52,7 +53,6 @@ AuthorizeFunction = Callable[[web.Request, str], "bool | Awaitable[bool]"]
 
 _DEFAULT_STREAMERS: weakref.WeakKeyDictionary[web.Application, Streamer] = weakref.WeakKeyDictionary()
 _PING_IN_INIT: Final = "ping_interval" in inspect.signature(EventSourceResponse.__init__).parameters
-_SEND_TIMEOUT_IN_INIT: Final = "send_timeout" in inspect.signature(EventSourceResponse.__init__).parameters
 
 
 def setup(app: web.Application, streamer: Streamer | None = None) -> Streamer:
@@ -88,12 +88,43 @@ def _streamer_for(request: web.Request) -> Streamer:
     return streamer
 
 
+class _Watchdog:
+    """One timer for every response of a loop that is in a write: each write records when it began (no timer of its
+    own: most writes never wait), and a check every quarter of the shortest ``send_timeout`` aborts the responses
+    whose oldest write in progress began longer ago than that."""
+
+    def __init__(self) -> None:
+        self.writing: set[ResumableResponse] = set()
+        self.period = 1.0
+        self.task: asyncio.Task[None] | None = None
+
+    def watch(self, response: ResumableResponse, timeout: float) -> None:
+        self.writing.add(response)
+        self.period = min(self.period, max(timeout / 4, 0.01))
+        if self.task is None or self.task.done():
+            self.task = spawn(self.run(), "resumable-sse send timeouts")
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self.writing:
+            await asyncio.sleep(self.period)
+            now = loop.time()
+            for response in list(self.writing):
+                if response.started and response.started[0] + response.send_timeout <= now:
+                    self.writing.discard(response)
+                    response.stall()
+
+
+_WATCHDOGS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Watchdog] = weakref.WeakKeyDictionary()
+
+
 class ResumableResponse(EventSourceResponse):
     """aiohttp-sse's response with LF line ends and a configurable heartbeat, written to in whole batches.
 
     Every write (events, heartbeats, the end of the body) is bounded by ``send_timeout`` seconds: a client that
     reads nothing for that long has its connection aborted, and the write raises :class:`ConnectionResetError`.
-    aiohttp-sse 2.x bounds no write at all, and 3.x only its own ``send()`` and heartbeats, so the bound is kept here.
+    aiohttp-sse 2.x bounds no write at all, and 3.x only its own ``send()`` and heartbeats, so the bound is kept here,
+    for every aiohttp-sse version the same (heartbeats go through :meth:`write` too).
     """
 
     def __init__(
@@ -104,12 +135,13 @@ class ResumableResponse(EventSourceResponse):
         options: dict[str, Any] = {"headers": headers, "sep": "\n"}
         if _PING_IN_INIT:
             options["ping_interval"] = heartbeat
-        if _SEND_TIMEOUT_IN_INIT:  # aiohttp-sse 3: the same bound for its heartbeats and the kernel's TCP_USER_TIMEOUT
-            options["send_timeout"] = send_timeout
         super().__init__(**options)
         if not _PING_IN_INIT:  # aiohttp-sse < 3 takes it through a property
             self.ping_interval = heartbeat
+        self.send_timeout = send_timeout or 0.0
         self._write_timeout = send_timeout
+        self.started: list[float] = []  # when each write in progress began, oldest first (a heartbeat may run
+        # beside a batch)
         self._transport: asyncio.Transport | None = None
         self.stalled = False
         """True once a write took longer than ``send_timeout`` and the connection was aborted."""
@@ -119,20 +151,30 @@ class ResumableResponse(EventSourceResponse):
             self._transport = request.transport
         return await super().prepare(request)
 
-    def _stall(self) -> None:
+    def stall(self) -> None:
+        """The client read nothing for ``send_timeout``: abort the connection (a graceful close would wait for the
+        client to read, forever)."""
         self.stalled = True
         if self._transport is not None:
-            self._transport.abort()  # a graceful close would wait for the client to read, forever
+            self._transport.abort()
 
     async def _bounded(self, write: Awaitable[None]) -> None:
         if self._write_timeout is None:
             await write
             return
-        timer = asyncio.get_running_loop().call_later(self._write_timeout, self._stall)
+        loop = asyncio.get_running_loop()
+        watchdog = _WATCHDOGS.get(loop)
+        if watchdog is None:
+            watchdog = _WATCHDOGS[loop] = _Watchdog()
+        began = loop.time()
+        self.started.append(began)
+        watchdog.watch(self, self._write_timeout)
         try:
             await write
         finally:
-            timer.cancel()
+            self.started.remove(began)
+            if not self.started:
+                watchdog.writing.discard(self)
         if self.stalled:
             raise ConnectionResetError(f"the client read nothing for {self._write_timeout} s")
 
@@ -299,14 +341,14 @@ def resumable_handler(
                     await response.write(b"".join([item.wire() for item in batch]))
             response.stop_streaming()
             await response.write_eof()  # here, bounded, rather than unbounded by aiohttp after the handler returns
-        except (ConnectionResetError, StreamNotFound):
-            # the client went away, or the stream expired under it: either way this response is over
-            if response.stalled:
-                logger.info("a reader of %r read nothing for %s s: its connection was aborted", sid, send_timeout)
+        except (ConnectionError, StreamNotFound):
+            pass  # the client went away (or was cut off), or the stream expired under it: this response is over
         except StoreUnavailable:
             logger.warning("store unreachable while serving %r; the client will reconnect", sid)
         finally:
             watcher.cancel()
             response.stop_streaming()
+            if response.stalled:
+                logger.info("a reader of %r read nothing for %s s: its connection was aborted", sid, send_timeout)
 
     return handler
