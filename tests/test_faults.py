@@ -44,6 +44,7 @@ import aiohttp
 import pytest
 import redis
 
+from ._live_server import FaultProxy
 from .helpers import SSE, parse
 from .redis_servers import RedisServer, require_server_binary, unique_prefix
 
@@ -392,6 +393,25 @@ def producer_lost_logs(apps: list[AppProcess], stream: str) -> list[dict[str, An
     ]
 
 
+def assert_logged_once(logged: list[dict[str, Any]], stream: str) -> None:
+    """README: "A producer whose stream was lost or rewound under it stops and its stream ends lost; the failure is
+    logged once by the resumable_sse logger with the stream id": one ERROR record whose ``extra`` names it."""
+    errors = [r for r in logged if r["level"] == "ERROR" and r["stream_id"] == stream]
+    assert len(errors) == 1, f"the producer's stream ended lost; ERROR records with its stream_id: {errors}; {logged}"
+
+
+async def fresh_readers(http: aiohttp.ClientSession, apps: list[AppProcess], stream: str) -> list[Reader]:
+    """A reader with no position on each server, after the fault: the whole retained stream, checked like the others
+    (a finished stream answers at once)."""
+    fresh = []
+    for index, app in enumerate(apps):
+        reader = Reader(f"fresh@app{index}", [app.base], stream)
+        await asyncio.wait_for(reader.run(http), 10)
+        verify(reader)
+        fresh.append(reader)
+    return fresh
+
+
 def report(label: str, readers: list[Reader], fault_end: float, check_ids: bool = True) -> list[Verdict]:
     verdicts = [verify(reader) for reader in readers]
     if check_ids:
@@ -431,6 +451,7 @@ async def test_a_redis_restart_with_persistence(
             after = first_event_after(reader, back)
             assert after is not None and after - back < BOUND
         assert producer_lost_logs(apps, STREAM) == []
+        agree(readers + await fresh_readers(http, apps, STREAM))  # a newcomer sees the same stream
         await assert_idle(apps, aof_server, "a")
         await assert_serves_new_streams(http, apps, "a")
     finally:
@@ -494,12 +515,9 @@ async def test_c_redis_restored_from_an_older_snapshot(
             assert reader.ended_at is not None and reader.ended_at - back < BOUND
         logged = failures(apps, STREAM)
         print(f"[c] logged: {[(r['level'], r['message']) for r in logged]}")
+        fresh = await fresh_readers(http, apps, STREAM)  # a newcomer: checked with the others at the end
         await assert_idle(apps, plain_server, "c")
         await assert_serves_new_streams(http, apps, "c")
-        # README: "A producer whose stream was lost or rewound under it stops and its stream ends lost; the failure
-        # is logged once by the resumable_sse logger with the stream id."
-        errors = [r for r in logged if r["level"] == "ERROR" and r["stream_id"] == STREAM]
-        assert len(errors) == 1, f"the rewind that ended the stream lost was logged {len(errors)} times: {logged}"
         # The terminal event written after the rewind must not reuse an id that readers already received for
         # another event before the rewind: a client whose position is that id would otherwise get 204 ("you have
         # it all") and never learn that the stream was lost, nor that its copy of that event is not the store's.
@@ -508,7 +526,8 @@ async def test_c_redis_restored_from_an_older_snapshot(
         async with http.get(f"{apps[1].base}/stream/{STREAM}", headers={"Last-Event-ID": reused.id or ""}) as resp:
             status, body = resp.status, await resp.read()
         print(f"[c] a reconnect at the reused id {reused.id} ({reused.data!r} before the rewind): {status} {body!r}")
-        agree(readers)
+        assert_logged_once(logged, STREAM)
+        agree(readers + fresh)
         assert status != 204, "a client that holds the pre-rewind event at that id is told the stream is complete"
     finally:
         fleet.close()
@@ -519,7 +538,7 @@ def last_seq_in_redis(server: RedisServer, prefix: str, stream: str) -> int:
     with redis.Redis(port=server.port) as client:
         state = client.hgetall(f"{{{prefix}:{stream}}}:m")
     assert state, "the stream has no state hash"
-    return int(state.get(b"last", 0))
+    return int(state[b"n"])  # the hash's field for the last sequence number (stores/lua/append.lua)
 
 
 async def test_d_flushdb(plain_server: RedisServer, tmp_path: Path, http: aiohttp.ClientSession) -> None:
@@ -547,5 +566,120 @@ async def test_d_flushdb(plain_server: RedisServer, tmp_path: Path, http: aiohtt
         assert len(producer_lost_logs(apps, STREAM)) == 1, failures(apps, STREAM)
         await assert_idle(apps, plain_server, "d")
         await assert_serves_new_streams(http, apps, "d")
+    finally:
+        fleet.close()
+
+
+def assert_continued_or_lost(readers: list[Reader], verdicts: list[Verdict], fault_end: float, label: str) -> str:
+    """A fault the stream may survive: every reader got all events once and ``done``, or all ended ``lost`` (a
+    producer that could not renew in time is fenced, everywhere alike). Returns which."""
+    ends = {verdict.end for verdict in verdicts}
+    assert len(ends) == 1, f"[{label}] readers ended differently: {ends}"
+    for reader, verdict in zip(readers, verdicts, strict=True):
+        if verdict.end == "done":
+            assert verdict.resets == [] and verdict.last_seq == COUNT + 1, (reader.name, verdict)
+            after = first_event_after(reader, fault_end)
+            assert after is not None and after - fault_end < BOUND, (reader.name, after)
+        else:
+            assert verdict.end == "lost", (reader.name, verdict)
+            assert reader.ended_at is not None and reader.ended_at - fault_end < BOUND
+    return ends.pop() or ""
+
+
+async def test_e_network_faults_between_the_producers_server_and_redis(
+    plain_server: RedisServer, tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    """app0 (which runs the producer) reaches Redis through a proxy: every connection dropped (RST), then 1.5 s of
+    stall (longer than the 0.5 s socket timeout, shorter than the 2 s lease), then 2 s at 50 ms per chunk. app1
+    talks to Redis directly. Every reader must get the stream exactly once and ``done`` (or, all alike, ``lost``)."""
+    fleet = Fleet(plain_server, tmp_path)
+    async with FaultProxy(plain_server.port) as proxy:
+        try:
+            apps = fleet.start(urls=[proxy.url, plain_server.url], store={"socket_timeout": 0.5})
+            readers, tasks = await start_readers(http, apps, STREAM)
+            await wait_for(lambda: all(len(r.events) >= 30 for r in readers), 15, "30 events each")
+            proxy.cut()
+            await asyncio.sleep(0.3)
+            proxy.stall()
+            await asyncio.sleep(1.5)
+            proxy.flow()
+            proxy.slow(0.05)
+            await asyncio.sleep(2.0)
+            proxy.slow(0)
+            healed = time.monotonic()
+            await finish(readers, tasks)
+            verdicts = report("e", readers, healed)
+            how = assert_continued_or_lost(readers, verdicts, healed, "e")
+            logged = failures(apps, STREAM)
+            print(f"[e] ended {how}; proxy connections {proxy.connections}; logged {[r['message'] for r in logged]}")
+            assert len(producer_lost_logs(apps, STREAM)) <= 1, logged
+            agree(readers + await fresh_readers(http, apps, STREAM))  # a newcomer sees the same stream
+            await assert_idle(apps, plain_server, "e")
+            await assert_serves_new_streams(http, apps, "e")
+            if how == "lost":  # the producer, alive, was fenced: its stream ended lost under it
+                assert_logged_once(logged, STREAM)
+        finally:
+            fleet.close()
+
+
+async def test_f_sigkill_of_the_producers_server(
+    plain_server: RedisServer, tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    """SIGKILL of app0 mid-stream. Readers on app1 get ``lost`` (with the next id) within about 1.5 leases; readers
+    on app0 see their connection reset, reconnect with Last-Event-ID, are refused and fail over to app1, which
+    gives them the rest and the same ``lost``."""
+    fleet = Fleet(plain_server, tmp_path)
+    try:
+        apps = fleet.start()
+        readers, tasks = await start_readers(http, apps, STREAM)
+        await wait_for(lambda: all(len(r.events) >= 30 for r in readers), 15, "30 events each")
+        apps[0].process.send_signal(signal.SIGKILL)
+        killed = time.monotonic()
+        await finish(readers, tasks)
+        verdicts = report("f", readers, killed)
+        for reader, verdict in zip(readers, verdicts, strict=True):
+            assert verdict.end == "lost" and verdict.resets == [], (reader.name, verdict)
+            assert reader.seen()[-1].id is not None
+            assert reader.ended_at is not None and reader.ended_at - killed < LEASE * 1.5 + 1.0
+        survivor = apps[1:]
+        async with http.get(
+            f"{survivor[0].base}/stream/{STREAM}", headers={"Last-Event-ID": readers[0].position or ""}
+        ) as response:
+            assert response.status == 204  # the position is the terminal event
+        print(f"[f] app1 logged: {[(r['level'], r['message']) for r in failures(survivor, STREAM)]}")
+        agree(readers + await fresh_readers(http, survivor, STREAM))  # a newcomer sees the same stream
+        await assert_idle(survivor, plain_server, "f")
+        await assert_serves_new_streams(http, survivor, "f")
+    finally:
+        fleet.close()
+
+
+async def test_g_redis_stopped_longer_than_the_socket_timeout(
+    plain_server: RedisServer, tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    """SIGSTOP of Redis for 3 s (socket timeout 0.5 s, lease 2 s), then SIGCONT. Connections stay open but nothing
+    answers; the stream goes on exactly once to ``done``, or ends ``lost`` for every reader alike."""
+    fleet = Fleet(plain_server, tmp_path)
+    try:
+        apps = fleet.start(store={"socket_timeout": 0.5})
+        readers, tasks = await start_readers(http, apps, STREAM)
+        await wait_for(lambda: all(len(r.events) >= 30 for r in readers), 15, "30 events each")
+        plain_server.pause()
+        try:
+            await asyncio.sleep(3.0)
+        finally:
+            plain_server.resume()
+        resumed = time.monotonic()
+        await finish(readers, tasks)
+        verdicts = report("g", readers, resumed)
+        how = assert_continued_or_lost(readers, verdicts, resumed, "g")
+        logged = failures(apps, STREAM)
+        print(f"[g] ended {how}; logged {[(r['level'], r['message']) for r in logged]}")
+        assert len(producer_lost_logs(apps, STREAM)) <= 1, logged
+        agree(readers + await fresh_readers(http, apps, STREAM))  # a newcomer sees the same stream
+        await assert_idle(apps, plain_server, "g")
+        await assert_serves_new_streams(http, apps, "g")
+        if how == "lost":  # the producer, alive, was fenced: its stream ended lost under it
+            assert_logged_once(logged, STREAM)
     finally:
         fleet.close()
