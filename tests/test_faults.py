@@ -73,11 +73,11 @@ DEADLINE = 40.0
 class AppProcess:
     """One server process of tests/redis_app.py, logging JSON lines of the ``resumable_sse`` logger to a file."""
 
-    def __init__(self, url: str, prefix: str, log: Path, options: dict[str, Any]) -> None:
+    def __init__(self, url: str, prefix: str, log: Path, options: dict[str, Any], lease: float = LEASE) -> None:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
         self.log_path = log
         self.log = open(log, "ab")  # noqa: SIM115 (closed in kill)
-        args = [sys.executable, APP, url, prefix, str(LEASE), json.dumps({"log": "json", **options})]
+        args = [sys.executable, APP, url, prefix, str(lease), json.dumps({"log": "json", **options})]
         self.process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=self.log, env=env)
         assert self.process.stdout is not None
         line = self.process.stdout.readline().decode()
@@ -125,11 +125,13 @@ class Fleet:
         self.prefix = unique_prefix()
         self.apps: list[AppProcess] = []
 
-    def start(self, count: int = 2, urls: list[str] | None = None, **options: Any) -> list[AppProcess]:
+    def start(
+        self, count: int = 2, urls: list[str] | None = None, lease: float = LEASE, **options: Any
+    ) -> list[AppProcess]:
         for index in range(count):
             url = urls[index] if urls else self.server.url
             opts = {"marks_url": self.server.url, **options}
-            self.apps.append(AppProcess(url, self.prefix, self.tmp_path / f"app{index}.log", opts))
+            self.apps.append(AppProcess(url, self.prefix, self.tmp_path / f"app{index}.log", opts, lease))
         return self.apps
 
     def close(self) -> None:
@@ -590,12 +592,15 @@ async def test_e_network_faults_between_the_producers_server_and_redis(
     plain_server: RedisServer, tmp_path: Path, http: aiohttp.ClientSession
 ) -> None:
     """app0 (which runs the producer) reaches Redis through a proxy: every connection dropped (RST), then 1.5 s of
-    stall (longer than the 0.5 s socket timeout, shorter than the 2 s lease), then 2 s at 50 ms per chunk. app1
-    talks to Redis directly. Every reader must get the stream exactly once and ``done`` (or, all alike, ``lost``)."""
+    stall (three times the 0.5 s socket timeout), then 2 s at 50 ms per chunk each way; app1 talks to Redis
+    directly. Here the lease is the library's default, 5 s: no renewal gap of this fault reaches it (at most about
+    0.3 + 1.5 + one 1.7 s renewal period + timeouts, under 4.5 s), so the stream must survive: every reader gets
+    all events exactly once and ``done``, the next event within BOUND of the heal. (With a 2 s lease the same fault
+    sometimes ends the stream ``lost``: that is honest, but not a promise a deterministic test can hold.)"""
     fleet = Fleet(plain_server, tmp_path)
     async with FaultProxy(plain_server.port) as proxy:
         try:
-            apps = fleet.start(urls=[proxy.url, plain_server.url], store={"socket_timeout": 0.5})
+            apps = fleet.start(urls=[proxy.url, plain_server.url], lease=5.0, store={"socket_timeout": 0.5})
             readers, tasks = await start_readers(http, apps, STREAM)
             await wait_for(lambda: all(len(r.events) >= 30 for r in readers), 15, "30 events each")
             proxy.cut()
@@ -609,15 +614,16 @@ async def test_e_network_faults_between_the_producers_server_and_redis(
             healed = time.monotonic()
             await finish(readers, tasks)
             verdicts = report("e", readers, healed)
-            how = assert_continued_or_lost(readers, verdicts, healed, "e")
+            for reader, verdict in zip(readers, verdicts, strict=True):
+                assert verdict.resets == [] and verdict.end == "done" and verdict.last_seq == COUNT + 1, reader.name
+                after = first_event_after(reader, healed)
+                assert after is not None and after - healed < BOUND
             logged = failures(apps, STREAM)
-            print(f"[e] ended {how}; proxy connections {proxy.connections}; logged {[r['message'] for r in logged]}")
-            assert len(producer_lost_logs(apps, STREAM)) <= 1, logged
+            print(f"[e] proxy connections {proxy.connections}; logged {[r['message'] for r in logged]}")
+            assert producer_lost_logs(apps, STREAM) == [], logged
             agree(readers + await fresh_readers(http, apps, STREAM))  # a newcomer sees the same stream
             await assert_idle(apps, plain_server, "e")
             await assert_serves_new_streams(http, apps, "e")
-            if how == "lost":  # the producer, alive, was fenced: its stream ended lost under it
-                assert_logged_once(logged, STREAM)
         finally:
             fleet.close()
 
