@@ -489,7 +489,13 @@ async def test_b_redis_restart_without_persistence(
                 f"{app.base}/stream/{STREAM}", headers={"Last-Event-ID": readers[0].position or ""}
             ) as response:
                 assert response.status == 410
+        # the producer notices at its next append (its retries back off from 50 ms): wait for its record, bounded
+        await wait_for(lambda: producer_lost_logs(apps, STREAM), BOUND, "the producer's error record")
         assert len(producer_lost_logs(apps, STREAM)) == 1, failures(apps, STREAM)
+        for index, app in enumerate(apps):
+            print(
+                f"[app{index}] logged: {[(r['level'], r['message'], r['stream_id']) for r in failures([app], STREAM)]}"
+            )
         await assert_idle(apps, plain_server, "b")
         await assert_serves_new_streams(http, apps, "b")
     finally:
@@ -569,7 +575,13 @@ async def test_d_flushdb(plain_server: RedisServer, tmp_path: Path, http: aiohtt
                 f"{app.base}/stream/{STREAM}", headers={"Last-Event-ID": readers[0].position or ""}
             ) as response:
                 assert response.status == 410
+        # the producer notices at its next append (its retries back off from 50 ms): wait for its record, bounded
+        await wait_for(lambda: producer_lost_logs(apps, STREAM), BOUND, "the producer's error record")
         assert len(producer_lost_logs(apps, STREAM)) == 1, failures(apps, STREAM)
+        for index, app in enumerate(apps):
+            print(
+                f"[app{index}] logged: {[(r['level'], r['message'], r['stream_id']) for r in failures([app], STREAM)]}"
+            )
         await assert_idle(apps, plain_server, "d")
         await assert_serves_new_streams(http, apps, "d")
     finally:
