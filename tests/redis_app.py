@@ -1,10 +1,16 @@
 """An aiohttp server process on a shared Redis store, for the multi-process tests (run as a script).
 
-    python tests/redis_app.py REDIS_URL KEY_PREFIX [LEASE]
+    python tests/redis_app.py REDIS_URL KEY_PREFIX [LEASE [OPTIONS_JSON]]
+
+``OPTIONS_JSON`` (optional) is an object: ``store`` (keyword options for ``RedisStore.from_url``, e.g.
+``{"socket_timeout": 0.5}``), ``streamer`` (keyword options for ``Streamer``), ``marks_url`` (the Redis URL of the
+marks below, when the store's URL goes through a proxy) and ``log`` (``"json"``: every record of the
+``resumable_sse`` logger goes to stderr as one JSON object a line, with ``name``, ``level``, ``message``,
+``stream_id`` (the record's ``extra``, else null) and ``time``).
 
 Prints ``READY <port>`` once it listens on a free loopback port. Producers are chosen by stream id:
 
-- ``count.N.MS``: N events ``event i``, MS milliseconds apart, then done.
+- ``count.N.MS``: N events ``event i``, MS milliseconds apart, then done (``count.N.MS.TAG`` the same).
 - ``quiet``: one event, then silence for a minute (only a cancel or a kill ends it early).
 
 Every producer start does ``INCR runs:<stream id>`` in Redis and its end (however it ends) ``SET stopped:<stream
@@ -15,9 +21,12 @@ id> <unix time>``, so a test sees across processes how often producers ran and w
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import sys
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import redis.asyncio
 import redis.exceptions
@@ -26,10 +35,26 @@ from aiohttp import web
 from resumable_sse import RedisStore, Streamer, resumable_handler, setup
 
 
-def build(url: str, prefix: str, lease: float) -> web.Application:
-    store = RedisStore.from_url(url, key_prefix=prefix)
-    streamer = Streamer(store, lease=lease, grace_period=0.5)
-    marks = redis.asyncio.Redis.from_url(url)
+class JsonLines(logging.Formatter):
+    """One JSON object a line: what the fault tests read back from a server's stderr."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return json.dumps(
+            {
+                "name": record.name,
+                "level": record.levelname,
+                "message": record.getMessage(),
+                "stream_id": getattr(record, "stream_id", None),
+                "time": record.created,
+            }
+        )
+
+
+def build(url: str, prefix: str, lease: float, options: dict[str, Any] | None = None) -> web.Application:
+    options = options or {}
+    store = RedisStore.from_url(url, key_prefix=prefix, **options.get("store", {}))
+    streamer = Streamer(store, **{"lease": lease, "grace_period": 0.5, **options.get("streamer", {})})
+    marks = redis.asyncio.Redis.from_url(options.get("marks_url", url))
 
     async def produce(request: web.Request) -> AsyncIterator[str]:
         stream_id = request.match_info["stream_id"]
@@ -38,6 +63,7 @@ def build(url: str, prefix: str, lease: float) -> web.Application:
             kind, _, rest = stream_id.partition(".")
             if kind == "count":
                 count, _, pause = rest.partition(".")
+                pause = pause.partition(".")[0]  # count.N.MS.TAG: the tag only makes the stream id new
                 for i in range(int(count)):
                     yield f"event {i}"
                     await asyncio.sleep(int(pause or 0) / 1000)
@@ -70,8 +96,14 @@ def build(url: str, prefix: str, lease: float) -> web.Application:
     return app
 
 
-async def main(url: str, prefix: str, lease: float) -> None:
-    runner = web.AppRunner(build(url, prefix, lease))
+async def main(url: str, prefix: str, lease: float, options: dict[str, Any] | None = None) -> None:
+    if (options or {}).get("log") == "json":
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(JsonLines())
+        logger = logging.getLogger("resumable_sse")
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+    runner = web.AppRunner(build(url, prefix, lease, options))
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
@@ -84,4 +116,11 @@ async def main(url: str, prefix: str, lease: float) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1], sys.argv[2], float(sys.argv[3]) if len(sys.argv) > 3 else 5.0))
+    asyncio.run(
+        main(
+            sys.argv[1],
+            sys.argv[2],
+            float(sys.argv[3]) if len(sys.argv) > 3 else 5.0,
+            json.loads(sys.argv[4]) if len(sys.argv) > 4 else None,
+        )
+    )

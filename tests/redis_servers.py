@@ -18,6 +18,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -163,6 +164,46 @@ class RedisServer:
     def close(self) -> None:
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+    # -- fault injection (tests/test_faults.py) ---------------------------------------------------------------
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def pause(self) -> None:
+        """SIGSTOP: the server keeps its sockets open and answers nothing until :meth:`resume`."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
+
+    def snapshot(self) -> Path:
+        """``SAVE`` now and keep a copy of that ``dump.rdb``; :meth:`restore` brings it back (a rewind)."""
+        import redis
+
+        with redis.Redis(port=self.port) as client:
+            client.save()
+        copy = Path(self.dir, f"snapshot-{next(_counter)}.rdb")
+        shutil.copyfile(Path(self.dir, "dump.rdb"), copy)
+        return copy
+
+    def restore(self, snapshot: Path) -> None:
+        """Stop the server, put ``snapshot`` in place of its ``dump.rdb`` and start it: it loads the old data (the
+        server must run without appendonly, which would load the AOF instead; ``--save ""`` saves nothing at stop)."""
+        assert not self.persistent, "an appendonly server loads its AOF, not dump.rdb"
+        self.stop()
+        shutil.copyfile(snapshot, Path(self.dir, "dump.rdb"))
+        self.start()
+
+    def info(self, section: str = "stats") -> dict[str, Any]:
+        import redis
+
+        with redis.Redis(port=self.port, socket_timeout=5) as client:
+            return dict(client.info(section))
 
     def __enter__(self) -> RedisServer:
         return self.start()
