@@ -346,3 +346,17 @@ async def test_stream_ids_with_every_allowed_character(store: EventLog) -> None:
     await claimed(store, sid, "t")
     await store.append(sid, "t", [(None, "ok")], after=0)
     assert [e.data for e in await read_entries(store, sid, 0, 10)] == ["ok"]
+
+
+async def test_abandon_makes_a_new_epoch_holding_only_lost(store: EventLog) -> None:
+    epoch = await claimed(store)
+    await store.append("s1", "t1", [(None, "a"), (None, "b")], after=0)
+    assert await store.abandon("s1", "other", '{"state":"lost"}') is None  # only the producer may
+    state = await store.abandon("s1", "t1", '{"state":"lost"}')
+    assert state is not None and state.epoch != epoch
+    assert (state.status, state.first_seq, state.last_seq) == ("lost", 1, 1)
+    assert await store.state("s1") == state
+    assert [(e.id, e.event) for e in await read_entries(store, "s1")] == [(f"{state.epoch}-1", "lost")]
+    with pytest.raises(StreamFenced):
+        await store.append("s1", "t1", [(None, "c")], after=2)
+    assert await store.abandon("s1", "t1", "{}") is None  # finished: nothing to give up

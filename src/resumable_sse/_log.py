@@ -166,6 +166,16 @@ class EventLog(Protocol):
         """
         ...
 
+    async def abandon(self, stream_id: str, token: str, data: str) -> StreamState | None:
+        """The producer ``token`` gives up a running stream it can no longer continue (the store went back in time
+        under it): atomically the stream becomes a new epoch holding only the terminal entry ``("lost", data)``.
+
+        Ending it in place would number the terminal entry with an id that readers already hold for another event;
+        a new epoch cannot be mistaken for what they have (they get a reset, then ``lost``). Returns the new state,
+        or None (nothing changed) when ``token`` does not own the running stream.
+        """
+        ...
+
     async def audit(self, stream_ids: Sequence[str], lost: str) -> list[StreamState | None]:
         """The current state of each stream (None: unknown), in one round trip.
 

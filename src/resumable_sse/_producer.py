@@ -64,7 +64,7 @@ class Settings(Protocol):
     def store_retry_timeout(self) -> float: ...
 
 
-async def retry_store(doing: str, call: Callable[[], Awaitable[T]], timeout: float) -> T:
+async def retry_store(doing: str, call: Callable[[], Awaitable[T]], timeout: float, stream_id: str = "") -> T:
     """``await call()``, called again with a growing delay while it raises ``StoreUnavailable`` (a Redis restart),
     for up to ``timeout`` seconds; then the last ``StoreUnavailable`` propagates."""
     deadline = time.monotonic() + timeout
@@ -75,7 +75,9 @@ async def retry_store(doing: str, call: Callable[[], Awaitable[T]], timeout: flo
         except StoreUnavailable:
             if time.monotonic() + delay > deadline:
                 raise
-            logger.warning("store unreachable while %s; retrying in %.2f s", doing, delay)
+            logger.warning(
+                "store unreachable while %s; retrying in %.2f s", doing, delay, extra={"stream_id": stream_id}
+            )
             await asyncio.sleep(delay)
             delay = min(delay * 2, _RETRY_MAX_DELAY)
 
@@ -216,6 +218,7 @@ class _Run:
             f"appending to {stream_id!r}",
             lambda: store.append(stream_id, token, events, after=after, final=final),
             streamer.store_retry_timeout,
+            stream_id,
         )
 
     def take(self) -> list[NewEvent]:
@@ -325,20 +328,33 @@ class _Run:
         return "error", self.streamer.error_message
 
     async def _outside_end(self) -> Status:
-        """Someone else ended the stream (cancel from any process, lost, expiry): report how it ended."""
+        """The stream ended, or changed, without this run (a cancel from any process, declared lost, expired, lost or
+        rewound by the store): report how it ended; a stream this run cannot continue is ended as lost. Anything but
+        a cancel is logged once, here, with the stream id."""
+        store, stream_id = self.streamer.store, self.stream_id
         try:
-            state = await self.streamer.store.state(self.stream_id)
+            state = await store.state(stream_id)
         except StoreUnavailable:
-            state = None
-        if state is None or state.epoch != self.epoch:
-            return "lost"
-        if state.finished:
-            return state.status
-        # Still running but not continuable by this run (the store went back in time under it): end it, so that
-        # readers are not left waiting for events that will never come.
-        message = "the store lost events of this stream"
-        with contextlib.suppress(StoreUnavailable):  # else declared lost by whoever audits it after the lease
-            await self.streamer.store.end(self.stream_id, "lost", terminal_data("lost", message))
+            why = "the store stayed unreachable"
+        else:
+            if state is None:
+                why = "the store lost it"
+            elif state.epoch != self.epoch:
+                why = "it was created again"
+            elif state.status == "lost":
+                why = "it was declared lost (its lease ran out: its process or the store did not answer in time)"
+            elif state.finished:
+                return state.status  # cancelled elsewhere (or ended there): said by whoever ended it
+            else:
+                # Still running but not continuable by this run (the store went back in time under it): end it as a
+                # new epoch, so that no reader is left waiting and no id a reader holds names another event.
+                why = "the store went back in time under it"
+                data = terminal_data("lost", "the store lost events of this stream")
+                with contextlib.suppress(StoreUnavailable):  # else declared lost by an audit after the lease
+                    await store.abandon(stream_id, self.token, data)
+        extra = {"stream_id": stream_id}
+        logger.error("stream %r: %s; its producer stopped and the stream ends lost", stream_id, why, extra=extra)
+        self.streamer.hub.suspect(stream_id)
         return "lost"
 
 

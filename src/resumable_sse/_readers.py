@@ -275,7 +275,11 @@ class Hub:
                 continue  # a push came while the store answered: it is newer than this answer
             tail.audited(state)
             if state is None:
-                logger.warning("stream %r is no longer in the store; its readers are told it is lost", stream_id)
+                logger.warning(
+                    "stream %r is no longer in the store; its readers are told it is lost",
+                    stream_id,
+                    extra={"stream_id": stream_id},
+                )
             elif state.finished:
                 self.streamer.ended(state)
 

@@ -249,6 +249,15 @@ class MemoryStore:
         self._end(stream_id, stream, status, data)
         return True
 
+    async def abandon(self, stream_id: str, token: str, data: str) -> StreamState | None:
+        """See :meth:`EventLog.abandon <resumable_sse.EventLog.abandon>`."""
+        stream = self._get(stream_id)
+        if stream is None or stream.status != "running" or stream.token != token:
+            return None
+        stream = self._streams[stream_id] = _Stream(new_epoch(), token, stream.lease_until)
+        self._end(stream_id, stream, "lost", data)
+        return self._state(stream_id, stream)
+
     async def audit(self, stream_ids: Sequence[str], lost: str) -> list[StreamState | None]:
         """See :meth:`EventLog.audit <resumable_sse.EventLog.audit>`."""
         states: list[StreamState | None] = []

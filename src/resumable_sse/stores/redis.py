@@ -51,7 +51,7 @@ if TYPE_CHECKING:
 __all__ = ["RedisStore"]
 
 _INSTALL_HINT: Final = "RedisStore needs the redis package: pip install resumable-sse[redis]"
-_SCRIPTS: Final = ("claim", "append", "renew", "end", "read")
+_SCRIPTS: Final = ("claim", "append", "renew", "end", "read", "abandon")
 
 
 def _redis_module() -> Any:
@@ -383,6 +383,14 @@ class RedisStore:
         """See :meth:`EventLog.end <resumable_sse.EventLog.end>`."""
         reply = await self._eval("end", self.keys(stream_id), self._end_args(status, data, False))
         return bool(reply) and bool(int(reply[0]))
+
+    async def abandon(self, stream_id: str, token: str, data: str) -> StreamState | None:
+        """See :meth:`EventLog.abandon <resumable_sse.EventLog.abandon>`."""
+        args = [token, new_epoch(), data, self._ttl_ms, self._publish]
+        reply = await self._eval("abandon", self.keys(stream_id), args)
+        if not reply:
+            return None
+        return StreamState(stream_id, text(reply[0]), status_of(reply[1]), int(reply[2]), int(reply[3]))
 
     async def audit(self, stream_ids: Sequence[str], lost: str) -> list[StreamState | None]:
         """See :meth:`EventLog.audit <resumable_sse.EventLog.audit>`: the lease is judged by the Redis clock."""
