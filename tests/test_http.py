@@ -516,7 +516,7 @@ async def test_a_slow_producers_event_goes_out_at_once(aiohttp_client: ClientFac
 
 async def test_a_stalled_reader_blocks_neither_the_producer_nor_other_readers() -> None:
     # One client connects and never reads: its socket buffers fill up. The producer must still run to its end and
-    # another reader must still get every event (DESIGN §5); the stalled one costs a cursor, not a copy.
+    # another reader must still get every event; the stalled one costs a cursor, not a copy.
     events = 3000
     payload = "x" * 1000  # 3 MB in all: far more than the socket buffers hold
 
