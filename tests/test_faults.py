@@ -708,7 +708,9 @@ async def test_g_redis_stopped_longer_than_the_socket_timeout(
         await assert_idle(apps, plain_server, "g")
         await assert_serves_new_streams(http, apps, "g")
         if how == "lost":  # the producer, alive, was fenced: its stream ended lost under it
-            assert_logged_once(logged, STREAM)
+            # it hears of it at its next append, after a retry delay: wait, bounded, for its record
+            await wait_for(lambda: producer_lost_logs(apps, STREAM), BOUND, "the producer's error record")
+            assert_logged_once(failures(apps, STREAM), STREAM)
     finally:
         fleet.close()
 

@@ -353,7 +353,7 @@ class _Run:
                 with contextlib.suppress(StoreUnavailable):  # else declared lost by an audit after the lease
                     await store.abandon(stream_id, self.token, data)
         extra = {"stream_id": stream_id}
-        logger.error("stream %r: %s; its producer stopped and the stream ends lost", stream_id, why, extra=extra)
+        logger.error("stream %r: %s; its producer stops and the stream ends lost", stream_id, why, extra=extra)
         self.streamer.hub.suspect(stream_id)
         return "lost"
 
