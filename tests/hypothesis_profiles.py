@@ -1,0 +1,26 @@
+"""Hypothesis profiles for the model-based suite (``tests/test_model.py``).
+
+``ci`` (loaded by default from ``tests/conftest.py``): enough examples to matter, a few minutes at most in all.
+``soak``: ``pytest -m model --hypothesis-profile=soak`` runs twenty times as many. A profile named on the command line
+wins over the default: Hypothesis's pytest plugin loads it after the initial conftest registered these.
+
+``max_examples`` is the count for the memory store; the model suite scales it down for Redis (1/2) and Redis Cluster
+(1/4), whose steps cost round trips.
+"""
+
+from __future__ import annotations
+
+from hypothesis import HealthCheck, settings
+
+COMMON = {
+    "deadline": None,  # a step may wait for an audit of the store (a fraction of a second); no timing flakes
+    "derandomize": False,
+    "suppress_health_check": [HealthCheck.too_slow],
+    "print_blob": True,
+}
+
+
+def register() -> None:
+    settings.register_profile("ci", max_examples=200, stateful_step_count=30, **COMMON)  # type: ignore[arg-type]
+    settings.register_profile("soak", max_examples=4000, stateful_step_count=50, **COMMON)  # type: ignore[arg-type]
+    settings.load_profile("ci")
