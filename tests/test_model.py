@@ -66,7 +66,8 @@ from resumable_sse import Entry, EventLog, MemoryStore, Reset, Streamer, StreamN
 from resumable_sse._readers import Gone, Subscription, terminal_data
 from resumable_sse.exceptions import StreamFenced
 
-from .test_discontinuities import lose, snapshot
+from .conftest import StoreFactory
+from .test_discontinuities import finish, lose, produced, snapshot
 
 T = TypeVar("T")
 
@@ -77,8 +78,30 @@ CANCELLED = terminal_data("cancelled", "cancelled")
 NEVER_EPOCH = "feedfacecafebeef"  # an epoch no store made
 MAX_READERS = 6
 SNAPSHOTS = 6  # the latest states of each stream kept for restores
-DEADLINE = 15.0  # seconds a live reader may take to catch up after a step (audits come every 50 ms)
+DEADLINE = 10.0  # seconds a live reader may take to catch up after a step (audits come every 50 ms)
 FACTOR = {"memory": 1.0, "redis": 0.5, "redis-cluster": 0.25}
+
+
+async def rewind(store: EventLog, stream_id: str, saved: Any) -> None:
+    """Restore a snapshot (``test_discontinuities.snapshot``) as a store's restart would: atomically, and the same
+    snapshot any number of times. On memory the stream is also put back in (or taken out of) the expiry order of
+    finished streams, which ``test_discontinuities.restore`` leaves as it was."""
+    if isinstance(store, MemoryStore):
+        stream = copy.copy(saved)  # the saved copy stays as it was: it may be restored again
+        stream.entries = list(saved.entries)
+        store._streams[stream_id] = stream
+        store._finished.pop(stream_id, None)
+        if stream.status != "running":
+            store._finished[stream_id] = None
+        return
+    client: Any = store.client  # type: ignore[attr-defined]
+    async with client.pipeline(transaction=True) as pipe:  # both keys at once (they share a hash slot)
+        for key, dumped in saved:
+            if dumped is None:
+                pipe.delete(key)
+            else:
+                pipe.restore(key, 0, dumped, replace=True)
+        await pipe.execute()
 
 
 @dataclass(frozen=True)
@@ -440,23 +463,7 @@ class StoreModel(RuleBasedStateMachine):
                 model.snapshots = [*model.snapshots[-(SNAPSHOTS - 1) :], (saved, view, model.token)]
 
     async def _restore(self, stream_id: str, saved: Any) -> None:
-        store = self.db
-        if isinstance(store, MemoryStore):
-            stream = copy.copy(saved)  # the saved copy stays as it was: it may be restored again
-            stream.entries = list(saved.entries)
-            store._streams[stream_id] = stream
-            store._finished.pop(stream_id, None)
-            if stream.status != "running":
-                store._finished[stream_id] = None
-            return
-        client: Any = store.client  # type: ignore[attr-defined]
-        async with client.pipeline(transaction=True) as pipe:  # both keys at once, as a restart would
-            for key, dumped in saved:
-                if dumped is None:
-                    pipe.delete(key)
-                else:
-                    pipe.restore(key, 0, dumped, replace=True)
-            await pipe.execute()
+        await rewind(self.db, stream_id, saved)
 
     @rule(stream_id=st.sampled_from(STREAMS), data=st.data())
     @precondition(lambda self: self.some(lambda m: any(view != m.view for _, view, _ in m.snapshots)))
@@ -729,4 +736,50 @@ async def test_a_live_reader_whose_first_read_follows_a_recreation_hears_of_the_
     finally:
         subscription.close()
         await asyncio.wait([task], timeout=5)
+        await streamer.close()
+
+
+async def test_a_finished_stream_rewound_to_running_is_followed_again(make_store: StoreFactory) -> None:
+    """Found by the model: the hub never audits a stream it believes finished, and ignores pushes that do not go
+    beyond the last sequence number it holds. After the store rewinds a finished stream to a running state (an older
+    snapshot restored, a lagging replica promoted), a live reader that shares the tail waits forever for an event the
+    producer has written."""
+    store = await make_store()
+    streamer = Streamer(store, lease=0.2, batch_size=1, window=1)
+    epoch = await produced(store, "s", "t", ["a", "b"])
+    saved = await snapshot(store, "s")
+    await finish(store, "s", "t", 2)  # done at 3
+    lagging = await streamer.subscribe("s")
+    batches = lagging.batches()
+    assert [item.seq for item in await anext(batches) if isinstance(item, Entry)] == [1]  # it follows the stream
+    await rewind(store, "s", saved)  # running again, at 2
+    live = await streamer.subscribe("s")
+    items: list[Entry | Reset | Gone] = []
+
+    async def read() -> None:
+        async for item in live:
+            items.append(item)
+
+    task = asyncio.ensure_future(read())
+    try:
+        deadline = time.monotonic() + 5
+        while len(items) < 2:
+            assert time.monotonic() < deadline, f"the live reader did not get the retained events: {items}"
+            await asyncio.sleep(0.01)
+        await store.append("s", "t", [(None, "c")], after=2)  # the producer goes on
+        while len(items) < 3:
+            assert time.monotonic() < deadline, (
+                f"the live reader never got event 3: {items} (the hub's tail: {streamer.hub.tails['s'].state})"
+            )
+            await asyncio.sleep(0.01)
+        assert [(item.id, item.data) for item in items if isinstance(item, Entry)] == [
+            (f"{epoch}-1", "a"),
+            (f"{epoch}-2", "b"),
+            (f"{epoch}-3", "c"),
+        ]
+    finally:
+        live.close()
+        lagging.close()
+        await asyncio.wait([task], timeout=5)
+        await batches.aclose()
         await streamer.close()
