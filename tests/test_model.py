@@ -743,7 +743,8 @@ async def test_a_finished_stream_rewound_to_running_is_followed_again(make_store
     """Found by the model: the hub never audits a stream it believes finished, and ignores pushes that do not go
     beyond the last sequence number it holds. After the store rewinds a finished stream to a running state (an older
     snapshot restored, a lagging replica promoted), a live reader that shares the tail waits forever for an event the
-    producer has written."""
+    producer has written (fails on memory; passes on Redis in this form). The model also saw the other face of it: a
+    reader whose position is the stale tail's last sequence number ends its iteration without a terminal."""
     store = await make_store()
     streamer = Streamer(store, lease=0.2, batch_size=1, window=1)
     epoch = await produced(store, "s", "t", ["a", "b"])
