@@ -11,6 +11,10 @@ from aiohttp.test_utils import TestServer
 
 from resumable_sse import EventLog, MemoryStore
 
+from .hypothesis_profiles import register as register_hypothesis_profiles
+
+register_hypothesis_profiles()  # before the plugin loads a --hypothesis-profile named on the command line
+
 StoreFactory = Callable[..., Awaitable[EventLog]]
 
 
