@@ -245,10 +245,7 @@ class Hub:
             due = {
                 stream_id
                 for stream_id, tail in self.tails.items()
-                if (
-                    stream_id in suspects
-                    or (tail.heard <= quiet and tail.state is not None and not tail.state.finished)
-                )
+                if (stream_id in suspects or (tail.heard <= quiet and tail.state is not None))
                 and (tail.state is None or not streamer.produces(tail.state))
             }
             ordered = sorted(due)

@@ -69,7 +69,12 @@ class _MemoryWatch:
         self.followed: set[str] = set()
 
     def follow(self, stream_id: str, entries: bool = True) -> None:
-        self.followed.add(stream_id)  # every change is made in this process: entries come either way
+        # Every change is made in this process: entries come either way. A stream followed anew is announced like
+        # the Redis watch announces an effective subscription, so that its follower reads it once more: what it
+        # knew of the stream may be older than the store (a subscription made before the stream changed).
+        if stream_id not in self.followed:
+            self.followed.add(stream_id)
+            self.on_change(stream_id, None)
 
     def unfollow(self, stream_id: str) -> None:
         self.followed.discard(stream_id)
