@@ -128,12 +128,13 @@ class _Tail:
         return Page(state, window[start : start + limit])
 
     def notice(self, page: Page, window: int) -> None:
-        """A change pushed by the store (in order for one stream)."""
+        """A change pushed by the store: pushes of one stream come in the store's order, so each is the truth of its
+        moment, even one that goes back (the store was rewound, and an audit had not said so yet)."""
         state, entries = page.state, page.entries
         old = self.state
         same_epoch = old is not None and old.epoch == state.epoch
-        if same_epoch and old is not None and state.last_seq <= old.last_seq:
-            return  # known already (told twice, or an audit was newer): pushes only go forward
+        if state == old and not entries:
+            return  # nothing new
         if entries and self.readers > self.producing:  # a producer alone needs no window
             if same_epoch and self.window and self.window[-1].seq + 1 == entries[0].seq:
                 self.window.extend(entries)

@@ -159,6 +159,7 @@ class RedisWatch:
         self.on_change = on_change
         self.channels: dict[bytes, str] = {}  # channel -> stream id
         self.followed: dict[str, bytes] = {}  # stream id -> the channel followed
+        self.told: dict[str, tuple[str, int]] = {}  # stream id -> (epoch, last seq) of the last local() report
         self.listeners: dict[Any, _Listener] = {}  # node name (None on a single server) -> its listener
         self.placed: dict[bytes, _Listener] = {}
         self.closed = False
@@ -185,6 +186,7 @@ class RedisWatch:
         listener.want(channel, True)
 
     def unfollow(self, stream_id: str) -> None:
+        self.told.pop(stream_id, None)
         channel = self.followed.pop(stream_id, None)
         if channel is not None:
             self.drop(channel)
@@ -196,8 +198,10 @@ class RedisWatch:
             listener.want(channel, False)
 
     def local(self, stream_id: str, page: Page) -> None:
-        """A change this process made itself (an append): reported at once, whatever channel is followed."""
+        """A change this process made itself (an append): reported at once, whatever channel is followed; its echo
+        from the server, should the stream's channel of every change be followed, is then not reported again."""
         if stream_id in self.followed:
+            self.told[stream_id] = (page.state.epoch, page.state.last_seq)
             self.on_change(stream_id, page)
 
     def moved(self, channel: bytes) -> None:
@@ -211,6 +215,11 @@ class RedisWatch:
         if stream_id is None:
             return
         try:
+            told = self.told.get(stream_id)
+            if told is not None:  # the echo of a change reported at once by local()?
+                epoch, _, _, last, _ = message.split(b"\n", 5)[:5]
+                if told[0] == epoch.decode() and int(last) <= told[1]:
+                    return
             page = parse_change(stream_id, message)
         except (ValueError, KeyError):
             logger.error("stream %r: unreadable change notification; reading the stream instead", stream_id)
@@ -232,4 +241,5 @@ class RedisWatch:
         self.listeners.clear()
         self.channels.clear()
         self.followed.clear()
+        self.told.clear()
         self.store.forget_watch(self)
