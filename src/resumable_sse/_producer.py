@@ -63,6 +63,11 @@ class Settings(Protocol):
     @property
     def store_retry_timeout(self) -> float: ...
 
+    async def append(
+        self, stream_id: str, token: str, events: list[NewEvent], after: int, *, final: Status | None = None
+    ) -> int:
+        """A producer's append, retried while the store is unreachable."""
+
 
 async def retry_store(doing: str, call: Callable[[], Awaitable[T]], timeout: float, stream_id: str = "") -> T:
     """``await call()``, called again with a growing delay while it raises ``StoreUnavailable`` (a Redis restart),
@@ -212,14 +217,7 @@ class _Run:
         self.stop(status, message)
 
     async def append(self, events: list[NewEvent], final: Status | None = None) -> None:
-        streamer = self.streamer
-        store, stream_id, token, after = streamer.store, self.stream_id, self.token, self.last_seq
-        self.last_seq = await retry_store(
-            f"appending to {stream_id!r}",
-            lambda: store.append(stream_id, token, events, after=after, final=final),
-            streamer.store_retry_timeout,
-            stream_id,
-        )
+        self.last_seq = await self.streamer.append(self.stream_id, self.token, events, self.last_seq, final=final)
 
     def take(self) -> list[NewEvent]:
         """The pending events that go in the next append: all of them, or as many as fit ``max_batch_bytes`` (at

@@ -201,6 +201,7 @@ class Streamer:
             f"appending to {stream_id!r}",
             lambda: self.store.append(stream_id, token, events, after=after, final=final),
             self.store_retry_timeout,
+            stream_id,
         )
 
     # -- readers --------------------------------------------------------------------------------------------------
