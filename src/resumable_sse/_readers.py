@@ -269,17 +269,25 @@ class Hub:
         self._outage = False
         for stream_id, state in zip(versions, states, strict=True):
             tail = self.tails.get(stream_id)
-            if tail is None or tail.version != versions[stream_id]:
-                continue  # a push came while the store answered: it is newer than this answer
-            tail.audited(state)
-            if state is None:
+            if tail is not None and tail.version == versions[stream_id]:  # else a push came: it is newer
+                self.learned(tail, state)
+
+    def learned(self, tail: _Tail, state: StreamState | None) -> None:
+        """The store's answer about a followed stream (an audit, or a reader's read), taken only when no push came
+        while it was asked. A reader's read counts as much as an audit: the store may have changed and changed back
+        between two audits (rewound, then restored), and a reader that met the change must not wait on a tail that
+        never heard of it."""
+        had = tail.state
+        tail.audited(state)
+        if state is None:
+            if had is not None:
                 logger.warning(
                     "stream %r is no longer in the store; its readers are told it is lost",
-                    stream_id,
-                    extra={"stream_id": stream_id},
+                    tail.stream_id,
+                    extra={"stream_id": tail.stream_id},
                 )
-            elif state.finished:
-                self.streamer.ended(state)
+        elif state.finished:
+            self.streamer.ended(state)
 
     async def close(self) -> None:
         """Stop following; wake every reader."""
@@ -361,6 +369,8 @@ class Subscription:
                 page = tail.take(self._epoch, self.cursor, limit)
                 if page is None:
                     page = await store.read(self.stream_id, self.cursor, limit, epoch=self._epoch)
+                    if tail.version == version:
+                        hub.learned(tail, page.state if page is not None else None)
                     if page is None:
                         yield [*pending, Gone()]
                         return
