@@ -144,7 +144,7 @@ class _Run:
         self.epoch = state.epoch
         self.factory = factory
         self.pending: list[NewEvent] = []
-        self.wake = asyncio.Event()
+        self.wake = _Signal()
         self.space: asyncio.Future[None] | None = None
         self.limit = min(16, streamer.batch_size)  # how far the pump may run ahead of the writer
         self.stop_reason: tuple[Status, str] | None = None  # why we stopped the pump ourselves
@@ -217,7 +217,13 @@ class _Run:
         self.stop(status, message)
 
     async def append(self, events: list[NewEvent], final: Status | None = None) -> None:
-        self.last_seq = await self.streamer.append(self.stream_id, self.token, events, self.last_seq, final=final)
+        streamer = self.streamer
+        try:  # the common case without the retry's frames; an unreachable store is retried by Streamer.append
+            self.last_seq = await streamer.store.append(
+                self.stream_id, self.token, events, after=self.last_seq, final=final
+            )
+        except StoreUnavailable:
+            self.last_seq = await streamer.append(self.stream_id, self.token, events, self.last_seq, final=final)
 
     def take(self) -> list[NewEvent]:
         """The pending events that go in the next append: all of them, or as many as fit ``max_batch_bytes`` (at
@@ -258,7 +264,6 @@ class _Run:
             try:
                 while not pump.done() and not self.fenced:
                     await self.wake.wait()
-                    self.wake.clear()
                     if self.pending and not pump.done():
                         await self.flush()
             except StreamFenced:
@@ -354,6 +359,35 @@ class _Run:
         logger.error("stream %r: %s; its producer stops and the stream ends lost", stream_id, why, extra=extra)
         self.streamer.hub.suspect(stream_id)
         return "lost"
+
+
+class _Signal:
+    """The writer's wake-up: set by the pump at every event (a no-op when already set); the writer, its one
+    waiter, clears it when it wakes. Lighter than :class:`asyncio.Event`, which keeps a queue of waiters and makes a
+    coroutine per wait: this is on the path of every event."""
+
+    __slots__ = ("future", "is_set")
+
+    def __init__(self) -> None:
+        self.is_set = False
+        self.future: asyncio.Future[None] | None = None
+
+    def set(self) -> None:
+        if not self.is_set:
+            self.is_set = True
+            future = self.future
+            if future is not None and not future.done():
+                future.set_result(None)
+
+    async def wait(self) -> None:
+        """Return once the signal is set, and clear it."""
+        if not self.is_set:
+            self.future = asyncio.get_running_loop().create_future()
+            try:
+                await self.future
+            finally:
+                self.future = None
+        self.is_set = False
 
 
 async def _stopped(pump: asyncio.Task[None]) -> None:
