@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
 import sys
 import threading
 import time
@@ -275,3 +276,17 @@ async def test_tail_reconnects_through_cuts_and_prints_each_event_once(asgi_serv
     records = [json.loads(line) for line in out.splitlines()]
     assert [(r["event"], r["data"]) for r in records[:-1]] == expected_events(mixed_payloads(count))
     assert "reconnecting" in err
+
+
+def test_without_starlette_the_package_imports_and_the_adapter_says_how_to_get_it() -> None:
+    code = (
+        "import sys\n"
+        "sys.modules['starlette'] = None\n"
+        "import resumable_sse, resumable_sse.factory\n"
+        "try:\n"
+        "    import resumable_sse.starlette\n"
+        "except ImportError as exc:\n"
+        "    print(exc)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert "pip install 'resumable-sse[starlette]'" in result.stdout

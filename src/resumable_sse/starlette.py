@@ -24,10 +24,15 @@ import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, Final, Literal
 
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.types import Receive, Scope, Send
+try:
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.types import Receive, Scope, Send
+except ImportError as exc:  # an optional extra: say how to get it
+    raise ImportError(
+        f"resumable_sse.starlette needs Starlette ({exc}); install it with: pip install 'resumable-sse[starlette]'"
+    ) from exc
 
 from ._http import HEARTBEAT, Refusal, StreamOptions, open_stream, position_of, relay
 from ._streamer import Source, Streamer, Subscription
