@@ -41,8 +41,7 @@ def get_streamer(
 ) -> LegacyStreamer:
     """The 0.1 entry point: a streamer on the memory store, or on Redis through ``redis_client``.
 
-    .. deprecated:: 0.2
-        Use :func:`resumable_sse.starlette.resumable_endpoint` with a :class:`~resumable_sse.Streamer`.
+    Deprecated: use :func:`resumable_sse.starlette.resumable_endpoint` with a :class:`~resumable_sse.Streamer`.
 
     :param backend: ``"memory"`` (one process) or ``"redis"`` (every process sharing ``redis_client``'s server).
     :param redis_client: a ``redis.asyncio.Redis`` (or ``RedisCluster``) client; required for ``"redis"``.
