@@ -66,6 +66,14 @@ async def test_fastapi_add_api_route_and_starlette_route_serve_the_same_bytes() 
     )
 
 
+def test_fastapi_documents_the_route_in_its_openapi_schema() -> None:
+    app = FastAPI()
+    app.add_api_route("/stream/{stream_id}", resumable_endpoint(hello))
+    operation = app.openapi()["paths"]["/stream/{stream_id}"]["get"]
+    assert operation["summary"] == "Resumable Stream"
+    assert "Last-Event-ID" in operation["description"]
+
+
 async def test_without_the_lifespan_each_app_gets_an_embedded_memory_store() -> None:
     app = FastAPI()
     app.add_api_route("/stream/{stream_id}", resumable_endpoint(hello))

@@ -223,4 +223,10 @@ def resumable_endpoint(
             return _refusal(opened)
         return EventStreamResponse(opened, options)
 
+    # What FastAPI's OpenAPI schema shows for the route (its summary and description).
+    endpoint.__name__ = endpoint.__qualname__ = "resumable_stream"
+    endpoint.__doc__ = (
+        "A resumable Server-Sent Events stream (text/event-stream): send Last-Event-ID (or ?last_event_id=) to get "
+        "the events after it; 204 at the end of a finished stream, 410 for an unknown one."
+    )
     return endpoint
