@@ -156,7 +156,7 @@ def read_stream(url: str) -> dict[str, float]:
         chunk = body.partition(b"\r\n\r\n")[2]
         while True:
             window = tail + chunk
-            found = window.count(b"data: ")
+            found = window.count(b"data: ") - tail.count(b"data: ")  # one wholly in the tail was counted before
             if found and not first_at:
                 first_at = time.perf_counter()
             count += found

@@ -96,15 +96,16 @@ def _free_port() -> int:
 class ChatServer:
     """The example app in a subprocess, as a user runs it; can be killed and started again on the same port."""
 
-    def __init__(self, speed: float) -> None:
+    def __init__(self, speed: float, module: str = "examples.aiohttp_chat") -> None:
         self.speed = speed
+        self.module = module  # examples.fastapi_chat serves the same page and routes
         self.port = _free_port()
         self.process: subprocess.Popen[str] | None = None
         self.url = ""
 
     def start(self) -> None:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        command = [sys.executable, "-m", "examples.aiohttp_chat", "--port", str(self.port), "--speed", str(self.speed)]
+        command = [sys.executable, "-m", self.module, "--port", str(self.port), "--speed", str(self.speed)]
         OUTPUT.mkdir(exist_ok=True)
         log = OUTPUT / f"server-{self.port}.log"
         with log.open("a") as stderr:
@@ -144,8 +145,8 @@ def make_server() -> Iterator[Any]:
     """Start chat servers at a given model speed (tokens per second); all are stopped after the test."""
     servers: list[ChatServer] = []
 
-    def make(speed: float) -> ChatServer:
-        server = ChatServer(speed)
+    def make(speed: float, module: str = "examples.aiohttp_chat") -> ChatServer:
+        server = ChatServer(speed, module)
         server.start()
         servers.append(server)
         return server
