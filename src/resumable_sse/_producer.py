@@ -22,7 +22,7 @@ from ._event import Status, normalize
 from ._feed import call_in_thread, pump_in_thread
 from ._log import EventLog, NewEvent, StreamState
 from ._readers import Hub, terminal_data
-from ._tasks import spawn
+from ._tasks import Signal, spawn, stopped
 from .exceptions import EventTooLarge, InvalidEventData, ProducerError, StoreUnavailable, StreamFenced, StreamNotFound
 
 __all__ = ["Factory", "Producer", "Producers", "Source", "check_factory", "retry_store"]
@@ -144,7 +144,7 @@ class _Run:
         self.epoch = state.epoch
         self.factory = factory
         self.pending: list[NewEvent] = []
-        self.wake = _Signal()
+        self.wake = Signal()
         self.space: asyncio.Future[None] | None = None
         self.limit = min(16, streamer.batch_size)  # how far the pump may run ahead of the writer
         self.stop_reason: tuple[Status, str] | None = None  # why we stopped the pump ourselves
@@ -269,7 +269,7 @@ class _Run:
             except StreamFenced:
                 self.fenced = True
             if self.fenced:
-                await _stopped(pump)
+                await stopped(pump)
                 return await self._outside_end()
             status, message = self._outcome(pump)
             self.ending = True
@@ -286,11 +286,11 @@ class _Run:
             self.pending.clear()
             return status
         except asyncio.CancelledError:
-            await _stopped(pump)  # cancelled itself (shutdown): the pump first, then the cancel goes on
+            await stopped(pump)  # cancelled itself (shutdown): the pump first, then the cancel goes on
             raise
         except (StoreUnavailable, StreamNotFound) as exc:
             self.fenced = True
-            await _stopped(pump)
+            await stopped(pump)
             logger.error(
                 "stream %r: %s; its producer stops and readers are told it is lost",
                 self.stream_id,
@@ -301,7 +301,7 @@ class _Run:
             return "lost"
         except Exception:
             self.fenced = True
-            await _stopped(pump)
+            await stopped(pump)
             logger.exception("producer of stream %r failed", self.stream_id, extra={"stream_id": self.stream_id})
             self.streamer.hub.suspect(self.stream_id)
             return "error"
@@ -359,43 +359,6 @@ class _Run:
         logger.error("stream %r: %s; its producer stops and the stream ends lost", stream_id, why, extra=extra)
         self.streamer.hub.suspect(stream_id)
         return "lost"
-
-
-class _Signal:
-    """The writer's wake-up: set by the pump at every event (a no-op when already set); the writer, its one
-    waiter, clears it when it wakes. Lighter than :class:`asyncio.Event`, which keeps a queue of waiters and makes a
-    coroutine per wait: this is on the path of every event."""
-
-    __slots__ = ("future", "is_set")
-
-    def __init__(self) -> None:
-        self.is_set = False
-        self.future: asyncio.Future[None] | None = None
-
-    def set(self) -> None:
-        if not self.is_set:
-            self.is_set = True
-            future = self.future
-            if future is not None and not future.done():
-                future.set_result(None)
-
-    async def wait(self) -> None:
-        """Return once the signal is set, and clear it."""
-        if not self.is_set:
-            self.future = asyncio.get_running_loop().create_future()
-            try:
-                await self.future
-            finally:
-                self.future = None
-        self.is_set = False
-
-
-async def _stopped(pump: asyncio.Task[None]) -> None:
-    """Cancel ``pump`` and wait for it to end, without taking a cancel aimed at the caller for the pump's."""
-    pump.cancel()
-    await asyncio.wait({pump})
-    if not pump.cancelled():
-        pump.exception()  # retrieved: the run reports how the stream ended
 
 
 class Producers:
