@@ -554,7 +554,7 @@ def test_an_answer_that_ends_with_error_or_lost_says_so(
     server = make_server(speed=60)
     page = context.new_page()
     # The fake model never fails, so the stream's bytes are scripted here, as the server sends them.
-    body = f"retry: 2000\n\nid: e0e0e0e0-1\ndata: Partial \n\nid: e0e0e0e0-2\nevent: {end}\ndata: {data}\n\n"
+    body = f"retry: 2000\nid: e0e0e0e0-1\ndata: Partial \n\nid: e0e0e0e0-2\nevent: {end}\ndata: {data}\n\n"
 
     def scripted(route: Route) -> None:
         route.fulfill(status=200, body=body, headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})

@@ -255,7 +255,7 @@ def resumable_handler(
         raise ValueError("heartbeat must be positive")
     if send_timeout is not None and send_timeout <= 0:
         raise ValueError("send_timeout must be positive (or None: no bound)")
-    retry_bytes = encode_retry(retry)
+    retry_field = encode_retry(retry)  # sent in the response's first event block, never in a block of its own
 
     def resolve_stream_id(request: web.Request) -> str:
         if stream_id is not None:
@@ -333,12 +333,14 @@ def resumable_handler(
 
         watcher.add_done_callback(client_gone)
         try:
-            first = retry_bytes if subscription.reset is None else retry_bytes + subscription.reset.wire()
-            subscription.reset = None
-            await response.write(first)
+            prelude = retry_field  # the first batch starts with the subscription's reset, if it has one
             async with contextlib.aclosing(subscription.batches()) as batches:
                 async for batch in batches:
-                    await response.write(b"".join([item.wire() for item in batch]))
+                    chunks = [item.wire() for item in batch]
+                    if prelude:
+                        chunks[0] = prelude + chunks[0]
+                        prelude = b""
+                    await response.write(b"".join(chunks))
             response.stop_streaming()
             await response.write_eof()  # here, bounded, rather than unbounded by aiohttp after the handler returns
         except (ConnectionError, StreamNotFound):
