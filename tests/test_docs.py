@@ -41,7 +41,8 @@ from aiohttp.test_utils import TestClient
 
 from resumable_sse import Event, MemoryStore, Streamer, resumable_handler, setup
 
-from .redis_servers import RedisServer, find_server_binary
+from .nginx import main_config, require_nginx
+from .redis_servers import RedisServer, require_server_binary
 from .snippets import ROOT, Snippet, check_directive, collect
 
 SNIPPETS = collect()
@@ -76,11 +77,7 @@ def _env() -> dict[str, str]:
 @pytest.fixture(scope="module")
 def docs_redis() -> Iterator[RedisServer]:
     """A private Redis for the snippets that name the default local one."""
-    binary = find_server_binary()
-    if binary is None:
-        _missing("redis-server")
-    assert binary is not None
-    with RedisServer(binary) as server:
+    with RedisServer(require_server_binary()) as server:
         yield server
 
 
@@ -138,7 +135,10 @@ def run(command: list[str], snippet: Snippet) -> None:
     try:
         done = subprocess.run(command, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=TIMEOUT)
     except subprocess.TimeoutExpired as exc:
-        pytest.fail(f"{snippet.id} did not finish within {TIMEOUT} s\n{exc.stdout or ''}{exc.stderr or ''}")
+        output = [
+            part.decode(errors="replace") if isinstance(part, bytes) else part for part in (exc.stdout, exc.stderr)
+        ]
+        pytest.fail(f"{snippet.id} did not finish within {TIMEOUT} s\n{''.join(filter(None, output))}")
     if done.returncode != 0:
         pytest.fail(
             f"{snippet.id} failed (exit {done.returncode})\n--- code\n{snippet.code}--- stdout\n{done.stdout}"
@@ -209,33 +209,11 @@ def test_snippet(snippet: Snippet, request: pytest.FixtureRequest, tmp_path: Pat
         raise AssertionError(snippet.language)
 
 
-def nginx_binary() -> str | None:
-    return shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if os.access(p, os.X_OK)), None)
-
-
-def nginx_main_config(http_block: str, prefix: Path) -> str:
-    """A whole nginx configuration around a fragment of the ``http`` block, with every path under ``prefix``."""
-    for name in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
-        (prefix / name).mkdir(exist_ok=True)
-    return (
-        f"daemon off;\nworker_processes 1;\npid {prefix}/nginx.pid;\nerror_log {prefix}/error.log info;\n"
-        "events { worker_connections 256; }\n"
-        "http {\n"
-        f"  access_log {prefix}/access.log;\n"
-        f"  client_body_temp_path {prefix}/client_body;\n  proxy_temp_path {prefix}/proxy;\n"
-        f"  fastcgi_temp_path {prefix}/fastcgi;\n  uwsgi_temp_path {prefix}/uwsgi;\n  scgi_temp_path {prefix}/scgi;\n"
-        f"{http_block}\n"
-        "}\n"
-    )
-
-
 def check_nginx(code: str, tmp_path: Path, snippet: Snippet) -> None:
-    binary = nginx_binary()
-    if binary is None:
-        _missing("nginx")
+    binary = require_nginx()
     config = tmp_path / "nginx.conf"
-    config.write_text(nginx_main_config(code, tmp_path))
-    run([str(binary), "-t", "-q", "-p", str(tmp_path), "-c", str(config)], snippet)
+    config.write_text(main_config(code, tmp_path))
+    run([binary, "-t", "-q", "-p", str(tmp_path), "-c", str(config)], snippet)
 
 
 WIRE = [s for s in SNIPPETS if s.wire_path is not None]
