@@ -1,6 +1,7 @@
 """docs/deployment.md for real: its nginx configuration in front of two backends started with its gunicorn command
 (aiohttp workers), on one private Redis. A client streams through nginx, the backend it reads from is killed
-(SIGKILL, the whole gunicorn), and the client resumes through the other backend with every event exactly once.
+(SIGKILL to the whole gunicorn) or stopped (SIGTERM), and the client resumes through the other backend with every
+event exactly once.
 
 The configuration and the command are taken from the page itself, only the addresses replaced, so the test fails
 when the documented set-up stops working.
@@ -129,9 +130,12 @@ def deployment(tmp_path: Path) -> Iterator[SimpleNamespace]:
                 stop(process)
 
 
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["killed", "stopped"])
 async def test_a_client_resumes_exactly_through_the_other_backend_when_its_own_dies(
-    deployment: SimpleNamespace,
+    deployment: SimpleNamespace, sig: signal.Signals
 ) -> None:
+    """SIGKILL: the backend vanishes mid-response. SIGTERM: gunicorn stops it gracefully (the response ends cleanly,
+    the client reconnects at once). Either way the client goes on, exactly, through the other backend."""
     stream_url = f"{deployment.url}/stream/paced.{TOKENS}.{PAUSE_MS}"
     served_by: list[str] = []  # the X-Backend of every response, in order
 
@@ -170,7 +174,7 @@ async def test_a_client_resumes_exactly_through_the_other_backend_when_its_own_d
                 assert len(messages) < TOKENS
                 requests_before = len(served_by)
                 killed = deployment.backends[reader_backend]
-                stop(killed, signal.SIGKILL)
+                await asyncio.to_thread(stop, killed, sig)  # the loop, and the client's connection, run on
                 async for event in events:
                     if event.event == "message":
                         messages.append(event.data)
