@@ -75,7 +75,7 @@ async def test_new_stream_streams_every_event_then_done_with_exact_bytes(http: H
     assert (
         body
         == (
-            f"retry: 2000\n\n"
+            f"retry: 2000\n"
             f"id: {e}-1\ndata: Hello\n\n"
             f"id: {e}-2\ndata: , \n\n"
             f"id: {e}-3\ndata: world\n\n"
@@ -91,8 +91,9 @@ async def test_join_running_stream_gets_retained_events_then_live(http: Harness)
     gate.release(2)
     await wait_for_seq(streamer, "j", 2)
     second = await client.get("/stream/j")  # no position: from the first event
-    assert (await read_event(second)) == b"retry: 2000\n\n"
-    assert parse(await read_event(second))[0].data == "a"
+    first_block = await read_event(second)
+    assert first_block.startswith(b"retry: 2000\nid: ")  # the retry field rides on the first event
+    assert parse(first_block)[0].data == "a"
     assert parse(await read_event(second))[0].data == "b"
     gate.release(2)
     bodies = [await first.read(), await second.read()]
@@ -110,7 +111,7 @@ async def test_resume_after_last_event_id_gets_strictly_later_events(http: Harne
     assert (
         await response.read()
         == (
-            f"retry: 2000\n\nid: {e}-2\ndata: , \n\nid: {e}-3\ndata: world\n\n"
+            f"retry: 2000\nid: {e}-2\ndata: , \n\nid: {e}-3\ndata: world\n\n"
             f'id: {e}-4\nevent: done\ndata: {{"state":"done"}}\n\n'
         ).encode()
     )
@@ -145,7 +146,7 @@ async def test_position_from_another_epoch_gets_reset_then_full_replay(http: Har
     assert state is not None
     body = await (await client.get("/stream/ep", headers={"Last-Event-ID": "0123456789abcdef-2"})).read()
     assert body.startswith(
-        f'retry: 2000\n\nevent: reset\ndata: {{"reason":"epoch","first_id":"{state.epoch}-1"}}\n\n'
+        f'retry: 2000\nevent: reset\ndata: {{"reason":"epoch","first_id":"{state.epoch}-1"}}\n\n'
         f"id: {state.epoch}-1\ndata: Hello\n\n".encode()
     )
     assert [e.data for e in parse(body)][1:] == ["Hello", ", ", "world", '{"state":"done"}']
@@ -316,7 +317,6 @@ async def test_disconnect_does_not_stop_producer_and_reconnect_does_not_rerun(ht
     gate = Gate([f"t{i}" for i in range(6)])
     client, streamer = await app_with(http, gate.produce)
     response = await client.get("/stream/dc")
-    await read_event(response)  # retry
     gate.release(2)
     first = parse(await read_event(response))[0]
     second = parse(await read_event(response))[0]
@@ -346,7 +346,6 @@ async def test_many_reconnects_deliver_every_event_exactly_once(http: Harness) -
         response = await client.get("/stream/rc", headers=headers)
         if response.status == 204:
             break
-        await read_event(response)  # retry
         for _ in range(1 + attempt % 7):  # read a few events, then drop the connection
             event = parse(await read_event(response))[0]
             last_id = event.id
@@ -433,7 +432,7 @@ async def test_payload_types_and_multiline_framing(http: Harness) -> None:
     assert state is not None
     e = state.epoch
     assert body.decode() == (
-        "retry: 2000\n\n"
+        "retry: 2000\n"
         f"id: {e}-1\ndata: plain\n\n"
         f"id: {e}-2\ndata: é\n\n"
         f'id: {e}-3\ndata: {{"k":[1,"é"]}}\n\n'
@@ -481,11 +480,11 @@ async def test_heartbeat_comments_while_idle(http: Harness) -> None:
     gate = Gate(["late"])
     client, _ = await app_with(http, gate.produce, heartbeat=0.05)
     response = await client.get("/stream/hb")
-    assert await read_event(response) == b"retry: 2000\n\n"
-    assert await read_event(response) == b": ping\n\n"
+    assert await read_event(response) == b": ping\n\n"  # no event yet, so no retry field yet either
     assert await read_event(response) == b": ping\n\n"
     gate.release()
     rest = await response.read()
+    assert rest.replace(b": ping\n\n", b"").startswith(b"retry: 2000\nid: ")
     assert [e.data for e in parse(rest)] == ["late", '{"state":"done"}']
 
 
@@ -515,9 +514,10 @@ async def test_a_slow_producers_event_goes_out_at_once(http: Harness) -> None:
     gate = Gate(["first", "second"])
     client, _ = await app_with(http, gate.produce)
     response = await client.get("/stream/slow")
-    assert await read_event(response) == b"retry: 2000\n\n"
     gate.release()  # the producer then waits at its next event: nothing may hold "first" back
-    assert parse(await read_event(response))[0].data == "first"
+    first = await read_event(response)
+    assert first.startswith(b"retry: 2000\n")
+    assert parse(first)[0].data == "first"
     gate.release()
     assert [e.data for e in parse(await response.read())] == ["second", '{"state":"done"}']
 
@@ -568,7 +568,6 @@ async def test_shutdown_ends_responses_and_cancels_producers_after_grace() -> No
     async with ClientSession() as session:
         response = await session.get(f"http://127.0.0.1:{port}/stream/sd")
         gate.release()
-        await read_event(response)
         assert parse(await read_event(response))[0].data == "t0"
         await asyncio.wait_for(runner.cleanup(), 10)
         rest = await asyncio.wait_for(response.read(), 5)  # the response ended cleanly: no exception

@@ -4,9 +4,10 @@ An adapter (:mod:`resumable_sse.aiohttp`, :mod:`resumable_sse.starlette`) reads 
 position and authorization off its framework's request object and hands them to :func:`open_stream`, which decides
 the whole status table: a :class:`Refusal` (204, 400, 403, 405, 410, 503) to send as it is, or a
 :class:`~resumable_sse.Subscription` to serve. :func:`relay` then writes that subscription through the adapter's
-``write``: the ``retry:`` field and any ``reset`` first, then every batch of events that are ready together as one
-write, until the terminal event. The adapters only do I/O (headers, bytes, heartbeats, noticing a client that went
-away), so both answer every request the same, byte for byte, and a request's outcome is decided in one place.
+``write``: every batch of events that are ready together as one write (the first one opened by the ``retry:``
+field, and by the subscription's ``reset`` when there is one), until the terminal event. The adapters only do I/O
+(headers, bytes, heartbeats, noticing a client that went away), so both answer every request the same, byte for
+byte, and a request's outcome is decided in one place.
 """
 
 from __future__ import annotations
@@ -99,7 +100,7 @@ class StreamOptions:
 
     @property
     def retry_field(self) -> bytes:
-        """``retry: <ms>`` and a blank line: the first bytes of every event stream."""
+        """The ``retry: <ms>`` field line that opens the first event block of every event stream."""
         return encode_retry(self.retry)
 
     def response_headers(self) -> dict[str, str]:
@@ -182,36 +183,32 @@ async def _subscribe(
         return await engine.subscribe(sid, position)
 
 
-def opening(subscription: Subscription, options: StreamOptions) -> bytes:
-    """The first bytes of the body: ``retry:``, then the subscription's ``reset`` if its position could not be
-    continued (taken off the subscription, so that its batches do not send it again)."""
-    first = options.retry_field
-    if subscription.reset is not None:
-        first += subscription.reset.wire()
-        subscription.reset = None
-    return first
-
-
 async def relay(
     subscription: Subscription,
     options: StreamOptions,
     write: Callable[[bytes], Awaitable[None]],
     end: Callable[[], Awaitable[None]],
 ) -> bool:
-    """Write the subscription's event stream: :func:`opening`, then each batch of events that are ready together
-    in one ``write``, then ``end()`` after the terminal event (or when the subscription was closed: the server
-    shuts down, and the client reconnects).
+    """Write the subscription's event stream: each batch of events that are ready together in one ``write`` (the
+    first one opened by the ``retry:`` field, and by the subscription's ``reset`` when it has one), then ``end()``
+    after the terminal event (or when the subscription was closed: the server shuts down, and the client
+    reconnects).
 
     Returns True when the body was ended, False when the response is over without an end: the client went away or
     was cut off (``write`` raised :class:`ConnectionError`), the stream expired under it, or the store stayed
     unreachable (logged). A client that reconnects with its last id resumes in every case.
     """
     sid = subscription.stream_id
+    # ``retry:`` opens the first event block (the subscription's reset, or its first batch), never a block of its own:
+    # some clients (httpx-sse) hand a block without data to the application as an empty event.
+    prelude = options.retry_field
     try:
-        await write(opening(subscription, options))
         async with contextlib.aclosing(subscription.batches()) as batches:
             async for batch in batches:
-                await write(b"".join([item.wire() for item in batch]))
+                chunk = b"".join([item.wire() for item in batch])
+                if prelude:
+                    chunk, prelude = prelude + chunk, b""
+                await write(chunk)
         await end()
         return True
     except (ConnectionError, StreamNotFound):
