@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from ._event import TERMINAL_EVENTS, Entry, Event, EventId
 from ._log import Claim, EventLog, Page, StreamState, Watch
+from ._observe import Observer
 from ._streamer import Producer, Reset, Streamer, Subscription, validate_stream_id
 from .aiohttp import STREAMER_KEY, resumable_handler, setup
 from .exceptions import (
@@ -68,6 +69,7 @@ __all__ = [
     "InvalidEventId",
     "InvalidStreamId",
     "MemoryStore",
+    "Observer",
     "Page",
     "Producer",
     "ProducerError",

@@ -27,6 +27,7 @@ from aiohttp.web_request import BaseRequest
 from aiohttp_sse import EventSourceResponse
 
 from ._event import EventId, encode_retry
+from ._observe import RequestOutcome
 from ._streamer import Source, Streamer, Subscription, validate_stream_id
 from ._tasks import spawn
 from .exceptions import (
@@ -282,42 +283,58 @@ def resumable_handler(
             await engine.start(sid, source)
             return await engine.subscribe(sid, position)
 
-    async def handler(request: web.Request) -> web.StreamResponse:
+    async def decide(
+        request: web.Request, engine: Streamer
+    ) -> tuple[str | None, RequestOutcome, web.Response | Subscription]:
+        """How ``request`` is answered, decided before anything is written: the stream id (None when there is no
+        valid one), the outcome, and a plain response or the subscription to serve."""
         if request.method != "GET":
             # add_get() also routes HEAD here: refuse before anything is validated, started or read.
-            return _method_not_allowed()
-        engine = streamer if streamer is not None else _streamer_for(request)
+            return None, "method_not_allowed", _method_not_allowed()
         position = request.headers.get("Last-Event-ID") or request.query.get("last_event_id") or None
+        sid: str | None = None
         try:
             sid = validate_stream_id(resolve_stream_id(request))
             if position is not None:
                 EventId.parse(position)
         except (InvalidStreamId, InvalidEventId) as exc:
-            return _plain(400, str(exc))
+            return sid, "bad_request", _plain(400, str(exc))
         if authorize is not None:
             allowed = authorize(request, sid)
             if inspect.isawaitable(allowed):
                 allowed = await allowed
             if not allowed:
-                return _plain(403, "not allowed to read this stream")
+                return sid, "forbidden", _plain(403, "not allowed to read this stream")
         try:
             opened = await open_subscription(request, engine, sid, position)
         except StreamNotFound:
-            return _plain(410, f"stream {sid!r} is unknown or has expired")
+            return sid, "gone", _plain(410, f"stream {sid!r} is unknown or has expired")
         except (StoreUnavailable, StoreFull, StreamerClosed) as exc:
-            logger.warning("stream %r not served: %s", sid, exc)
-            return _plain(503, "the stream service is unavailable; try again shortly")
+            logger.warning("stream %r not served: %s; the client got 503", sid, exc, extra={"stream_id": sid})
+            return sid, "unavailable", _plain(503, "the stream service is unavailable; try again shortly")
+        if isinstance(opened, web.Response):
+            return sid, "gone", opened
+        if opened.at_end:
+            opened.close()
+            return sid, "no_content", web.Response(status=204)
+        if opened.reset is not None:
+            return sid, "reset", opened
+        return sid, "new" if position is None else "resumed", opened
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        engine = streamer if streamer is not None else _streamer_for(request)
+        sid, outcome, opened = await decide(request, engine)
+        if engine.observer is not None:
+            engine.observer.request(sid, outcome)
         if isinstance(opened, web.Response):
             return opened
         subscription = opened
         try:
-            if subscription.at_end:
-                return web.Response(status=204)
             response = ResumableResponse(heartbeat=heartbeat, headers=headers, send_timeout=send_timeout)
             if not await _start(response, request):
-                logger.debug("the client of %r went away before the response started", sid)
+                logger.debug("the client of %r went away before the response started", sid, extra={"stream_id": sid})
                 return _client_gone()
-            await serve(response, subscription, sid)
+            await serve(response, subscription, subscription.stream_id)
         finally:
             subscription.close()
         return response
@@ -344,11 +361,20 @@ def resumable_handler(
         except (ConnectionError, StreamNotFound):
             pass  # the client went away (or was cut off), or the stream expired under it: this response is over
         except StoreUnavailable:
-            logger.warning("store unreachable while serving %r; the client will reconnect", sid)
+            logger.warning(
+                "store unreachable while serving %r; the response ends and the client reconnects with its last id",
+                sid,
+                extra={"stream_id": sid},
+            )
         finally:
             watcher.cancel()
             response.stop_streaming()
             if response.stalled:
-                logger.info("a reader of %r read nothing for %s s: its connection was aborted", sid, send_timeout)
+                logger.info(
+                    "a reader of %r read nothing for %s s: its connection was aborted (it may resume with its last id)",
+                    sid,
+                    send_timeout,
+                    extra={"stream_id": sid},
+                )
 
     return handler
