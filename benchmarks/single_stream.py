@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import socket
 import statistics
@@ -215,6 +216,8 @@ async def main(events: int, repeat: int, only: list[str] | None) -> None:
     print(f"{events} events per stream, {repeat} runs per row, median; Python {sys.version.split()[0]}")
     rates: dict[str, list[float]] = {row.prefix: [] for row in rows}
     firsts: dict[str, list[float]] = {row.prefix: [] for row in rows}
+    cpus: dict[str, list[float]] = {row.prefix: [] for row in rows}  # server CPU µs per event: steadier than the
+    # rate on a machine others load, since it counts only what this process did
     try:
         # Rows take turns, run after run: each run leaves its stream in memory (the stores keep finished streams for
         # their ttl), so a row measured after all the runs of another would work on a larger heap (slower garbage
@@ -222,27 +225,34 @@ async def main(events: int, repeat: int, only: list[str] | None) -> None:
         for run in range(repeat):
             for row in rows:
                 url = f"http://127.0.0.1:{port}{row.prefix}/bench-{run}-{time.monotonic_ns()}"
+                gc.collect()  # every run starts from a collected heap, not from the garbage of the one before
+                cpu = time.process_time()
                 result = await asyncio.to_thread(run_reader, url)
+                cpus[row.prefix].append((time.process_time() - cpu) / events * 1e6)
                 if result["events"] != events:
                     raise SystemExit(f"{row.label}: reader saw {result['events']} events, expected {events}")
                 rates[row.prefix].append(events / result["seconds"])
                 firsts[row.prefix].append(result["first_event_ms"])
     finally:
         await runner.cleanup()
-    results = {prefix: (statistics.median(rates[prefix]), statistics.median(firsts[prefix])) for prefix in rates}
-    base = results.get("/baseline", (0.0, 0.0))[0]
-    print(f"{'row':50} {'events/s':>12} {'first event':>12} {'vs baseline':>12}")
+    results = {
+        prefix: (statistics.median(rates[prefix]), statistics.median(firsts[prefix]), statistics.median(cpus[prefix]))
+        for prefix in rates
+    }
+    base = results.get("/baseline", (0.0, 0.0, 0.0))[0]
+    print(f"{'row':50} {'events/s':>12} {'first event':>12} {'vs baseline':>12} {'server CPU/event':>17}")
     for row in rows:
-        rate, first = results[row.prefix]
+        rate, first, cpu = results[row.prefix]
         ratio = f"{rate / base:.2f}x" if base else "-"
-        print(f"{row.label:50} {rate:12,.0f} {first:10.2f}ms {ratio:>12}")
+        print(f"{row.label:50} {rate:12,.0f} {first:10.2f}ms {ratio:>12} {cpu:15.2f}µs")
     if "/sync" in results and "/memory" in results:  # the blocking producer against the async one, same store
         print(f"SyncStreamer.publish / async producer (memory): {results['/sync'][0] / results['/memory'][0]:.0%}")
-    for store in ("memory", "redis"):  # what the Prometheus metrics cost, in events/s and first-event latency
+    for store in ("memory", "redis"):  # what the Prometheus metrics cost
         on, off = results.get(f"/{store}-metrics"), results.get(f"/{store}")
         if on and off:
             print(
-                f"metrics on / off ({store}): events/s {on[0] / off[0]:.0%}, first event {on[1]:.2f} / {off[1]:.2f} ms"
+                f"metrics on / off ({store}): events/s {on[0] / off[0]:.0%}, server CPU per event {on[2] / off[2]:.0%}"
+                f" ({on[2]:.2f} / {off[2]:.2f} µs), first event {on[1]:.2f} / {off[1]:.2f} ms"
             )
 
 
