@@ -20,6 +20,8 @@ from aiohttp.test_utils import TestClient
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 
 from resumable_sse import (
+    REQUEST_OUTCOMES,
+    STORE_OPERATIONS,
     EventLog,
     MemoryStore,
     Observer,
@@ -30,7 +32,6 @@ from resumable_sse import (
     resumable_handler,
     setup,
 )
-from resumable_sse._observe import REQUEST_OUTCOMES, STORE_OPERATIONS
 from resumable_sse._readers import terminal_data
 from resumable_sse.prometheus import PrometheusMetrics
 
