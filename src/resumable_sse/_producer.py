@@ -414,7 +414,7 @@ class Producers:
                     len(runs),
                     exc,
                     streamer.lease / 3,
-                    extra={"stream_id": None, "stream_ids": [run.stream_id for run in runs]},
+                    extra={"stream_id": None, "stream_ids": [run.stream_id for run in runs[:100]]},
                 )
                 continue
             now = time.monotonic()

@@ -268,7 +268,7 @@ class Hub:
                     len(versions),
                     exc,
                     self.streamer.liveness_interval,
-                    extra={"stream_id": None, "stream_ids": list(versions)},
+                    extra={"stream_id": None, "stream_ids": list(versions)[:100]},
                 )
             self._outage = True
             self._suspects.update(versions)  # ask again next time
@@ -278,7 +278,7 @@ class Hub:
                 "auditing %d streams failed; their readers wait, asked again in %.1f s",
                 len(versions),
                 self.streamer.liveness_interval,
-                extra={"stream_id": None, "stream_ids": list(versions)},
+                extra={"stream_id": None, "stream_ids": list(versions)[:100]},
             )
             return
         self._outage = False

@@ -72,7 +72,7 @@ class _Listener:
                         "wait, and each stream is read again once it is followed again",
                         exc,
                         len(followed),
-                        extra={"stream_id": None, "stream_ids": followed},
+                        extra={"stream_id": None, "stream_ids": followed[:100]},
                     )
                 failing = True
             else:
