@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Final, Literal
 
 from ._event import EventId, encode_comment, encode_retry
+from ._observe import RequestOutcome
 from ._producer import Factory
 from ._streamer import Streamer, Subscription, validate_stream_id
 from .exceptions import (
@@ -106,8 +107,8 @@ class StreamOptions:
     def response_headers(self) -> dict[str, str]:
         """The application's extra headers, then the event stream's own (which win, whatever the case of a name)."""
         fixed = {name.lower() for name in EVENT_STREAM_HEADERS}
-        extra = {name: value for name, value in (self.headers or {}).items() if name.lower() not in fixed}
-        return {**extra, **EVENT_STREAM_HEADERS}
+        app_headers = {name: value for name, value in (self.headers or {}).items() if name.lower() not in fixed}
+        return {**app_headers, **EVENT_STREAM_HEADERS}
 
 
 def position_of(header: str | None, query: str | None) -> str | None:
@@ -134,34 +135,60 @@ async def open_stream(
         stream (or re-runs an unknown one with ``on_unknown="restart"``).
     :returns: a :class:`Refusal` to send as it is, or the reader's open :class:`Subscription`, which the caller
         must close (it is never at its end: that is the ``204`` refusal).
+
+    The outcome (``new``, ``resumed``, ``reset``, or why not) goes to the engine's observer, if it has one: this is
+    the one place where every adapter's requests are decided.
     """
+    sid, outcome, opened = await _decide(engine, options, method, stream_id, position, authorize, source)
+    if engine.observer is not None:
+        engine.observer.request(sid, outcome)
+    return opened
+
+
+async def _decide(
+    engine: Streamer,
+    options: StreamOptions,
+    method: str,
+    stream_id: Callable[[], str],
+    position: str | None,
+    authorize: Authorize | None,
+    source: Factory,
+) -> tuple[str | None, RequestOutcome, Refusal | Subscription]:
+    """:func:`open_stream`'s decision, with the stream id (None when there is no valid one) and the outcome."""
+    sid: str | None = None
     if method != "GET":
-        return METHOD_NOT_ALLOWED  # HEAD too: refused before anything is validated, started or read
+        return (
+            sid,
+            "method_not_allowed",
+            METHOD_NOT_ALLOWED,
+        )  # HEAD too: refused before anything is validated, started or read
     try:
         sid = validate_stream_id(stream_id())
         if position is not None:
             EventId.parse(position)
     except (InvalidStreamId, InvalidEventId) as exc:
-        return Refusal(400, str(exc))
+        return sid, "bad_request", Refusal(400, str(exc))
     if authorize is not None:
         allowed = authorize(sid)
         if inspect.isawaitable(allowed):
             allowed = await allowed
         if not allowed:
-            return FORBIDDEN
+            return sid, "forbidden", FORBIDDEN
     try:
         subscription = await _subscribe(engine, options, sid, position, source)
     except StreamNotFound:
-        return _gone(sid, "")
+        return sid, "gone", _gone(sid, "")
     except (StoreUnavailable, StoreFull, StreamerClosed) as exc:
-        logger.warning("stream %r not served: %s", sid, exc, extra={"stream_id": sid})
-        return UNAVAILABLE
+        logger.warning("stream %r not served: %s; the client got 503", sid, exc, extra={"stream_id": sid})
+        return sid, "unavailable", UNAVAILABLE
     if isinstance(subscription, Refusal):
-        return subscription
+        return sid, "gone", subscription
     if subscription.at_end:
         subscription.close()
-        return NO_CONTENT
-    return subscription
+        return sid, "no_content", NO_CONTENT
+    if subscription.reset is not None:
+        return sid, "reset", subscription
+    return sid, "new" if position is None else "resumed", subscription
 
 
 def _gone(sid: str, more: str) -> Refusal:
@@ -214,5 +241,9 @@ async def relay(
     except (ConnectionError, StreamNotFound):
         return False  # the client went away (or was cut off), or the stream expired under it
     except StoreUnavailable:
-        logger.warning("store unreachable while serving %r; the client will reconnect", sid, extra={"stream_id": sid})
+        logger.warning(
+            "store unreachable while serving %r; the response ends and the client reconnects with its last id",
+            sid,
+            extra={"stream_id": sid},
+        )
         return False

@@ -23,6 +23,7 @@ from typing import ClassVar, Final, Protocol
 
 from ._event import Entry, EventId, Reset, encode_event
 from ._log import EventLog, Page, StreamState, Watch
+from ._observe import Observer
 from ._tasks import spawn
 from .exceptions import StoreUnavailable
 
@@ -37,7 +38,10 @@ class Owner(Protocol):
     """What readers need of the engine that owns them (the :class:`~resumable_sse.Streamer`)."""
 
     @property
-    def store(self) -> EventLog: ...
+    def log(self) -> EventLog: ...  # the store as the engine calls it (timed when there is an observer)
+
+    @property
+    def observer(self) -> Observer | None: ...
     @property
     def window(self) -> int: ...
     @property
@@ -186,7 +190,7 @@ class Hub:
         if tail is None:
             tail = self.tails[stream_id] = _Tail(stream_id, state)
             if self._watch is None:
-                self._watch = self.streamer.store.watch(self._on_change)
+                self._watch = self.streamer.log.watch(self._on_change)
             if self._auditor is None or self._auditor.done():
                 self._audit_now = asyncio.Event()
                 self._auditor = spawn(self._audit(), "resumable-sse auditor")
@@ -256,15 +260,26 @@ class Hub:
     async def _audit_some(self, stream_ids: list[str], lost: str) -> None:
         versions = {stream_id: tail.version for stream_id in stream_ids if (tail := self.tails.get(stream_id))}
         try:
-            states = await self.streamer.store.audit(list(versions), lost)
+            states = await self.streamer.log.audit(list(versions), lost)
         except StoreUnavailable as exc:
             if not self._outage:
-                logger.warning("store unreachable while auditing %d streams: %s", len(versions), exc)
+                logger.warning(
+                    "store unreachable while auditing %d streams: %s; their readers wait, asked again in %.1f s",
+                    len(versions),
+                    exc,
+                    self.streamer.liveness_interval,
+                    extra={"stream_id": None, "stream_ids": list(versions)[:100]},
+                )
             self._outage = True
             self._suspects.update(versions)  # ask again next time
             return
         except Exception:
-            logger.exception("auditing %d streams failed", len(versions))
+            logger.exception(
+                "auditing %d streams failed; their readers wait, asked again in %.1f s",
+                len(versions),
+                self.streamer.liveness_interval,
+                extra={"stream_id": None, "stream_ids": list(versions)[:100]},
+            )
             return
         self._outage = False
         for stream_id, state in zip(versions, states, strict=True):
@@ -359,10 +374,12 @@ class Subscription:
         The first batch starts with :attr:`reset` when there is one.
         """
         hub = self._hub
-        streamer, store = hub.streamer, hub.streamer.store
+        streamer, store, observer = hub.streamer, hub.streamer.log, hub.streamer.observer
         limit = limit or streamer.batch_size
         pending: list[Item] = [self.reset] if self.reset is not None else []
         tail = hub.attach(self.state)
+        if observer is not None:
+            observer.reader_opened(self.stream_id)
         try:
             while not self._closed and not streamer.readers_ended:
                 version = tail.version
@@ -377,6 +394,8 @@ class Subscription:
                 batch: list[Item] = [*pending, *self._accept(page)]
                 pending = []
                 if batch:
+                    if observer is not None:
+                        observer.reader_served(self.stream_id, page.state.last_seq - self.cursor)
                     yield batch
                     if batch[-1].terminal:
                         return
@@ -393,6 +412,8 @@ class Subscription:
         finally:
             hub.detach(tail)
             streamer.forget(self)
+            if observer is not None:
+                observer.reader_closed(self.stream_id)
 
     async def __aiter__(self) -> AsyncIterator[Item]:
         async for batch in self.batches():

@@ -20,19 +20,20 @@ logger = logging.getLogger("resumable_sse")
 T = TypeVar("T")
 
 
-def spawn(coroutine: Coroutine[Any, Any, T], name: str) -> asyncio.Task[T]:
-    """Start ``coroutine`` as a task named ``name`` whose failure, if any, is logged once."""
+def spawn(coroutine: Coroutine[Any, Any, T], name: str, stream_id: str | None = None) -> asyncio.Task[T]:
+    """Start ``coroutine`` as a task named ``name`` whose failure, if any, is logged once (with ``stream_id``, the
+    stream the task serves, None for a task that serves many)."""
     task = asyncio.get_running_loop().create_task(coroutine, name=name)
-    task.add_done_callback(_report)
+    task.add_done_callback(lambda done: _report(done, stream_id))
     return task
 
 
-def _report(task: asyncio.Task[Any]) -> None:
+def _report(task: asyncio.Task[Any], stream_id: str | None) -> None:
     if task.cancelled():
         return
     error = task.exception()
     if error is not None:
-        logger.error("%s failed", task.get_name(), exc_info=error)
+        logger.error("%s failed", task.get_name(), exc_info=error, extra={"stream_id": stream_id})
 
 
 class Signal:

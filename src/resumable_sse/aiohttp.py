@@ -270,7 +270,11 @@ def resumable_handler(
         try:
             response = ResumableResponse(heartbeat=heartbeat, headers=headers, send_timeout=send_timeout)
             if not await _start(response, request):
-                logger.debug("the client of %r went away before the response started", subscription.stream_id)
+                logger.debug(
+                    "the client of %r went away before the response started",
+                    subscription.stream_id,
+                    extra={"stream_id": subscription.stream_id},
+                )
                 return _client_gone()
             await serve(response, subscription)
         finally:
@@ -298,9 +302,10 @@ def resumable_handler(
             response.stop_streaming()
             if response.stalled:
                 logger.info(
-                    "a reader of %r read nothing for %s s: its connection was aborted",
+                    "a reader of %r read nothing for %s s: its connection was aborted (it may resume with its last id)",
                     subscription.stream_id,
                     send_timeout,
+                    extra={"stream_id": subscription.stream_id},
                 )
 
     return handler

@@ -296,6 +296,7 @@ class EventStream:
                     _describe(error) if error is not None else "the server closed the stream",
                     delay,
                     f" from {self._last_event_id}" if self._last_event_id else "",
+                    extra={"stream_id": None, "url": self.url},  # a client knows the stream by its URL
                 )
                 await asyncio.sleep(delay)
         finally:
