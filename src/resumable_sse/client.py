@@ -30,14 +30,9 @@ What it does: what a browser's EventSource does, plus what the resumable-sse wir
   not ``text/event-stream`` raise :class:`ResponseError` at once; ``429`` and ``5xx`` are retried with backoff,
   honouring ``Retry-After``.
 
-The exceptions it raises are part of the library's one tree (:mod:`resumable_sse.exceptions`, re-exported here)::
-
-    ResumableSSEError
-    ├── StreamEnded            the stream ended with error or lost (see raise_on); .state, .message
-    └── ClientError            the client could not read the stream
-        ├── ResponseError      an HTTP status or content type that is not a stream; .status, .url, .body
-        │   └── StreamGone     410: the stream is unknown or expired (it is not generated again)
-        └── RetriesExhausted   max_retries attempts in a row got nothing; the last failure is __cause__
+The exceptions it raises are in the library's one tree, documented in :mod:`resumable_sse.exceptions` and
+re-exported here: :class:`StreamEnded` (``error``/``lost``, see ``raise_on``), and the :class:`ClientError` family
+(:class:`ResponseError`, :class:`StreamGone` for 410, :class:`RetriesExhausted`).
 
 Its options are one :class:`ClientOptions`: :func:`connect` and :func:`iter_events` take them as keywords (or a
 prepared ``options=``, which keywords then override), and :class:`EventStream` keeps them as
