@@ -35,8 +35,7 @@ re-exported here: :class:`StreamEnded` (``error``/``lost``, see ``raise_on``), a
 (:class:`ResponseError`, :class:`StreamGone` for 410, :class:`RetriesExhausted`).
 
 Its options are one :class:`ClientOptions`: :func:`connect` and :func:`iter_events` take them as keywords (or a
-prepared ``options=``, which keywords then override), and :class:`EventStream` keeps them as
-:attr:`~EventStream.options`.
+prepared ``options=``, which keywords override), :class:`EventStream` keeps them as :attr:`~EventStream.options`.
 One async implementation: :class:`SyncEventStream` runs it on a private event loop in a daemon thread (the portal
 of :mod:`resumable_sse._portal`, shared with the server's :class:`~resumable_sse.SyncStreamer`).
 """
