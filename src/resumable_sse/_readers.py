@@ -140,7 +140,7 @@ class _Tail:
         if state == old and not entries:
             return  # nothing new
         if entries and self.readers > self.producing:  # a producer alone needs no window
-            if same_epoch and self.window and self.window[-1].seq + 1 == entries[0].seq:
+            if same_epoch and self.window and self.window[-1].seq + 1 == entries[0].seq and not self._all_waiting():
                 self.window.extend(entries)
                 excess = len(self.window) - window
                 if excess > 0:
@@ -150,6 +150,17 @@ class _Tail:
         else:
             self.window = []
         self.changed(state)
+
+    def _all_waiting(self) -> bool:
+        """True when every reader waits for what comes next: each has had all the window holds, so the window need
+        keep only what comes now. Readers that keep up (paced streams, the common case) then hold a window of one
+        page, not thousands of entries per stream that the garbage collector would walk again and again; a reader
+        that falls behind keeps the window growing (up to ``window``) until it catches up."""
+        waiting = 0
+        for waiter in self.waiters:
+            if not waiter.done():
+                waiting += 1
+        return waiting >= self.readers - self.producing
 
     def audited(self, state: StreamState | None) -> None:
         """The store's answer to an audit, taken only when no push came while it was asked."""
