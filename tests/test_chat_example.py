@@ -476,7 +476,11 @@ def test_two_processes_share_answers_through_redis(redis_url: str) -> None:
         assert _post(two + f"api/answers/{running['stream_id']}/stop")["cancelled"] is True
         assert _read_stream(one + running["url"].lstrip("/"))[-1].event == "cancelled"
         with urllib.request.urlopen(one + "api/stats", timeout=10) as response:
-            assert json.load(response)["runs_by_stream"] == {"c1.m1": 1, "c1.m2": 1}
+            runs = json.load(response)["runs_by_stream"]
+        # Each answer ran at most once, here; the stop may come before m2's producer took its first step (it then
+        # never ran: the example counts a run as the generator starts).
+        assert runs["c1.m1"] == 1
+        assert runs.get("c1.m2", 0) <= 1
         with urllib.request.urlopen(two + "api/stats", timeout=10) as response:
             assert json.load(response)["producer_runs"] == 0
     finally:
