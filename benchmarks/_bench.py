@@ -213,7 +213,7 @@ def read_stream(url: str, headers: dict[str, str] | None = None, timeout: float 
             at = window.rfind(b"\nid: ")
             if at >= 0 and window.find(b"\n", at + 1) > 0:
                 last_id = window[at + 5 : window.find(b"\n", at + 1)]
-            if b"event: done" in window or b"event: error" in window or b"event: lost" in window:
+            if any(terminal in window for terminal in (b"event: done", b"event: end", b"event: error", b"event: lost")):
                 break
             tail = window[-16:]
             chunk = sock.recv(1 << 20)
@@ -246,7 +246,11 @@ def reader_process(url: str, headers: dict[str, str] | None = None, timeout: flo
 
 
 def first_events(
-    port: int, paths: Sequence[str], headers: dict[str, str] | None = None, to_end: bool = True
+    port: int,
+    paths: Sequence[str],
+    headers: dict[str, str] | None = None,
+    to_end: bool = True,
+    terminals: Sequence[bytes] = (b"event: done",),
 ) -> list[float]:
     """For each path in turn: connect, then time from sending the request to the first ``data:`` line (ms); each
     response is read to its terminal event before the next request (or, without ``to_end``, closed at once)."""
@@ -269,7 +273,7 @@ def first_events(
                     first = time.perf_counter()
                     if not to_end:
                         break
-                if b"event: done" in seen:
+                if any(terminal in seen for terminal in terminals):
                     break
         latencies.append((first - started) * 1000)
     return latencies
