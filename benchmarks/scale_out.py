@@ -97,7 +97,7 @@ async def run(args: Any, processes: int, redis: Any, cluster: bool) -> dict[str,
         "commands_per_s_per_process": commands / wall / processes,
         "commands_per_token": commands / delivered if delivered else None,
         "server_cpu_pct_per_process": 100 * servers_cpu / wall / processes,
-        "feeds": int(100 // per_process) if per_process > 0 else None,
+        "feeds": int(100 // per_process) if per_process > 0 else None,  # None: too little to measure
     }
 
 
