@@ -91,6 +91,7 @@ async def main(args: Any) -> None:
     out.print(f"ceiling: one stream of {args.events} tokens over HTTP, {args.rounds} rounds, median of each ratio")
     rates: dict[str, list[float]] = {row: [] for row in rows}
     firsts: dict[str, list[float]] = {row: [] for row in rows}
+    cpus: dict[str, list[float]] = {row: [] for row in rows}
     deadline = time.monotonic() + args.budget
     try:
         for round_ in range(args.rounds):
@@ -99,7 +100,9 @@ async def main(args: Any) -> None:
                 break
             for row in rows:
                 url = f"http://127.0.0.1:{port}/{row}/c-{round_}-{time.monotonic_ns()}"
+                cpu0 = time.process_time()  # this process is the server; the reader is another process
                 result = await asyncio.to_thread(_bench.reader_process, url)
+                cpus[row].append((time.process_time() - cpu0) / args.events * 1e6)
                 if result["events"] != args.events + 1:
                     raise SystemExit(f"{row}: the reader saw {result['events']} events, expected {args.events + 1}")
                 rates[row].append(args.events / result["seconds"])
@@ -118,13 +121,18 @@ async def main(args: Any) -> None:
 
     memory_raw, redis_memory = ratios("memory", "raw"), ratios("redis", "memory")
     document: dict[str, Any] = {"events": args.events, "batch": batch, "rounds": len(rates[rows[0]]), "rows": {}}
-    out.print(f"{'row':8} {'events/s':>12} {'min':>12} {'max':>12} {'first event':>12}")
+    out.print(f"{'row':8} {'events/s':>12} {'min':>12} {'max':>12} {'first event':>12} {'server us/event':>16}")
     for row in rows:
-        rate = _bench.median(rates[row])
-        document["rows"][row] = {"events_per_s": rate, "runs": rates[row], "first_event_ms": _bench.median(firsts[row])}
+        rate, cpu = _bench.median(rates[row]), _bench.median(cpus[row])
+        document["rows"][row] = {
+            "events_per_s": rate,
+            "runs": rates[row],
+            "first_event_ms": _bench.median(firsts[row]),
+            "server_cpu_us_per_event": cpu,
+        }
         out.print(
             f"{row:8} {rate:12,.0f} {min(rates[row]):12,.0f} {max(rates[row]):12,.0f} "
-            f"{_bench.median(firsts[row]):10.2f}ms"
+            f"{_bench.median(firsts[row]):10.2f}ms {cpu:16.3f}"
         )
     figures = {}
     if memory_raw:
