@@ -25,9 +25,9 @@ SUITE: dict[str, tuple[list[str], list[str], float]] = {
     "ceiling": (["--events", "100000", "--rounds", "5"], ["--events", "2000", "--rounds", "1"], 180),
     "first_event": (["--samples", "300"], ["--samples", "6", "--rounds", "1"], 120),
     "resume_depth": (["--events", "200000", "--samples", "30"], ["--events", "2000", "--samples", "2"], 150),
-    "readers": (["--readers", "10000", "--events", "500"], ["--readers", "20", "--events", "20"], 240),
+    "readers": (["--readers", "10000", "--events", "200"], ["--readers", "20", "--events", "20"], 180),
     "fleet": (
-        ["--streams", "250", "500", "1000", "2000", "--tokens", "100"],
+        ["--streams", "100", "250", "500", "1000", "--tokens", "100"],
         ["--streams", "10", "--tokens", "10"],
         360,
     ),
