@@ -20,8 +20,6 @@ import logging
 from collections.abc import Callable
 from typing import Any, Final, Protocol
 
-from redis.crc import key_slot
-
 from .._log import OnChange, Page
 from .._tasks import spawn
 from ._redis_format import parse_change
@@ -135,6 +133,8 @@ class _Listener:
             return []
         if not self.sharded:
             return [list(channels)]
+        from redis.crc import key_slot  # here: this module imports without the optional redis package
+
         by_slot: dict[int, list[bytes]] = {}
         for channel in channels:
             by_slot.setdefault(key_slot(channel), []).append(channel)
