@@ -11,6 +11,9 @@ Rows (each measured on a fresh server process, in the same run):
              token (no log, no resume); the reference the ratios are taken against
   memory     ``resumable_handler(gen)`` with ``setup(app, Streamer(MemoryStore()))``
   redis      the same on ``RedisStore.from_url(url)``, a private redis-server on a free port (never 6379)
+  memory-metrics, redis-metrics (only when named in ``--only``)
+             the same with Prometheus metrics on (``Streamer(observer=PrometheusMetrics(...))``, the ``prometheus``
+             extra); a last line compares each with its row without metrics: what the metrics cost
 
 Three processes: this driver, the server (``--serve``, one per row and size) and the readers (``--client``, one
 process holding every connection). Every reader opens its connection and receives a first ``ready`` event before
@@ -28,6 +31,7 @@ For each row and each S in ``--streams`` it prints:
   p99 x, us x     the row's p99 latency and CPU per token / the baseline's at the same S
 
     python benchmarks/fleet.py [--streams 100 1000] [--tokens 200] [--rate 20] [--only baseline memory redis]
+    python benchmarks/fleet.py --streams 1000 --only memory memory-metrics     # what the metrics cost
 
 ``--idle`` measures the other side of the same workload: S streams (default 10,000) that are running but quiet
 (each producer yields one token, then waits without yielding until the end), one reader each. After every reader has
@@ -69,7 +73,8 @@ from aiohttp_sse import sse_response
 
 from resumable_sse import MemoryStore, RedisStore, Streamer, resumable_handler, setup
 
-ROWS = ("baseline", "memory", "redis")
+ROWS = ("baseline", "memory", "redis", "memory-metrics", "redis-metrics")
+DEFAULT_ROWS = ("baseline", "memory", "redis")
 TESTS = str(Path(__file__).resolve().parent.parent / "tests")  # for tests/redis_servers.py
 TOKEN_RE = re.compile(rb"data: tok (\d+)")
 TERMINAL_RE = re.compile(rb"^event: (done|error|cancelled|lost)", re.MULTILINE)
@@ -195,11 +200,18 @@ async def serve(
     if row == "baseline":
         app.router.add_get("/s/{stream_id}", _baseline(source))
     else:
-        if row == "memory":
+        if row.startswith("memory"):
             store: MemoryStore | RedisStore = MemoryStore(max_streams=max(10_000, streams + 10))
         else:
             store = RedisStore.from_url(redis_url, cluster=cluster)
-        setup(app, Streamer(store))
+        observer = None
+        if row.endswith("-metrics"):
+            from prometheus_client import CollectorRegistry
+
+            from resumable_sse.prometheus import PrometheusMetrics
+
+            observer = PrometheusMetrics(CollectorRegistry())
+        setup(app, Streamer(store, observer=observer))
         app.router.add_get("/s/{stream_id}", resumable_handler(source))
 
     async def go(_request: web.Request) -> web.Response:
@@ -517,7 +529,7 @@ class Driver:
         self.redis = RedisServer(binary).start()
 
     def redis_cpu(self, row: str) -> float | None:
-        if row != "redis" or self.redis is None or self.redis.process is None:
+        if not row.startswith("redis") or self.redis is None or self.redis.process is None:
             return None
         return cpu_seconds(self.redis.process.pid)
 
@@ -529,7 +541,7 @@ class Driver:
         client.close()
 
     async def _server(self, row: str, streams: int) -> tuple[Proc, int]:
-        if row == "redis":
+        if row.startswith("redis"):
             self.flush_redis()
         args = self.args
         url = self.redis.url if self.redis is not None else ""
@@ -667,7 +679,7 @@ def _ends(types: dict[str, int]) -> str:
 
 def print_tokens(results: list[TokenResult], out: Any) -> None:
     header = (
-        f"{'row':9} {'S':>6} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'delivered':>17} {'srv CPU':>8} "
+        f"{'row':14} {'S':>6} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'delivered':>17} {'srv CPU':>8} "
         f"{'us/tok':>7} {'redis':>6} {'client':>7} {'lag max':>9} {'p99 x':>7} {'us x':>6}"
     )
     print(header, file=out)
@@ -675,7 +687,7 @@ def print_tokens(results: list[TokenResult], out: Any) -> None:
         redis_cpu = "-" if r.redis_cpu_pct is None else f"{r.redis_cpu_pct:.0f}%"
         delivered = f"{r.delivered}/{r.expected}"
         print(
-            f"{r.row:9} {r.streams:>6} {r.p50_ms:8.1f} {r.p99_ms:8.1f} {r.max_ms:8.1f} {delivered:>17} "
+            f"{r.row:14} {r.streams:>6} {r.p50_ms:8.1f} {r.p99_ms:8.1f} {r.max_ms:8.1f} {delivered:>17} "
             f"{r.server_cpu_pct:7.0f}% {r.cpu_us_per_token:7.0f} {redis_cpu:>6} {r.client_cpu_pct:6.0f}% "
             f"{r.lag_max_ms:7.0f}ms {_x(r.p99_vs_baseline):>7} {_x(r.cpu_vs_baseline):>6}",
             file=out,
@@ -692,7 +704,7 @@ def print_tokens(results: list[TokenResult], out: Any) -> None:
 
 def print_idle(results: list[IdleResult], out: Any) -> None:
     print(
-        f"{'row':9} {'S':>6} {'connected':>13} {'connect s':>9} {'srv CPU':>8} {'redis':>6} {'client':>7} "
+        f"{'row':14} {'S':>6} {'connected':>13} {'connect s':>9} {'srv CPU':>8} {'redis':>6} {'client':>7} "
         f"{'RSS fresh':>9} {'RSS conn':>9} {'KiB/conn':>9} {'pings':>7} {'held':>6} {'lost':>5} "
         f"{'CPU x':>6} {'RSS x':>6}",
         file=out,
@@ -700,7 +712,7 @@ def print_idle(results: list[IdleResult], out: Any) -> None:
     for r in results:
         redis_cpu = "-" if r.redis_cpu_pct is None else f"{r.redis_cpu_pct:.1f}%"
         print(
-            f"{r.row:9} {r.streams:>6} {f'{r.connected}/{r.streams}':>13} {r.connect_s:9.1f} "
+            f"{r.row:14} {r.streams:>6} {f'{r.connected}/{r.streams}':>13} {r.connect_s:9.1f} "
             f"{r.server_cpu_pct:7.1f}% {redis_cpu:>6} {r.client_cpu_pct:6.1f}% {r.rss_fresh_mb:7.0f}MB "
             f"{r.rss_connected_mb:7.0f}MB {r.rss_per_connection_kb:9.1f} {r.pings:>7} {r.held:>6} {r.lost:>5} "
             f"{_x(r.cpu_vs_baseline):>6} {_x(r.rss_vs_baseline):>6}",
@@ -750,12 +762,12 @@ def print_capacity(results: list[TokenResult], rate: float, out: Any) -> dict[st
 
 async def main(args: argparse.Namespace) -> None:
     limit = raise_fd_limit()
-    rows = [row for row in ROWS if not args.only or row in args.only]
+    rows = [row for row in ROWS if row in args.only] if args.only else list(DEFAULT_ROWS)
     streams: list[int] = args.streams or ([10_000] if args.idle else [100, 1000])
     if max(streams) + 500 > limit:
         raise SystemExit(f"{max(streams)} connections in one reader process need more than the fd limit ({limit})")
     driver = Driver(args)
-    if "redis" in rows:
+    if any(row.startswith("redis") for row in rows):
         driver.start_redis()
     table = sys.stderr if args.json else sys.stdout
     mode = (
@@ -793,6 +805,15 @@ async def main(args: argparse.Namespace) -> None:
     else:
         print_tokens(token_results, table)
         capacity = print_capacity(token_results, args.rate, table)
+        for t in token_results:  # what the Prometheus metrics cost: each row with them against the same without
+            off = next((b for b in token_results if f"{b.row}-metrics" == t.row and b.streams == t.streams), None)
+            if off is not None:
+                on_cpu, off_cpu = t.cpu_us_per_token, off.cpu_us_per_token
+                print(
+                    f"metrics on / off ({off.row}, S={t.streams}): server CPU per token {_x(_ratio(on_cpu, off_cpu))}"
+                    f" ({on_cpu:.1f} / {off_cpu:.1f} us), p99 {t.p99_ms:.1f} / {off.p99_ms:.1f} ms",
+                    file=table,
+                )
     if args.json:
         document = {
             "mode": "idle" if args.idle else "tokens",

@@ -5,7 +5,9 @@ Rows (all measured in the same run, on the same server process):
   memory     resumable_handler on the embedded memory store
   (more rows: see ROWS below; each row is a route on the one server)
 
-The last line compares the SyncStreamer row with the memory row: a blocking producer against an async one.
+The last lines compare the SyncStreamer row with the memory row (a blocking producer against an async one), and
+each store's row with Prometheus metrics on (``resumable_sse.prometheus``, the ``prometheus`` extra) with the same row
+without them: what the metrics cost (``--only memory`` runs just the two memory rows).
 
 For each row it prints events/s (first byte of the request to the terminal event) and the first-event latency,
 median of ``--repeat`` runs, and the ratio to the baseline.
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import socket
 import statistics
@@ -26,13 +29,14 @@ import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from aiohttp import web
 from aiohttp_sse import sse_response
 
-from resumable_sse import MemoryStore, Streamer, SyncStreamer, resumable_handler
+from resumable_sse import MemoryStore, Observer, Streamer, SyncStreamer, resumable_handler
 
 TOKEN = "tok "
 
@@ -65,9 +69,19 @@ def _tokens(events: int) -> Callable[[web.Request], AsyncIterator[str]]:
     return produce
 
 
-async def _install_memory(app: web.Application, events: int) -> None:
-    streamer = Streamer(MemoryStore(max_events=events + 10))
-    app.router.add_get("/memory/{stream_id}", resumable_handler(_tokens(events), streamer=streamer))
+def _metrics() -> Observer:
+    """Prometheus metrics on a registry of their own (needs the prometheus extra)."""
+    from prometheus_client import CollectorRegistry
+
+    from resumable_sse.prometheus import PrometheusMetrics
+
+    return PrometheusMetrics(CollectorRegistry())
+
+
+async def _install_memory(app: web.Application, events: int, *, metrics: bool = False) -> None:
+    streamer = Streamer(MemoryStore(max_events=events + 10), observer=_metrics() if metrics else None)
+    prefix = "/memory-metrics" if metrics else "/memory"
+    app.router.add_get(prefix + "/{stream_id}", resumable_handler(_tokens(events), streamer=streamer))
     app.on_cleanup.append(lambda _app: streamer.close())
 
 
@@ -101,7 +115,7 @@ async def _install_sync(app: web.Application, events: int) -> None:
 _TESTS = str(Path(__file__).resolve().parent.parent / "tests")  # for tests/redis_servers.py
 
 
-async def _install_redis(app: web.Application, events: int) -> None:
+async def _install_redis(app: web.Application, events: int, *, metrics: bool = False) -> None:
     """The Redis store on a private redis-server (started here on a free port, stopped at cleanup)."""
     sys.path.insert(0, _TESTS)
     from redis_servers import RedisServer, find_server_binary
@@ -113,8 +127,11 @@ async def _install_redis(app: web.Application, events: int) -> None:
             "the redis row needs a redis-server binary (or RESUMABLE_SSE_REDIS_SERVER); use --only to skip it"
         )
     server = RedisServer(binary).start()
-    streamer = Streamer(RedisStore.from_url(server.url, max_events=events + 10))
-    app.router.add_get("/redis/{stream_id}", resumable_handler(_tokens(events), streamer=streamer))
+    streamer = Streamer(
+        RedisStore.from_url(server.url, max_events=events + 10), observer=_metrics() if metrics else None
+    )
+    prefix = "/redis-metrics" if metrics else "/redis"
+    app.router.add_get(prefix + "/{stream_id}", resumable_handler(_tokens(events), streamer=streamer))
 
     async def cleanup(_app: web.Application) -> None:
         await streamer.close()
@@ -128,6 +145,8 @@ ROWS: list[Row] = [
     Row("resumable-sse, memory store", "/memory", _install_memory),
     Row("SyncStreamer.publish, plain generator, memory", "/sync", _install_sync),
     Row("resumable-sse, Redis store (private redis-server)", "/redis", _install_redis),
+    Row("resumable-sse, memory store, Prometheus metrics", "/memory-metrics", partial(_install_memory, metrics=True)),
+    Row("resumable-sse, Redis store, Prometheus metrics", "/redis-metrics", partial(_install_redis, metrics=True)),
 ]
 
 
@@ -156,7 +175,7 @@ def read_stream(url: str) -> dict[str, float]:
         chunk = body.partition(b"\r\n\r\n")[2]
         while True:
             window = tail + chunk
-            found = window.count(b"data: ")
+            found = window.count(b"data: ") - tail.count(b"data: ")  # one wholly in the tail was counted before
             if found and not first_at:
                 first_at = time.perf_counter()
             count += found
@@ -195,28 +214,46 @@ async def main(events: int, repeat: int, only: list[str] | None) -> None:
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     print(f"{events} events per stream, {repeat} runs per row, median; Python {sys.version.split()[0]}")
-    results: dict[str, tuple[float, float]] = {}
+    rates: dict[str, list[float]] = {row.prefix: [] for row in rows}
+    firsts: dict[str, list[float]] = {row.prefix: [] for row in rows}
+    cpus: dict[str, list[float]] = {row.prefix: [] for row in rows}  # server CPU µs per event: steadier than the
+    # rate on a machine others load, since it counts only what this process did
     try:
-        for row in rows:
-            rates, firsts = [], []
-            for run in range(repeat):
+        # Rows take turns, run after run: each run leaves its stream in memory (the stores keep finished streams for
+        # their ttl), so a row measured after all the runs of another would work on a larger heap (slower garbage
+        # collection) and lose for that alone.
+        for run in range(repeat):
+            for row in rows:
                 url = f"http://127.0.0.1:{port}{row.prefix}/bench-{run}-{time.monotonic_ns()}"
+                gc.collect()  # every run starts from a collected heap, not from the garbage of the one before
+                cpu = time.process_time()
                 result = await asyncio.to_thread(run_reader, url)
+                cpus[row.prefix].append((time.process_time() - cpu) / events * 1e6)
                 if result["events"] != events:
                     raise SystemExit(f"{row.label}: reader saw {result['events']} events, expected {events}")
-                rates.append(events / result["seconds"])
-                firsts.append(result["first_event_ms"])
-            results[row.prefix] = (statistics.median(rates), statistics.median(firsts))
+                rates[row.prefix].append(events / result["seconds"])
+                firsts[row.prefix].append(result["first_event_ms"])
     finally:
         await runner.cleanup()
-    base = results.get("/baseline", (0.0, 0.0))[0]
-    print(f"{'row':50} {'events/s':>12} {'first event':>12} {'vs baseline':>12}")
+    results = {
+        prefix: (statistics.median(rates[prefix]), statistics.median(firsts[prefix]), statistics.median(cpus[prefix]))
+        for prefix in rates
+    }
+    base = results.get("/baseline", (0.0, 0.0, 0.0))[0]
+    print(f"{'row':50} {'events/s':>12} {'first event':>12} {'vs baseline':>12} {'server CPU/event':>17}")
     for row in rows:
-        rate, first = results[row.prefix]
+        rate, first, cpu = results[row.prefix]
         ratio = f"{rate / base:.2f}x" if base else "-"
-        print(f"{row.label:50} {rate:12,.0f} {first:10.2f}ms {ratio:>12}")
+        print(f"{row.label:50} {rate:12,.0f} {first:10.2f}ms {ratio:>12} {cpu:15.2f}µs")
     if "/sync" in results and "/memory" in results:  # the blocking producer against the async one, same store
         print(f"SyncStreamer.publish / async producer (memory): {results['/sync'][0] / results['/memory'][0]:.0%}")
+    for store in ("memory", "redis"):  # what the Prometheus metrics cost
+        on, off = results.get(f"/{store}-metrics"), results.get(f"/{store}")
+        if on and off:
+            print(
+                f"metrics on / off ({store}): events/s {on[0] / off[0]:.0%}, server CPU per event {on[2] / off[2]:.0%}"
+                f" ({on[2]:.2f} / {off[2]:.2f} µs), first event {on[1]:.2f} / {off[1]:.2f} ms"
+            )
 
 
 if __name__ == "__main__":

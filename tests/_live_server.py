@@ -1,5 +1,6 @@
-"""Live servers for the client and command-line tests: the real resumable handler on a real socket, a scripted
-server for the wire cases the real one never produces, and a TCP proxy that cuts connections at random bytes."""
+"""Live servers for the client and command-line tests: the real resumable handler (aiohttp) and endpoint (ASGI, under
+uvicorn) on real sockets, a scripted server for the wire cases the real one never produces, and a TCP proxy that cuts
+connections at random bytes."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import asyncio
 import contextlib
 import json
 import random
+import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,9 +50,15 @@ def expected_events(payloads: list[Any]) -> list[tuple[str, str]]:
     return out
 
 
-async def _produce(request: web.Request) -> AsyncIterator[Any]:
+def path_param(request: Any, name: str) -> str:
+    """A path parameter of an aiohttp request (``match_info``) or a Starlette one (``path_params``)."""
+    params = request.match_info if isinstance(request, web.BaseRequest) else request.path_params
+    return str(params[name])
+
+
+async def _produce(request: Any) -> AsyncIterator[Any]:
     """Producers chosen by stream id: ``count.N``, ``mixed.N``, ``paced.N``, ``fail``, ``wait``."""
-    kind, _, arg = request.match_info["stream_id"].partition(".")
+    kind, _, arg = path_param(request, "stream_id").partition(".")
     if kind == "count":
         for i in range(int(arg)):
             yield f"event {i}"
@@ -79,6 +87,61 @@ def resumable_app() -> web.Application:
     setup(app, Streamer(MemoryStore(), grace_period=0.1))
     app.router.add_get("/stream/{stream_id}", resumable_handler(_produce, retry=RETRY_MS, heartbeat=0.2))
     return app
+
+
+def resumable_asgi_app(streamer: Streamer | None = None) -> Any:
+    """The same producers behind ``resumable_endpoint`` at ``/stream/{stream_id}``, as a Starlette application whose
+    lifespan owns ``streamer`` (default: a new one on a memory store)."""
+    from starlette.applications import Starlette
+    from starlette.routing import Route
+
+    from resumable_sse.starlette import resumable_endpoint, streamer_lifespan
+
+    streamer = streamer or Streamer(MemoryStore(), grace_period=0.1)
+    endpoint = resumable_endpoint(_produce, retry=RETRY_MS, heartbeat=0.2)
+    return Starlette(routes=[Route("/stream/{stream_id}", endpoint)], lifespan=streamer_lifespan(streamer))
+
+
+class Uvicorn:
+    """An ASGI application served by a real uvicorn on a free port of 127.0.0.1, on the test's own event loop (so a
+    test can look at the application's Streamer while it serves). ``async with Uvicorn(app) as server``."""
+
+    def __init__(self, app: Any, *, graceful: float = 2.0) -> None:
+        import uvicorn
+
+        config = uvicorn.Config(app, lifespan="on", log_level="warning", timeout_graceful_shutdown=graceful)
+        self.server = uvicorn.Server(config)
+        # pytest keeps the process's signals: uvicorn >= 0.29 takes them in capture_signals(), older ones in
+        # install_signal_handlers().
+        self.server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]
+        self.server.install_signal_handlers = lambda: None  # type: ignore[attr-defined]
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = int(self.sock.getsockname()[1])
+        self.task: asyncio.Task[None] | None = None
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    async def __aenter__(self) -> Uvicorn:
+        self.task = asyncio.ensure_future(self.server.serve(sockets=[self.sock]))
+        for _ in range(1000):
+            if self.server.started or self.task.done():
+                break
+            await asyncio.sleep(0.01)
+        if not self.server.started:
+            await self.close()
+            raise RuntimeError("uvicorn did not start")
+        return self
+
+    async def close(self) -> None:
+        self.server.should_exit = True
+        if self.task is not None:
+            await asyncio.wait_for(self.task, 30)
+        self.sock.close()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
 
 
 @dataclass

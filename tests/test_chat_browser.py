@@ -96,15 +96,16 @@ def _free_port() -> int:
 class ChatServer:
     """The example app in a subprocess, as a user runs it; can be killed and started again on the same port."""
 
-    def __init__(self, speed: float) -> None:
+    def __init__(self, speed: float, module: str = "examples.aiohttp_chat") -> None:
         self.speed = speed
+        self.module = module  # examples.fastapi_chat serves the same page and routes
         self.port = _free_port()
         self.process: subprocess.Popen[str] | None = None
         self.url = ""
 
     def start(self) -> None:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        command = [sys.executable, "-m", "examples.aiohttp_chat", "--port", str(self.port), "--speed", str(self.speed)]
+        command = [sys.executable, "-m", self.module, "--port", str(self.port), "--speed", str(self.speed)]
         OUTPUT.mkdir(exist_ok=True)
         log = OUTPUT / f"server-{self.port}.log"
         with log.open("a") as stderr:
@@ -144,8 +145,8 @@ def make_server() -> Iterator[Any]:
     """Start chat servers at a given model speed (tokens per second); all are stopped after the test."""
     servers: list[ChatServer] = []
 
-    def make(speed: float) -> ChatServer:
-        server = ChatServer(speed)
+    def make(speed: float, module: str = "examples.aiohttp_chat") -> ChatServer:
+        server = ChatServer(speed, module)
         server.start()
         servers.append(server)
         return server
@@ -554,7 +555,7 @@ def test_an_answer_that_ends_with_error_or_lost_says_so(
     server = make_server(speed=60)
     page = context.new_page()
     # The fake model never fails, so the stream's bytes are scripted here, as the server sends them.
-    body = f"retry: 2000\n\nid: e0e0e0e0-1\ndata: Partial \n\nid: e0e0e0e0-2\nevent: {end}\ndata: {data}\n\n"
+    body = f"retry: 2000\nid: e0e0e0e0-1\ndata: Partial \n\nid: e0e0e0e0-2\nevent: {end}\ndata: {data}\n\n"
 
     def scripted(route: Route) -> None:
         route.fulfill(status=200, body=body, headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
@@ -592,3 +593,31 @@ def test_a_page_that_is_not_an_event_stream_fails_once_instead_of_retrying(
     assert "not an event stream (text/html)" in (page.text_content(".answer >> nth=-1 >> .notice") or "")
     time.sleep(2.5)  # a retry would come after 1 s
     assert answered == ["eventsource", "fetch"]
+
+
+# -- (12) a plain EventSource, as the README's quick start shows it -------------------------------------------------
+
+
+def test_a_plain_eventsource_left_open_reconnects_once_and_gets_204(context: BrowserContext, make_server: Any) -> None:
+    """What the README says of an EventSource that does not close on the terminal event: after it, one ``onerror``
+    while reconnecting, one request (answered ``204``), one more ``onerror`` as it closes for good, and no more."""
+    server = make_server(speed=0)
+    page = context.new_page()
+    page.goto(server.url)
+    statuses: list[int] = []
+    page.on("response", lambda response: statuses.append(response.status) if "/stream/" in response.url else None)
+    page.evaluate(
+        """async () => {
+            const response = await fetch("/api/answers", {method: "POST", headers: {"Content-Type": "application/json"},
+                body: JSON.stringify({conversation: "plain", message: "m1", prompt: "hello", engine: "async"})});
+            const {url} = await response.json();
+            window.seen = [];
+            const source = new EventSource(url);
+            source.addEventListener("done", () => seen.push("done"));
+            source.onerror = () => seen.push("error " + source.readyState);
+        }"""
+    )
+    page.wait_for_function("() => window.seen.length >= 3")
+    time.sleep(2.5)  # another reconnect would come after retry (2 s)
+    assert page.evaluate("window.seen") == ["done", "error 0", "error 2"]  # 0: CONNECTING, 2: CLOSED
+    assert statuses == [200, 204]

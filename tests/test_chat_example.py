@@ -243,6 +243,55 @@ async def test_reconnecting_with_the_last_id_gets_exactly_the_rest(make_client: 
     assert (await stats(client))["runs_by_stream"] == {"c1.m1": 1}
 
 
+async def scrape(client: Client) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """``GET /metrics``, parsed: ``(sample name, sorted labels) -> value``."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    response = await client.get("/metrics")
+    assert response.status == 200
+    assert response.headers["Content-Type"].startswith("text/plain; version=")  # the text exposition format
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(await response.text())
+        for sample in family.samples
+    }
+
+
+async def test_metrics_count_an_answer_its_resume_and_its_end(make_client: MakeClient) -> None:
+    client = await make_client(speed=0)
+    body = await ask(client)
+    events = await read_events(await client.get(body["url"]), terminal)
+    resumed = await read_events(await client.get(f"{body['url']}?last_event_id={events[1].id}"), terminal)
+    assert len(resumed) == len(events) - 2
+    assert (await client.get(f"{body['url']}?last_event_id={events[-1].id}")).status == 204
+    for _ in range(200):  # the producer's end is counted as its task ends, just after its terminal event
+        values = await scrape(client)
+        if values[("resumable_sse_streams_ended_total", (("status", "done"),))] == 1:
+            break
+        await asyncio.sleep(0.01)
+    requests = {
+        labels[0][1]: value for (name, labels), value in values.items() if name == "resumable_sse_requests_total"
+    }
+    assert requests == {
+        "new": 1,
+        "resumed": 1,
+        "reset": 0,
+        "no_content": 1,
+        "gone": 0,
+        "bad_request": 0,
+        "forbidden": 0,
+        "unavailable": 0,
+        "method_not_allowed": 0,
+    }
+    assert values[("resumable_sse_streams_started_total", ())] == 1
+    assert values[("resumable_sse_streams_ended_total", (("status", "done"),))] == 1
+    assert values[("resumable_sse_streams_running", ())] == 0
+    assert values[("resumable_sse_events_appended_total", ())] == len(answer_tokens(PROMPT))
+    assert values[("resumable_sse_readers_active", ())] == 0
+    assert values[("resumable_sse_store_seconds_count", (("operation", "claim"),))] == 2  # the POST's, the GET's try
+    assert values[("resumable_sse_store_errors_total", (("operation", "append"),))] == 0
+
+
 async def test_stop_cancels_the_answer_for_every_reader(make_client: MakeClient) -> None:
     client = await make_client(speed=50)
     body = await ask(client)

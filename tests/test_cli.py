@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import shutil
@@ -14,7 +15,8 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from resumable_sse import STREAMER_KEY
-from resumable_sse.cli import EXIT_CODES
+from resumable_sse.cli import EXIT_CODES, _Printer
+from resumable_sse.client import ServerSentEvent
 
 from ._live_server import CuttingProxy, Scripted, expected_events, mixed_payloads, resumable_app
 
@@ -59,6 +61,42 @@ async def test_tail_json_prints_one_object_per_event(server: TestServer) -> None
     epoch = records[0]["id"].rpartition("-")[0]
     assert [r["id"] for r in records] == [f"{epoch}-{n}" for n in range(1, 14)]
     assert set(records[0]) == {"id", "event", "data"}
+
+
+async def test_tail_text_prints_the_plain_events_as_one_continuous_text(server: TestServer) -> None:
+    status, out, err = await run("tail", "--text", url(server, "mixed.12"))
+    assert (status, err) == (0, "")
+    text = "".join(data for event, data in expected_events(mixed_payloads(12)) if event == "message")
+    assert out == text + "\n"  # typed events (tick) are left out; one line break ends the output
+
+
+async def test_tail_text_reconnects_through_cuts_and_prints_the_text_once(server: TestServer) -> None:
+    async with CuttingProxy(server.port or 0, seed=5, max_bytes=900) as proxy:
+        status, out, _ = await run("tail", "--text", "-q", f"http://127.0.0.1:{proxy.port}/stream/count.60")
+    assert proxy.cuts >= 3
+    assert (status, out) == (0, "".join(f"event {i}" for i in range(60)) + "\n")
+
+
+async def test_tail_text_ends_its_line_before_an_error(server: TestServer) -> None:
+    status, out, err = await run("tail", "--text", url(server, "fail"))
+    assert (status, out) == (3, "a\n")
+    assert err == "resumable-sse: stream ended with error: boom: the model refused\n"
+
+
+def test_text_output_starts_a_new_line_at_a_reset() -> None:
+    out, err = io.StringIO(), io.StringIO()
+    printer = _Printer("text", out, err)
+    for event, data in [("message", "Hel"), ("reset", "{}"), ("message", "Hello\n"), ("usage", "{}")]:
+        printer.event(ServerSentEvent(event=event, data=data))
+    printer.end_line()
+    assert out.getvalue() == "Hel\nHello\n"  # no second line break: the text already ended with one
+    assert "the stream was reset" in err.getvalue()
+
+
+async def test_json_and_text_exclude_each_other() -> None:
+    status, _, err = await run("tail", "--json", "--text", "http://127.0.0.1:9/s")
+    assert status == 2
+    assert "not allowed with argument" in err
 
 
 async def test_tail_resumes_after_last_event_id(server: TestServer) -> None:
@@ -155,8 +193,8 @@ async def test_tail_quiet_does_not_report_reconnections(server: TestServer) -> N
 async def test_tail_help_documents_the_options_and_exit_codes() -> None:
     status, out, _ = await run("tail", "--help")
     assert status == 0
-    assert out.startswith("usage: resumable-sse tail [-h] [--last-event-id ID] [--json]")
-    for option in ("--last-event-id ID", "--json", "--header", "--max-retries", "--read-timeout", "--quiet"):
+    assert out.startswith("usage: resumable-sse tail [-h] [--last-event-id ID] [--json | --text]")
+    for option in ("--last-event-id ID", "--json", "--text", "--header", "--max-retries", "--read-timeout", "--quiet"):
         assert option in out
     for code, meaning in EXIT_CODES.items():
         assert f"  {code:<4} {meaning}" in out

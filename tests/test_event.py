@@ -120,8 +120,8 @@ def test_reset_wire_bytes() -> None:
 
 
 def test_retry_and_comment_bytes() -> None:
-    assert encode_retry(1500) == b"retry: 1500\n\n"
-    assert encode_retry(0) == b"retry: 0\n\n"
+    assert encode_retry(1500) == b"retry: 1500\n"
+    assert encode_retry(0) == b"retry: 0\n"
     with pytest.raises(ValueError, match="negative"):
         encode_retry(-1)
     assert encode_comment() == b":\n\n"

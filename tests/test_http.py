@@ -1,4 +1,8 @@
-"""docs/protocol.md over real HTTP (aiohttp's test client): every status and resume case, wire bytes exact."""
+"""docs/protocol.md over real HTTP: every status and resume case, wire bytes exact, on both adapters.
+
+Each test taking ``http`` runs twice: against ``resumable_handler`` on aiohttp's server, and against
+``resumable_endpoint`` (Starlette/FastAPI) under uvicorn, both on real sockets; the answers must be the same.
+"""
 
 from __future__ import annotations
 
@@ -6,19 +10,25 @@ import asyncio
 import json
 import logging
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from aiohttp import ClientResponse, web
-from aiohttp.test_utils import TestClient
 
 from resumable_sse import Event, MemoryStore, ProducerError, Streamer, resumable_handler, setup
 
+from ._adapters import ADAPTERS, Client, Harness, Route
+from ._live_server import path_param
 from .helpers import Gate, parse, read_entries
 
-ClientFactory = Callable[[web.Application], Awaitable[TestClient[web.Request, web.Application]]]
-Client = TestClient[web.Request, web.Application]
+
+@pytest.fixture(params=ADAPTERS)
+async def http(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
+    """One adapter (aiohttp, then Starlette under uvicorn), serving for real; stopped after the test."""
+    harness = Harness(request.param)
+    yield harness
+    await harness.close()
 
 
 async def wait_for_seq(streamer: Streamer, stream_id: str, seq: int) -> None:
@@ -36,12 +46,11 @@ async def read_event(response: ClientResponse) -> bytes:
 
 
 async def app_with(
-    aiohttp_client: ClientFactory, producer: Any, *, streamer: Streamer | None = None, **options: Any
+    http: Harness, producer: Any, *, streamer: Streamer | None = None, **options: Any
 ) -> tuple[Client, Streamer]:
-    app = web.Application()
-    streamer = setup(app, streamer or Streamer(MemoryStore()))
-    app.router.add_get("/stream/{stream_id}", resumable_handler(producer, **options))
-    return await aiohttp_client(app), streamer
+    streamer = streamer or Streamer(MemoryStore())
+    client = await http.serve([Route("/stream/{stream_id}", http.endpoint(producer, **options))], streamer)
+    return client, streamer
 
 
 async def hello(_request: web.Request) -> AsyncIterator[str]:
@@ -52,8 +61,8 @@ async def hello(_request: web.Request) -> AsyncIterator[str]:
 # -- new stream, join, resume -------------------------------------------------------------------------------------
 
 
-async def test_new_stream_streams_every_event_then_done_with_exact_bytes(aiohttp_client: ClientFactory) -> None:
-    client, streamer = await app_with(aiohttp_client, hello)
+async def test_new_stream_streams_every_event_then_done_with_exact_bytes(http: Harness) -> None:
+    client, streamer = await app_with(http, hello)
     response = await client.get("/stream/s1")
     assert response.status == 200
     assert response.headers["Content-Type"] == "text/event-stream"
@@ -66,7 +75,7 @@ async def test_new_stream_streams_every_event_then_done_with_exact_bytes(aiohttp
     assert (
         body
         == (
-            f"retry: 2000\n\n"
+            f"retry: 2000\n"
             f"id: {e}-1\ndata: Hello\n\n"
             f"id: {e}-2\ndata: , \n\n"
             f"id: {e}-3\ndata: world\n\n"
@@ -75,15 +84,16 @@ async def test_new_stream_streams_every_event_then_done_with_exact_bytes(aiohttp
     )
 
 
-async def test_join_running_stream_gets_retained_events_then_live(aiohttp_client: ClientFactory) -> None:
+async def test_join_running_stream_gets_retained_events_then_live(http: Harness) -> None:
     gate = Gate(["a", "b", "c", "d"])
-    client, streamer = await app_with(aiohttp_client, gate.produce)
+    client, streamer = await app_with(http, gate.produce)
     first = await client.get("/stream/j")
     gate.release(2)
     await wait_for_seq(streamer, "j", 2)
     second = await client.get("/stream/j")  # no position: from the first event
-    assert (await read_event(second)) == b"retry: 2000\n\n"
-    assert parse(await read_event(second))[0].data == "a"
+    first_block = await read_event(second)
+    assert first_block.startswith(b"retry: 2000\nid: ")  # the retry field rides on the first event
+    assert parse(first_block)[0].data == "a"
     assert parse(await read_event(second))[0].data == "b"
     gate.release(2)
     bodies = [await first.read(), await second.read()]
@@ -92,8 +102,8 @@ async def test_join_running_stream_gets_retained_events_then_live(aiohttp_client
     assert gate.runs == 1
 
 
-async def test_resume_after_last_event_id_gets_strictly_later_events(aiohttp_client: ClientFactory) -> None:
-    client, _streamer = await app_with(aiohttp_client, hello)
+async def test_resume_after_last_event_id_gets_strictly_later_events(http: Harness) -> None:
+    client, _streamer = await app_with(http, hello)
     events = parse(await (await client.get("/stream/r")).read())
     response = await client.get("/stream/r", headers={"Last-Event-ID": events[0].id or ""})
     assert response.status == 200
@@ -101,14 +111,14 @@ async def test_resume_after_last_event_id_gets_strictly_later_events(aiohttp_cli
     assert (
         await response.read()
         == (
-            f"retry: 2000\n\nid: {e}-2\ndata: , \n\nid: {e}-3\ndata: world\n\n"
+            f"retry: 2000\nid: {e}-2\ndata: , \n\nid: {e}-3\ndata: world\n\n"
             f'id: {e}-4\nevent: done\ndata: {{"state":"done"}}\n\n'
         ).encode()
     )
 
 
-async def test_query_parameter_position_and_header_wins(aiohttp_client: ClientFactory) -> None:
-    client, _ = await app_with(aiohttp_client, hello)
+async def test_query_parameter_position_and_header_wins(http: Harness) -> None:
+    client, _ = await app_with(http, hello)
     ids = [e.id for e in parse(await (await client.get("/stream/q")).read())]
     by_query = parse(await (await client.get(f"/stream/q?last_event_id={ids[1]}")).read())
     assert [e.id for e in by_query] == ids[2:]
@@ -118,8 +128,8 @@ async def test_query_parameter_position_and_header_wins(aiohttp_client: ClientFa
     assert [e.id for e in both] == ids[1:]
 
 
-async def test_reconnect_naming_the_terminal_event_gets_204(aiohttp_client: ClientFactory) -> None:
-    client, _ = await app_with(aiohttp_client, hello)
+async def test_reconnect_naming_the_terminal_event_gets_204(http: Harness) -> None:
+    client, _ = await app_with(http, hello)
     terminal = parse(await (await client.get("/stream/t")).read())[-1]
     assert terminal.event == "done"
     response = await client.get("/stream/t", headers={"Last-Event-ID": terminal.id or ""})
@@ -129,25 +139,25 @@ async def test_reconnect_naming_the_terminal_event_gets_204(aiohttp_client: Clie
     assert response.status == 204
 
 
-async def test_position_from_another_epoch_gets_reset_then_full_replay(aiohttp_client: ClientFactory) -> None:
-    client, streamer = await app_with(aiohttp_client, hello)
+async def test_position_from_another_epoch_gets_reset_then_full_replay(http: Harness) -> None:
+    client, streamer = await app_with(http, hello)
     await (await client.get("/stream/ep")).read()
     state = await streamer.status("ep")
     assert state is not None
     body = await (await client.get("/stream/ep", headers={"Last-Event-ID": "0123456789abcdef-2"})).read()
     assert body.startswith(
-        f'retry: 2000\n\nevent: reset\ndata: {{"reason":"epoch","first_id":"{state.epoch}-1"}}\n\n'
+        f'retry: 2000\nevent: reset\ndata: {{"reason":"epoch","first_id":"{state.epoch}-1"}}\n\n'
         f"id: {state.epoch}-1\ndata: Hello\n\n".encode()
     )
     assert [e.data for e in parse(body)][1:] == ["Hello", ", ", "world", '{"state":"done"}']
 
 
-async def test_position_older_than_retained_history_gets_reset_trimmed(aiohttp_client: ClientFactory) -> None:
+async def test_position_older_than_retained_history_gets_reset_trimmed(http: Harness) -> None:
     async def many(_request: web.Request) -> AsyncIterator[str]:
         for i in range(1, 21):
             yield str(i)
 
-    client, streamer = await app_with(aiohttp_client, many, streamer=Streamer(MemoryStore(max_events=5)))
+    client, streamer = await app_with(http, many, streamer=Streamer(MemoryStore(max_events=5)))
     await (await client.get("/stream/tr")).read()
     state = await streamer.status("tr")
     assert state is not None
@@ -159,8 +169,8 @@ async def test_position_older_than_retained_history_gets_reset_trimmed(aiohttp_c
     assert events[-1].event == "done"
 
 
-async def test_position_beyond_the_end_gets_reset_position(aiohttp_client: ClientFactory) -> None:
-    client, streamer = await app_with(aiohttp_client, hello)
+async def test_position_beyond_the_end_gets_reset_position(http: Harness) -> None:
+    client, streamer = await app_with(http, hello)
     await (await client.get("/stream/b")).read()
     state = await streamer.status("b")
     assert state is not None
@@ -169,9 +179,9 @@ async def test_position_beyond_the_end_gets_reset_position(aiohttp_client: Clien
     assert len(events) == 5
 
 
-async def test_position_for_unknown_stream_is_410_and_producer_not_run(aiohttp_client: ClientFactory) -> None:
+async def test_position_for_unknown_stream_is_410_and_producer_not_run(http: Harness) -> None:
     gate = Gate(["x"])
-    client, streamer = await app_with(aiohttp_client, gate.produce)
+    client, streamer = await app_with(http, gate.produce)
     response = await client.get("/stream/gone", headers={"Last-Event-ID": "0123456789abcdef-5"})
     assert response.status == 410
     assert "unknown or has expired" in await response.text()
@@ -179,8 +189,8 @@ async def test_position_for_unknown_stream_is_410_and_producer_not_run(aiohttp_c
     assert await streamer.status("gone") is None
 
 
-async def test_on_unknown_restart_reruns_producer_with_reset(aiohttp_client: ClientFactory) -> None:
-    client, streamer = await app_with(aiohttp_client, hello, on_unknown="restart")
+async def test_on_unknown_restart_reruns_producer_with_reset(http: Harness) -> None:
+    client, streamer = await app_with(http, hello, on_unknown="restart")
     events = parse(await (await client.get("/stream/re", headers={"Last-Event-ID": "0123456789abcdef-5"})).read())
     state = await streamer.status("re")
     assert state is not None
@@ -196,9 +206,9 @@ async def test_on_unknown_restart_reruns_producer_with_reset(aiohttp_client: Cli
     "position",
     ["garbage", "abc", "-1", "0123456789abcdef-0", "0123456789abcdef-01", "ABC-1", "x" * 100 + "-1", "a-1-"],
 )
-async def test_malformed_position_is_400_and_nothing_started(aiohttp_client: ClientFactory, position: str) -> None:
+async def test_malformed_position_is_400_and_nothing_started(http: Harness, position: str) -> None:
     gate = Gate(["x"])
-    client, streamer = await app_with(aiohttp_client, gate.produce)
+    client, streamer = await app_with(http, gate.produce)
     for response in [
         await client.get("/stream/m", headers={"Last-Event-ID": position}),
         await client.get("/stream/m", params={"last_event_id": position}),
@@ -212,12 +222,10 @@ async def test_malformed_position_is_400_and_nothing_started(aiohttp_client: Cli
 
 
 @pytest.mark.parametrize("stream_id", ["a" * 129, "has space", "semi;colon", "brace{x}", "ünï", "%00"])
-async def test_invalid_stream_id_is_400_and_nothing_started(aiohttp_client: ClientFactory, stream_id: str) -> None:
+async def test_invalid_stream_id_is_400_and_nothing_started(http: Harness, stream_id: str) -> None:
     gate = Gate(["x"])
-    app = web.Application()
-    streamer = setup(app)
-    app.router.add_get("/q", resumable_handler(gate.produce))
-    client = await aiohttp_client(app)
+    streamer = Streamer()
+    client = await http.serve([Route("/q", http.endpoint(gate.produce))], streamer)
     response = await client.get("/q", params={"stream_id": stream_id})
     assert response.status == 400
     assert "stream id" in await response.text()
@@ -225,13 +233,14 @@ async def test_invalid_stream_id_is_400_and_nothing_started(aiohttp_client: Clie
     assert len(streamer.store) == 0  # type: ignore[arg-type]
 
 
-async def test_invalid_stream_id_from_the_route_or_the_callable_is_400(aiohttp_client: ClientFactory) -> None:
+async def test_invalid_stream_id_from_the_route_or_the_callable_is_400(http: Harness) -> None:
     gate = Gate(["x"])
-    app = web.Application()
-    streamer = setup(app)
-    app.router.add_get("/stream/{stream_id}", resumable_handler(gate.produce))
-    app.router.add_get("/c/{user}", resumable_handler(gate.produce, stream_id=lambda r: f"user/{r.match_info['user']}"))
-    client = await aiohttp_client(app)
+    streamer = Streamer()
+    routes = [
+        Route("/stream/{stream_id}", http.endpoint(gate.produce)),
+        Route("/c/{user}", http.endpoint(gate.produce, stream_id=lambda r: f"user/{path_param(r, 'user')}")),
+    ]
+    client = await http.serve(routes, streamer)
     for path in ["/stream/has%20space", "/stream/" + "a" * 129, "/c/42"]:
         response = await client.get(path)
         assert response.status == 400, path
@@ -240,22 +249,20 @@ async def test_invalid_stream_id_from_the_route_or_the_callable_is_400(aiohttp_c
     assert len(streamer.store) == 0  # type: ignore[arg-type]
 
 
-async def test_missing_stream_id_is_400(aiohttp_client: ClientFactory) -> None:
-    app = web.Application()
-    setup(app)
-    app.router.add_get("/q", resumable_handler(hello))
-    client = await aiohttp_client(app)
+async def test_missing_stream_id_is_400(http: Harness) -> None:
+    client = await http.serve([Route("/q", http.endpoint(hello))])
     response = await client.get("/q")
     assert response.status == 400
     assert "no stream id" in await response.text()
 
 
-async def test_stream_id_from_query_and_from_callable(aiohttp_client: ClientFactory) -> None:
-    app = web.Application()
-    streamer = setup(app)
-    app.router.add_get("/q", resumable_handler(hello))
-    app.router.add_get("/c/{user}", resumable_handler(hello, stream_id=lambda r: f"user:{r.match_info['user']}"))
-    client = await aiohttp_client(app)
+async def test_stream_id_from_query_and_from_callable(http: Harness) -> None:
+    streamer = Streamer()
+    routes = [
+        Route("/q", http.endpoint(hello)),
+        Route("/c/{user}", http.endpoint(hello, stream_id=lambda r: f"user:{path_param(r, 'user')}")),
+    ]
+    client = await http.serve(routes, streamer)
     assert len(parse(await (await client.get("/q?stream_id=abc")).read())) == 4
     assert len(parse(await (await client.get("/c/42")).read())) == 4
     assert await streamer.status("abc") is not None
@@ -263,9 +270,7 @@ async def test_stream_id_from_query_and_from_callable(aiohttp_client: ClientFact
 
 
 @pytest.mark.parametrize("is_async", [False, True])
-async def test_authorize_refusal_is_403_nothing_started_nothing_read(
-    aiohttp_client: ClientFactory, is_async: bool
-) -> None:
+async def test_authorize_refusal_is_403_nothing_started_nothing_read(http: Harness, is_async: bool) -> None:
     gate = Gate(["x"])
     seen: list[str] = []
 
@@ -276,7 +281,7 @@ async def test_authorize_refusal_is_403_nothing_started_nothing_read(
     async def async_check(request: web.Request, stream_id: str) -> bool:
         return sync_check(request, stream_id)
 
-    client, streamer = await app_with(aiohttp_client, gate.produce, authorize=async_check if is_async else sync_check)
+    client, streamer = await app_with(http, gate.produce, authorize=async_check if is_async else sync_check)
     response = await client.get("/stream/theirs-1")
     assert response.status == 403
     assert gate.runs == 0
@@ -289,7 +294,7 @@ async def test_authorize_refusal_is_403_nothing_started_nothing_read(
 # -- the producer runs once -------------------------------------------------------------------------------------
 
 
-async def test_fifty_concurrent_first_requests_run_the_producer_once(aiohttp_client: ClientFactory) -> None:
+async def test_fifty_concurrent_first_requests_run_the_producer_once(http: Harness) -> None:
     runs = 0
 
     async def produce(_request: web.Request) -> AsyncIterator[str]:
@@ -299,7 +304,7 @@ async def test_fifty_concurrent_first_requests_run_the_producer_once(aiohttp_cli
             await asyncio.sleep(0.001)
             yield f"t{i}"
 
-    client, _ = await app_with(aiohttp_client, produce)
+    client, _ = await app_with(http, produce)
     responses = await asyncio.gather(*(client.get("/stream/once") for _ in range(50)))
     bodies = await asyncio.gather(*(r.read() for r in responses))
     assert runs == 1
@@ -308,11 +313,10 @@ async def test_fifty_concurrent_first_requests_run_the_producer_once(aiohttp_cli
     assert [e.data for e in parse(bodies[0])][:-1] == [f"t{i}" for i in range(20)]
 
 
-async def test_disconnect_does_not_stop_producer_and_reconnect_does_not_rerun(aiohttp_client: ClientFactory) -> None:
+async def test_disconnect_does_not_stop_producer_and_reconnect_does_not_rerun(http: Harness) -> None:
     gate = Gate([f"t{i}" for i in range(6)])
-    client, streamer = await app_with(aiohttp_client, gate.produce)
+    client, streamer = await app_with(http, gate.produce)
     response = await client.get("/stream/dc")
-    await read_event(response)  # retry
     gate.release(2)
     first = parse(await read_event(response))[0]
     second = parse(await read_event(response))[0]
@@ -327,14 +331,14 @@ async def test_disconnect_does_not_stop_producer_and_reconnect_does_not_rerun(ai
     assert gate.runs == 1
 
 
-async def test_many_reconnects_deliver_every_event_exactly_once(aiohttp_client: ClientFactory) -> None:
+async def test_many_reconnects_deliver_every_event_exactly_once(http: Harness) -> None:
     async def produce(_request: web.Request) -> AsyncIterator[str]:
         for i in range(200):
             if i % 10 == 0:
                 await asyncio.sleep(0.002)
             yield f"e{i}"
 
-    client, _ = await app_with(aiohttp_client, produce)
+    client, _ = await app_with(http, produce)
     received: list[str] = []
     last_id: str | None = None
     for attempt in range(500):
@@ -342,7 +346,6 @@ async def test_many_reconnects_deliver_every_event_exactly_once(aiohttp_client: 
         response = await client.get("/stream/rc", headers=headers)
         if response.status == 204:
             break
-        await read_event(response)  # retry
         for _ in range(1 + attempt % 7):  # read a few events, then drop the connection
             event = parse(await read_event(response))[0]
             last_id = event.id
@@ -358,13 +361,13 @@ async def test_many_reconnects_deliver_every_event_exactly_once(aiohttp_client: 
 
 
 async def test_producer_error_sends_safe_message_and_logs_traceback(
-    aiohttp_client: ClientFactory, caplog: pytest.LogCaptureFixture
+    http: Harness, caplog: pytest.LogCaptureFixture
 ) -> None:
     async def broken(_request: web.Request) -> AsyncIterator[str]:
         yield "partial"
         raise RuntimeError("database password is hunter2")
 
-    client, _ = await app_with(aiohttp_client, broken)
+    client, _ = await app_with(http, broken)
     with caplog.at_level(logging.ERROR, logger="resumable_sse"):
         body = await (await client.get("/stream/err")).read()
     events = parse(body)
@@ -375,19 +378,19 @@ async def test_producer_error_sends_safe_message_and_logs_traceback(
     assert any("hunter2" in r.getMessage() or (r.exc_info and "hunter2" in str(r.exc_info[1])) for r in caplog.records)
 
 
-async def test_producer_error_with_a_public_message(aiohttp_client: ClientFactory) -> None:
+async def test_producer_error_with_a_public_message(http: Harness) -> None:
     async def quota(_request: web.Request) -> AsyncIterator[str]:
         yield "a"
         raise ProducerError("quota exceeded")
 
-    client, _ = await app_with(aiohttp_client, quota)
+    client, _ = await app_with(http, quota)
     events = parse(await (await client.get("/stream/pe")).read())
     assert json.loads(events[-1].data) == {"state": "error", "message": "quota exceeded"}
 
 
-async def test_cancel_ends_stream_for_every_reader_and_closes_producer(aiohttp_client: ClientFactory) -> None:
+async def test_cancel_ends_stream_for_every_reader_and_closes_producer(http: Harness) -> None:
     gate = Gate([f"t{i}" for i in range(100)])
-    client, streamer = await app_with(aiohttp_client, gate.produce)
+    client, streamer = await app_with(http, gate.produce)
     readers = [await client.get("/stream/cx") for _ in range(3)]
     gate.release(2)
     await wait_for_seq(streamer, "cx", 2)
@@ -412,7 +415,7 @@ async def test_cancel_ends_stream_for_every_reader_and_closes_producer(aiohttp_c
 # -- payloads ------------------------------------------------------------------------------------------------------
 
 
-async def test_payload_types_and_multiline_framing(aiohttp_client: ClientFactory) -> None:
+async def test_payload_types_and_multiline_framing(http: Harness) -> None:
     async def produce(_request: web.Request) -> AsyncIterator[Any]:
         yield "plain"
         yield "é".encode()
@@ -423,13 +426,13 @@ async def test_payload_types_and_multiline_framing(aiohttp_client: ClientFactory
         yield ""
         yield Event({"x": 1}, event="meta")
 
-    client, streamer = await app_with(aiohttp_client, produce)
+    client, streamer = await app_with(http, produce)
     body = await (await client.get("/stream/p")).read()
     state = await streamer.status("p")
     assert state is not None
     e = state.epoch
     assert body.decode() == (
-        "retry: 2000\n\n"
+        "retry: 2000\n"
         f"id: {e}-1\ndata: plain\n\n"
         f"id: {e}-2\ndata: é\n\n"
         f'id: {e}-3\ndata: {{"k":[1,"é"]}}\n\n'
@@ -443,14 +446,14 @@ async def test_payload_types_and_multiline_framing(aiohttp_client: ClientFactory
 
 
 async def test_oversized_event_ends_stream_with_error_and_is_not_written(
-    aiohttp_client: ClientFactory, caplog: pytest.LogCaptureFixture
+    http: Harness, caplog: pytest.LogCaptureFixture
 ) -> None:
     async def produce(_request: web.Request) -> AsyncIterator[str]:
         yield "small"
         yield "x" * 2000
         yield "never"
 
-    client, _ = await app_with(aiohttp_client, produce, streamer=Streamer(max_event_bytes=1000))
+    client, _ = await app_with(http, produce, streamer=Streamer(max_event_bytes=1000))
     with caplog.at_level(logging.ERROR, logger="resumable_sse"):
         body = await (await client.get("/stream/big")).read()
     events = parse(body)
@@ -460,12 +463,12 @@ async def test_oversized_event_ends_stream_with_error_and_is_not_written(
     assert any("max_event_bytes=1000" in r.getMessage() for r in caplog.records)
 
 
-async def test_unsupported_payload_type_ends_with_error(aiohttp_client: ClientFactory) -> None:
+async def test_unsupported_payload_type_ends_with_error(http: Harness) -> None:
     async def produce(_request: web.Request) -> AsyncIterator[Any]:
         yield "ok"
         yield 42
 
-    client, _ = await app_with(aiohttp_client, produce)
+    client, _ = await app_with(http, produce)
     events = parse(await (await client.get("/stream/ty")).read())
     assert [e.event for e in events] == [None, "error"]
 
@@ -473,27 +476,31 @@ async def test_unsupported_payload_type_ends_with_error(aiohttp_client: ClientFa
 # -- heartbeat, shutdown --------------------------------------------------------------------------------------------
 
 
-async def test_heartbeat_comments_while_idle(aiohttp_client: ClientFactory) -> None:
+async def test_heartbeat_comments_while_idle(http: Harness) -> None:
     gate = Gate(["late"])
-    client, _ = await app_with(aiohttp_client, gate.produce, heartbeat=0.05)
+    client, _ = await app_with(http, gate.produce, heartbeat=0.05)
     response = await client.get("/stream/hb")
-    assert await read_event(response) == b"retry: 2000\n\n"
-    assert await read_event(response) == b": ping\n\n"
+    assert await read_event(response) == b": ping\n\n"  # no event yet, so no retry field yet either
     assert await read_event(response) == b": ping\n\n"
     gate.release()
     rest = await response.read()
+    assert rest.replace(b": ping\n\n", b"").startswith(b"retry: 2000\nid: ")
     assert [e.data for e in parse(rest)] == ["late", '{"state":"done"}']
 
 
 async def test_default_heartbeat_is_15_seconds_and_retry_2000_ms() -> None:
     import inspect
 
-    defaults = inspect.signature(resumable_handler).parameters
-    assert (defaults["heartbeat"].default, defaults["retry"].default) == (15.0, 2000)
+    from resumable_sse.starlette import resumable_endpoint
+
+    for make in (resumable_handler, resumable_endpoint):
+        defaults = inspect.signature(make).parameters
+        assert (defaults["heartbeat"].default, defaults["retry"].default) == (15.0, 2000)
+        assert (defaults["on_unknown"].default, defaults["headers"].default) == ("gone", None)
 
 
-async def test_requests_after_shutdown_began_are_503(aiohttp_client: ClientFactory) -> None:
-    client, streamer = await app_with(aiohttp_client, hello)
+async def test_requests_after_shutdown_began_are_503(http: Harness) -> None:
+    client, streamer = await app_with(http, hello)
     assert len(parse(await (await client.get("/stream/before")).read())) == 4
     streamer.end_readers()  # what setup() does in on_shutdown
     for path in ["/stream/before", "/stream/new"]:
@@ -503,18 +510,19 @@ async def test_requests_after_shutdown_began_are_503(aiohttp_client: ClientFacto
     assert await streamer.status("new") is None
 
 
-async def test_a_slow_producers_event_goes_out_at_once(aiohttp_client: ClientFactory) -> None:
+async def test_a_slow_producers_event_goes_out_at_once(http: Harness) -> None:
     gate = Gate(["first", "second"])
-    client, _ = await app_with(aiohttp_client, gate.produce)
+    client, _ = await app_with(http, gate.produce)
     response = await client.get("/stream/slow")
-    assert await read_event(response) == b"retry: 2000\n\n"
     gate.release()  # the producer then waits at its next event: nothing may hold "first" back
-    assert parse(await read_event(response))[0].data == "first"
+    first = await read_event(response)
+    assert first.startswith(b"retry: 2000\n")
+    assert parse(first)[0].data == "first"
     gate.release()
     assert [e.data for e in parse(await response.read())] == ["second", '{"state":"done"}']
 
 
-async def test_a_stalled_reader_blocks_neither_the_producer_nor_other_readers() -> None:
+async def test_a_stalled_reader_blocks_neither_the_producer_nor_other_readers(http: Harness) -> None:
     # One client connects and never reads: its socket buffers fill up. The producer must still run to its end and
     # another reader must still get every event; the stalled one costs a cursor, not a copy.
     events = 3000
@@ -524,15 +532,9 @@ async def test_a_stalled_reader_blocks_neither_the_producer_nor_other_readers() 
         for _ in range(events):
             yield payload
 
-    app = web.Application()
-    streamer = setup(app, Streamer(MemoryStore(max_events=events + 1)))
-    app.router.add_get("/stream/{stream_id}", resumable_handler(big))
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    stalled = socket.create_connection(("127.0.0.1", port))
+    streamer = Streamer(MemoryStore(max_events=events + 1))
+    client = await http.serve([Route("/stream/{stream_id}", http.endpoint(big))], streamer)
+    stalled = socket.create_connection(("127.0.0.1", http.port))
     try:
         stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         stalled.sendall(b"GET /stream/big HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n")
@@ -542,15 +544,12 @@ async def test_a_stalled_reader_blocks_neither_the_producer_nor_other_readers() 
             await asyncio.sleep(0.01)
         assert state is not None
         assert (state.status, state.last_seq) == ("done", events + 1)
-        from aiohttp import ClientSession
-
-        async with ClientSession() as session, session.get(f"http://127.0.0.1:{port}/stream/big") as response:
-            received = parse(await asyncio.wait_for(response.read(), 10))
+        response = await client.get("/stream/big")
+        received = parse(await asyncio.wait_for(response.read(), 10))
         assert [e.data for e in received[:-1]] == [payload] * events
         assert received[-1].event == "done"
     finally:
         stalled.close()
-        await runner.cleanup()
 
 
 async def test_shutdown_ends_responses_and_cancels_producers_after_grace() -> None:
@@ -569,7 +568,6 @@ async def test_shutdown_ends_responses_and_cancels_producers_after_grace() -> No
     async with ClientSession() as session:
         response = await session.get(f"http://127.0.0.1:{port}/stream/sd")
         gate.release()
-        await read_event(response)
         assert parse(await read_event(response))[0].data == "t0"
         await asyncio.wait_for(runner.cleanup(), 10)
         rest = await asyncio.wait_for(response.read(), 5)  # the response ended cleanly: no exception
@@ -586,9 +584,7 @@ async def test_shutdown_ends_responses_and_cancels_producers_after_grace() -> No
 
 
 @pytest.mark.parametrize("method", ["HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"])
-async def test_methods_but_get_are_405_before_anything_is_started_or_read(
-    aiohttp_client: ClientFactory, method: str
-) -> None:
+async def test_methods_but_get_are_405_before_anything_is_started_or_read(http: Harness, method: str) -> None:
     # add_get() routes HEAD to the handler too: it must not claim the stream before refusing it.
     gate = Gate(["x"])
     checked: list[str] = []
@@ -597,12 +593,13 @@ async def test_methods_but_get_are_405_before_anything_is_started_or_read(
         checked.append(stream_id)
         return True
 
-    app = web.Application()
-    streamer = setup(app)
-    handler = resumable_handler(gate.produce, authorize=authorize)
-    app.router.add_get("/stream/{stream_id}", handler)  # GET and HEAD
-    app.router.add_route("*", "/any/{stream_id}", handler)  # every method reaches the handler
-    client = await aiohttp_client(app)
+    streamer = Streamer()
+    handler = http.endpoint(gate.produce, authorize=authorize)
+    routes = [
+        Route("/stream/{stream_id}", handler),  # GET and HEAD
+        Route("/any/{stream_id}", handler, any_method=True),  # every method reaches the handler
+    ]
+    client = await http.serve(routes, streamer)
     for path in ["/stream/m1", "/stream/m1?last_event_id=0123456789abcdef-1", "/any/m2", "/any/bad%20id"]:
         if method != "HEAD" and path.startswith("/stream/"):
             continue  # the router answers those itself
@@ -625,20 +622,16 @@ async def test_methods_but_get_are_405_before_anything_is_started_or_read(
 
 
 @pytest.mark.parametrize("stream_id", [".", "..", "...", "." * 128])
-async def test_stream_ids_made_only_of_dots_are_400_and_nothing_started(
-    aiohttp_client: ClientFactory, stream_id: str
-) -> None:
+async def test_stream_ids_made_only_of_dots_are_400_and_nothing_started(http: Harness, stream_id: str) -> None:
     from resumable_sse import InvalidStreamId
     from resumable_sse._streamer import validate_stream_id
 
     with pytest.raises(InvalidStreamId, match="dots"):
         validate_stream_id(stream_id)
     gate = Gate(["x"])
-    app = web.Application()
-    streamer = setup(app)
-    app.router.add_get("/q", resumable_handler(gate.produce))
-    app.router.add_get("/stream/{stream_id}", resumable_handler(gate.produce))
-    client = await aiohttp_client(app)
+    streamer = Streamer()
+    routes = [Route("/q", http.endpoint(gate.produce)), Route("/stream/{stream_id}", http.endpoint(gate.produce))]
+    client = await http.serve(routes, streamer)
     responses = [await client.get("/q", params={"stream_id": stream_id})]
     encoded = stream_id.replace(".", "%2E")
     responses.append(await client.get(f"/stream/{encoded}"))

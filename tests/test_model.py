@@ -805,3 +805,43 @@ async def test_a_finished_stream_rewound_to_running_is_followed_again(make_store
         await asyncio.wait([task], timeout=5)
         await batches.aclose()
         await streamer.close()
+
+
+async def test_a_reader_that_meets_a_change_the_audits_missed_is_not_left_waiting(make_store: StoreFactory) -> None:
+    """Found by the soak (memory store): the store goes back to an older state and returns before any audit asked
+    (a rewind, then the later snapshot restored), while a lagging reader keeps the hub's tail alive. A reader
+    subscribed in between reads the older state from the store, but the tail never heard of it: the store's return
+    to what the tail believes was no change, so the reader waited forever for the terminal entry the store has."""
+    store = await make_store()
+    streamer = Streamer(store, lease=1.0)  # audits every 0.5 s: both restores come between two of them
+    epoch = await produced(store, "s", "t", ["a", "b"])
+    running = await snapshot(store, "s")
+    await finish(store, "s", "t", 2)
+    done = await snapshot(store, "s")
+    lagging = await streamer.subscribe("s")
+    batches = lagging.batches()
+    assert [item.seq for item in await anext(batches) if isinstance(item, Entry)] == [1, 2, 3]  # it holds the tail
+    await asyncio.sleep(0.1)  # the store's answer to following the stream anew (done, at 3) has come
+    await rewind(store, "s", running)
+    live = await streamer.subscribe("s", f"{epoch}-2")
+    items: list[Entry | Reset | Gone] = []
+
+    async def read() -> None:
+        async for item in live:
+            items.append(item)
+
+    task = asyncio.ensure_future(read())
+    try:
+        await asyncio.sleep(0.05)  # the live reader has read the store (running, at 2) and waits
+        assert items == []
+        await rewind(store, "s", done)
+        done_, _ = await asyncio.wait([task], timeout=5)
+        assert done_, f"the live reader never got the terminal entry (the hub's tail: {streamer.hub.tails['s'].state})"
+        assert [(item.id, item.event) for item in items if isinstance(item, Entry)] == [(f"{epoch}-3", "done")]
+        assert len(items) == 1
+    finally:
+        live.close()
+        lagging.close()
+        await asyncio.wait([task], timeout=5)
+        await batches.aclose()
+        await streamer.close()

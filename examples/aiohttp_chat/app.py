@@ -18,6 +18,8 @@ How it fits together:
 * ``POST /api/answers/{stream_id}/stop`` calls :meth:`Streamer.cancel`: the stream ends with ``cancelled`` for every
   tab (and every process sharing the store), not only for the tab that pressed Stop.
 * ``GET /api/stats`` counts producer runs and stream requests, so tests can prove an answer was generated once.
+* ``GET /metrics`` is the Prometheus scrape of the library's metrics (streams, readers, requests by outcome, store
+  latency), when the ``prometheus`` extra is installed (``pip install 'resumable-sse[prometheus]'``).
 
 The page (``static/``) is plain HTML, CSS and JavaScript; the reusable part of its JavaScript, the resumable stream
 helper, ships with the library as ``resumable_sse/static/resumable-sse.js`` and is served at ``/resumable-sse.js``.
@@ -58,6 +60,13 @@ from resumable_sse import (
 from resumable_sse.aiohttp import STREAMER_KEY, resumable_handler, setup
 
 from .fake_llm import BlockingClient, stream_answer, tokens_per_second
+
+try:  # the prometheus extra: without it the example runs the same, without /metrics
+    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+    from resumable_sse.prometheus import PrometheusMetrics
+except ImportError:  # pragma: no cover - exercised where prometheus_client is not installed
+    PrometheusMetrics = None  # type: ignore[assignment,misc]
 
 __all__ = ["ENGINES", "ChatState", "create_app", "main"]
 
@@ -246,6 +255,15 @@ async def stats(request: web.Request) -> web.Response:
     )
 
 
+def _metrics_route(registry: CollectorRegistry) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """``GET /metrics``: the Prometheus text exposition of ``registry`` (the library's metrics for this process)."""
+
+    async def metrics(request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    return metrics
+
+
 def _answer_producer(request: web.Request) -> AsyncIterator[str] | Iterator[str]:
     """The producer ``/stream/{stream_id}`` runs for a known message whose stream is unknown (it expired before
     the page first read it); the POST normally starts the answer, so this is rarely called.
@@ -288,7 +306,14 @@ def create_app(store: EventLog | None = None, *, speed: float | None = None) -> 
     """
     app = web.Application(middlewares=[count_stream_requests])
     app[CHAT_KEY] = ChatState(speed=tokens_per_second() if speed is None else speed)
-    streamer = setup(app, Streamer(store if store is not None else MemoryStore(), grace_period=2.0))
+    observer = None
+    if PrometheusMetrics is not None:
+        # A registry per application (a real server would use prometheus_client's default REGISTRY, the default of
+        # PrometheusMetrics()): the tests make many applications in one process.
+        registry = CollectorRegistry()
+        observer = PrometheusMetrics(registry)
+        app.router.add_get("/metrics", _metrics_route(registry))
+    streamer = setup(app, Streamer(store if store is not None else MemoryStore(), grace_period=2.0, observer=observer))
     app[SYNC_KEY] = SyncStreamer(streamer)  # blocking code's way in: it shares the app's Streamer and loop
     app.router.add_get("/", index)
     app.router.add_get("/resumable-sse.js", helper_script)

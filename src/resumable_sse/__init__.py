@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from ._event import TERMINAL_EVENTS, Entry, Event, EventId
 from ._log import Claim, EventLog, Page, StreamState, Watch
+from ._observe import REQUEST_OUTCOMES, STORE_OPERATIONS, Observer, RequestOutcome, StoreOperation
 from ._streamer import Producer, Reset, Streamer, Subscription, validate_stream_id
 from .aiohttp import STREAMER_KEY, resumable_handler, setup
 from .exceptions import (
@@ -55,6 +56,8 @@ def __getattr__(name: str) -> object:
 
 
 __all__ = [
+    "REQUEST_OUTCOMES",
+    "STORE_OPERATIONS",
     "STREAMER_KEY",
     "TERMINAL_EVENTS",
     "Claim",
@@ -68,15 +71,18 @@ __all__ = [
     "InvalidEventId",
     "InvalidStreamId",
     "MemoryStore",
+    "Observer",
     "Page",
     "Producer",
     "ProducerError",
     "RedisStore",
+    "RequestOutcome",
     "Reset",
     "ResponseError",
     "ResumableSSEError",
     "RetriesExhausted",
     "StoreFull",
+    "StoreOperation",
     "StoreUnavailable",
     "StreamAlreadyClaimed",
     "StreamEnded",

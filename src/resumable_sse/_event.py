@@ -194,13 +194,16 @@ def encode_event(data: str, id: str | None = None, event: str | None = None) -> 
 
 
 def encode_retry(milliseconds: int) -> bytes:
-    """A ``retry:`` field on its own: tells the browser how long to wait before reconnecting.
+    """A ``retry:`` field line (no blank line after it): how long a client waits before reconnecting.
 
-    Not an event (a block without ``data`` dispatches nothing), so it does not go through :func:`encode_event`.
+    It goes at the start of the first event block of a response, never in a block of its own: the WHATWG rules
+    dispatch nothing for a block without ``data``, but some clients (httpx-sse) hand such a block to the application
+    as an empty ``message`` event. Put in front of an encoded event (``encode_retry(2000) + entry.wire()``), it
+    makes one block that sets the reconnection time and dispatches that event.
     """
     if milliseconds < 0:
         raise ValueError("retry must not be negative")
-    return f"retry: {milliseconds}\n\n".encode()
+    return f"retry: {milliseconds}\n".encode()
 
 
 def encode_comment(text: str = "") -> bytes:

@@ -16,22 +16,20 @@ import inspect
 import logging
 import time
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterable
-from typing import Any, Final, Protocol, TypeVar, Union
+from typing import Any, Protocol, Union
 
 from ._event import Status, normalize
 from ._feed import call_in_thread, pump_in_thread
 from ._log import EventLog, NewEvent, StreamState
+from ._observe import Observer
 from ._readers import Hub, terminal_data
-from ._tasks import spawn
+from ._tasks import Signal, spawn, stopped
 from .exceptions import EventTooLarge, InvalidEventData, ProducerError, StoreUnavailable, StreamFenced, StreamNotFound
 
-__all__ = ["Factory", "Producer", "Producers", "Source", "check_factory", "retry_store"]
+__all__ = ["Factory", "Producer", "Producers", "Source", "check_factory"]
 
 logger = logging.getLogger("resumable_sse")
 
-T = TypeVar("T")
-_RETRY_FIRST_DELAY: Final = 0.05  # seconds before the first retry while the store is unreachable; doubles to:
-_RETRY_MAX_DELAY: Final = 1.0
 
 Source = Union[AsyncIterable[Any], Iterable[Any]]  # noqa: UP007 (a runtime alias on 3.10)
 """What a producer factory returns: an async iterable (run on the loop) or a plain iterable (run in a thread)."""
@@ -45,7 +43,10 @@ class Settings(Protocol):
     """What the producer runtime needs of the engine that owns it (the :class:`~resumable_sse.Streamer`)."""
 
     @property
-    def store(self) -> EventLog: ...
+    def log(self) -> EventLog: ...  # the store as the engine calls it (timed when there is an observer)
+
+    @property
+    def observer(self) -> Observer | None: ...
     @property
     def hub(self) -> Hub: ...
     @property
@@ -67,24 +68,6 @@ class Settings(Protocol):
         self, stream_id: str, token: str, events: list[NewEvent], after: int, *, final: Status | None = None
     ) -> int:
         """A producer's append, retried while the store is unreachable."""
-
-
-async def retry_store(doing: str, call: Callable[[], Awaitable[T]], timeout: float, stream_id: str = "") -> T:
-    """``await call()``, called again with a growing delay while it raises ``StoreUnavailable`` (a Redis restart),
-    for up to ``timeout`` seconds; then the last ``StoreUnavailable`` propagates."""
-    deadline = time.monotonic() + timeout
-    delay = _RETRY_FIRST_DELAY
-    while True:
-        try:
-            return await call()
-        except StoreUnavailable:
-            if time.monotonic() + delay > deadline:
-                raise
-            logger.warning(
-                "store unreachable while %s; retrying in %.2f s", doing, delay, extra={"stream_id": stream_id}
-            )
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, _RETRY_MAX_DELAY)
 
 
 def check_factory(producer: object) -> None:
@@ -144,7 +127,7 @@ class _Run:
         self.epoch = state.epoch
         self.factory = factory
         self.pending: list[NewEvent] = []
-        self.wake = asyncio.Event()
+        self.wake = Signal()
         self.space: asyncio.Future[None] | None = None
         self.limit = min(16, streamer.batch_size)  # how far the pump may run ahead of the writer
         self.stop_reason: tuple[Status, str] | None = None  # why we stopped the pump ourselves
@@ -153,7 +136,9 @@ class _Run:
         self.last_seq = 0  # what the log holds of this run; appends name it so that a retry cannot duplicate
         self.last_progress = time.monotonic()
         self.pump: asyncio.Task[None] | None = None
-        self.task: asyncio.Task[Status] = spawn(self.supervise(), f"resumable-sse producer {self.stream_id}")
+        self.task: asyncio.Task[Status] = spawn(
+            self.supervise(), f"resumable-sse producer {self.stream_id}", self.stream_id
+        )
 
     # -- the pump ---------------------------------------------------------------------------------------------------
 
@@ -217,7 +202,16 @@ class _Run:
         self.stop(status, message)
 
     async def append(self, events: list[NewEvent], final: Status | None = None) -> None:
-        self.last_seq = await self.streamer.append(self.stream_id, self.token, events, self.last_seq, final=final)
+        streamer = self.streamer
+        if streamer.observer is None:  # the common case without the retry's frames (this is on every event's path)
+            try:
+                self.last_seq = await streamer.log.append(
+                    self.stream_id, self.token, events, after=self.last_seq, final=final
+                )
+                return
+            except StoreUnavailable:
+                pass  # retried by Streamer.append, which also reports to the observer and times the store
+        self.last_seq = await streamer.append(self.stream_id, self.token, events, self.last_seq, final=final)
 
     def take(self) -> list[NewEvent]:
         """The pending events that go in the next append: all of them, or as many as fit ``max_batch_bytes`` (at
@@ -258,13 +252,12 @@ class _Run:
             try:
                 while not pump.done() and not self.fenced:
                     await self.wake.wait()
-                    self.wake.clear()
                     if self.pending and not pump.done():
                         await self.flush()
             except StreamFenced:
                 self.fenced = True
             if self.fenced:
-                await _stopped(pump)
+                await stopped(pump)
                 return await self._outside_end()
             status, message = self._outcome(pump)
             self.ending = True
@@ -281,11 +274,11 @@ class _Run:
             self.pending.clear()
             return status
         except asyncio.CancelledError:
-            await _stopped(pump)  # cancelled itself (shutdown): the pump first, then the cancel goes on
+            await stopped(pump)  # cancelled itself (shutdown): the pump first, then the cancel goes on
             raise
         except (StoreUnavailable, StreamNotFound) as exc:
             self.fenced = True
-            await _stopped(pump)
+            await stopped(pump)
             logger.error(
                 "stream %r: %s; its producer stops and readers are told it is lost",
                 self.stream_id,
@@ -296,8 +289,12 @@ class _Run:
             return "lost"
         except Exception:
             self.fenced = True
-            await _stopped(pump)
-            logger.exception("producer of stream %r failed", self.stream_id, extra={"stream_id": self.stream_id})
+            await stopped(pump)
+            logger.exception(
+                "the run of stream %r failed; it stops, and its readers get lost once its lease runs out",
+                self.stream_id,
+                extra={"stream_id": self.stream_id},
+            )
             self.streamer.hub.suspect(self.stream_id)
             return "error"
         finally:
@@ -314,14 +311,15 @@ class _Run:
         if isinstance(exc, ProducerError):
             return "error", str(exc)
         extra = {"stream_id": self.stream_id}
-        if isinstance(exc, EventTooLarge):
-            logger.error("stream %r: %s; the stream ends with error", self.stream_id, exc, extra=extra)
-            return "error", "an event was too large"
-        if isinstance(exc, InvalidEventData):
-            logger.error("stream %r: %s; the stream ends with error", self.stream_id, exc, extra=extra)
-            return "error", "an event was not valid text"
+        if isinstance(exc, (EventTooLarge, InvalidEventData)):
+            said = "an event was too large" if isinstance(exc, EventTooLarge) else "an event was not valid text"
+            logger.error("stream %r: %s; it ends with error (clients get %r)", self.stream_id, exc, said, extra=extra)
+            return "error", said
         logger.error(
-            "producer of stream %r raised; the stream ends with error", self.stream_id, exc_info=exc, extra=extra
+            "producer of stream %r raised; the stream ends with error (clients get the generic message)",
+            self.stream_id,
+            exc_info=exc,
+            extra=extra,
         )
         return "error", self.streamer.error_message
 
@@ -329,7 +327,7 @@ class _Run:
         """The stream ended, or changed, without this run (a cancel from any process, declared lost, expired, lost or
         rewound by the store): report how it ended; a stream this run cannot continue is ended as lost. Anything but
         a cancel is logged once, here, with the stream id."""
-        store, stream_id = self.streamer.store, self.stream_id
+        store, stream_id = self.streamer.log, self.stream_id
         try:
             state = await store.state(stream_id)
         except StoreUnavailable:
@@ -351,17 +349,16 @@ class _Run:
                 with contextlib.suppress(StoreUnavailable):  # else declared lost by an audit after the lease
                     await store.abandon(stream_id, self.token, data)
         extra = {"stream_id": stream_id}
-        logger.error("stream %r: %s; its producer stops and the stream ends lost", stream_id, why, extra=extra)
+        logger.error(
+            "stream %r: %s; its producer stops and the stream ends lost (readers get lost)", stream_id, why, extra=extra
+        )
         self.streamer.hub.suspect(stream_id)
         return "lost"
 
 
-async def _stopped(pump: asyncio.Task[None]) -> None:
-    """Cancel ``pump`` and wait for it to end, without taking a cancel aimed at the caller for the pump's."""
-    pump.cancel()
-    await asyncio.wait({pump})
-    if not pump.cancelled():
-        pump.exception()  # retrieved: the run reports how the stream ended
+def _status(task: asyncio.Task[Status]) -> Status:
+    """How a run's task ended its stream (a run returns its status; a task cancelled outright was cancelled)."""
+    return "cancelled" if task.cancelled() else "error" if task.exception() is not None else task.result()
 
 
 class Producers:
@@ -381,9 +378,12 @@ class Producers:
         self.runs[state.stream_id, state.epoch] = run
         # Follow the stream while its producer runs, like a reader would: an end written by another process
         # (cancel) then stops the producer at once instead of at its next append or lease renewal.
-        hub = self.streamer.hub
+        hub, observer = self.streamer.hub, self.streamer.observer
         tail = hub.attach(state, producer=True)
         run.task.add_done_callback(lambda _task: hub.detach(tail, producer=True))
+        if observer is not None:
+            observer.stream_started(run.stream_id)
+            run.task.add_done_callback(lambda task: observer.stream_ended(run.stream_id, _status(task)))
         if self._keeper is None or self._keeper.done():
             self._keeper = spawn(self._keep_leases(), "resumable-sse leases")
         return Producer(run)
@@ -406,9 +406,16 @@ class Producers:
             await asyncio.sleep(streamer.lease / 3)
             runs = [run for run in self.runs.values() if not run.task.done()]
             try:
-                kept = await streamer.store.renew([(run.stream_id, run.token) for run in runs], streamer.lease)
+                kept = await streamer.log.renew([(run.stream_id, run.token) for run in runs], streamer.lease)
             except Exception as exc:
-                logger.warning("could not renew the leases of %d producers: %s", len(runs), exc)
+                logger.warning(
+                    "could not renew the leases of %d producers: %s; tried again in %.1f s (readers notice nothing "
+                    "unless it lasts the lease: those streams then end lost)",
+                    len(runs),
+                    exc,
+                    streamer.lease / 3,
+                    extra={"stream_id": None, "stream_ids": [run.stream_id for run in runs[:100]]},
+                )
                 continue
             now = time.monotonic()
             for run, last_seq in zip(runs, kept, strict=True):
@@ -419,7 +426,8 @@ class Producers:
                     streamer.hub.suspect(run.stream_id)  # the store went back in time: readers must hear of it
                 elif not run.pending and now - run.last_progress > streamer.idle_timeout:
                     logger.error(
-                        "producer of stream %r yielded nothing for %.0f s; the stream ends with error",
+                        "producer of stream %r yielded nothing for %.0f s; the stream ends with error (clients get "
+                        "'the producer was idle too long')",
                         run.stream_id,
                         streamer.idle_timeout,
                         extra={"stream_id": run.stream_id},

@@ -23,6 +23,7 @@ from typing import ClassVar, Final, Protocol
 
 from ._event import Entry, EventId, Reset, encode_event
 from ._log import EventLog, Page, StreamState, Watch
+from ._observe import Observer
 from ._tasks import spawn
 from .exceptions import StoreUnavailable
 
@@ -37,7 +38,10 @@ class Owner(Protocol):
     """What readers need of the engine that owns them (the :class:`~resumable_sse.Streamer`)."""
 
     @property
-    def store(self) -> EventLog: ...
+    def log(self) -> EventLog: ...  # the store as the engine calls it (timed when there is an observer)
+
+    @property
+    def observer(self) -> Observer | None: ...
     @property
     def window(self) -> int: ...
     @property
@@ -136,7 +140,7 @@ class _Tail:
         if state == old and not entries:
             return  # nothing new
         if entries and self.readers > self.producing:  # a producer alone needs no window
-            if same_epoch and self.window and self.window[-1].seq + 1 == entries[0].seq:
+            if same_epoch and self.window and self.window[-1].seq + 1 == entries[0].seq and not self._all_waiting():
                 self.window.extend(entries)
                 excess = len(self.window) - window
                 if excess > 0:
@@ -146,6 +150,17 @@ class _Tail:
         else:
             self.window = []
         self.changed(state)
+
+    def _all_waiting(self) -> bool:
+        """True when every reader waits for what comes next: each has had all the window holds, so the window need
+        keep only what comes now. Readers that keep up (paced streams, the common case) then hold a window of one
+        page, not thousands of entries per stream that the garbage collector would walk again and again; a reader
+        that falls behind keeps the window growing (up to ``window``) until it catches up."""
+        waiting = 0
+        for waiter in self.waiters:
+            if not waiter.done():
+                waiting += 1
+        return waiting >= self.readers - self.producing
 
     def audited(self, state: StreamState | None) -> None:
         """The store's answer to an audit, taken only when no push came while it was asked."""
@@ -186,7 +201,7 @@ class Hub:
         if tail is None:
             tail = self.tails[stream_id] = _Tail(stream_id, state)
             if self._watch is None:
-                self._watch = self.streamer.store.watch(self._on_change)
+                self._watch = self.streamer.log.watch(self._on_change)
             if self._auditor is None or self._auditor.done():
                 self._audit_now = asyncio.Event()
                 self._auditor = spawn(self._audit(), "resumable-sse auditor")
@@ -256,30 +271,49 @@ class Hub:
     async def _audit_some(self, stream_ids: list[str], lost: str) -> None:
         versions = {stream_id: tail.version for stream_id in stream_ids if (tail := self.tails.get(stream_id))}
         try:
-            states = await self.streamer.store.audit(list(versions), lost)
+            states = await self.streamer.log.audit(list(versions), lost)
         except StoreUnavailable as exc:
             if not self._outage:
-                logger.warning("store unreachable while auditing %d streams: %s", len(versions), exc)
+                logger.warning(
+                    "store unreachable while auditing %d streams: %s; their readers wait, asked again in %.1f s",
+                    len(versions),
+                    exc,
+                    self.streamer.liveness_interval,
+                    extra={"stream_id": None, "stream_ids": list(versions)[:100]},
+                )
             self._outage = True
             self._suspects.update(versions)  # ask again next time
             return
         except Exception:
-            logger.exception("auditing %d streams failed", len(versions))
+            logger.exception(
+                "auditing %d streams failed; their readers wait, asked again in %.1f s",
+                len(versions),
+                self.streamer.liveness_interval,
+                extra={"stream_id": None, "stream_ids": list(versions)[:100]},
+            )
             return
         self._outage = False
         for stream_id, state in zip(versions, states, strict=True):
             tail = self.tails.get(stream_id)
-            if tail is None or tail.version != versions[stream_id]:
-                continue  # a push came while the store answered: it is newer than this answer
-            tail.audited(state)
-            if state is None:
+            if tail is not None and tail.version == versions[stream_id]:  # else a push came: it is newer
+                self.learned(tail, state)
+
+    def learned(self, tail: _Tail, state: StreamState | None) -> None:
+        """The store's answer about a followed stream (an audit, or a reader's read), taken only when no push came
+        while it was asked. A reader's read counts as much as an audit: the store may have changed and changed back
+        between two audits (rewound, then restored), and a reader that met the change must not wait on a tail that
+        never heard of it."""
+        had = tail.state
+        tail.audited(state)
+        if state is None:
+            if had is not None:
                 logger.warning(
                     "stream %r is no longer in the store; its readers are told it is lost",
-                    stream_id,
-                    extra={"stream_id": stream_id},
+                    tail.stream_id,
+                    extra={"stream_id": tail.stream_id},
                 )
-            elif state.finished:
-                self.streamer.ended(state)
+        elif state.finished:
+            self.streamer.ended(state)
 
     async def close(self) -> None:
         """Stop following; wake every reader."""
@@ -351,22 +385,28 @@ class Subscription:
         The first batch starts with :attr:`reset` when there is one.
         """
         hub = self._hub
-        streamer, store = hub.streamer, hub.streamer.store
+        streamer, store, observer = hub.streamer, hub.streamer.log, hub.streamer.observer
         limit = limit or streamer.batch_size
         pending: list[Item] = [self.reset] if self.reset is not None else []
         tail = hub.attach(self.state)
+        if observer is not None:
+            observer.reader_opened(self.stream_id)
         try:
             while not self._closed and not streamer.readers_ended:
                 version = tail.version
                 page = tail.take(self._epoch, self.cursor, limit)
                 if page is None:
                     page = await store.read(self.stream_id, self.cursor, limit, epoch=self._epoch)
+                    if tail.version == version:
+                        hub.learned(tail, page.state if page is not None else None)
                     if page is None:
                         yield [*pending, Gone()]
                         return
                 batch: list[Item] = [*pending, *self._accept(page)]
                 pending = []
                 if batch:
+                    if observer is not None:
+                        observer.reader_served(self.stream_id, page.state.last_seq - self.cursor)
                     yield batch
                     if batch[-1].terminal:
                         return
@@ -383,6 +423,8 @@ class Subscription:
         finally:
             hub.detach(tail)
             streamer.forget(self)
+            if observer is not None:
+                observer.reader_closed(self.stream_id)
 
     async def __aiter__(self) -> AsyncIterator[Item]:
         async for batch in self.batches():

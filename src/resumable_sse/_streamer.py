@@ -15,8 +15,10 @@ from typing import Final
 
 from ._event import EventId, Status
 from ._log import EventLog, NewEvent, StreamState
-from ._producer import Factory, Producer, Producers, Source, check_factory, retry_store
+from ._observe import ObservedLog, Observer
+from ._producer import Factory, Producer, Producers, Source, check_factory
 from ._readers import Hub, Reset, Subscription, judge, terminal_data
+from ._retry import retry_store
 from .exceptions import InvalidStreamId, StreamerClosed, StreamNotFound
 
 __all__ = ["Producer", "Reset", "Source", "Streamer", "Subscription", "validate_stream_id"]
@@ -61,6 +63,8 @@ class Streamer:
         :class:`~resumable_sse.ProducerError`.
     :param store_retry_timeout: how long a producer's appends, and the live tail readers wait on, are retried while
         the store is unreachable.
+    :param observer: told what happens to streams, readers and store calls (see :class:`~resumable_sse.Observer`),
+        e.g. :class:`resumable_sse.prometheus.PrometheusMetrics`; default: none, and nothing is measured.
     """
 
     def __init__(
@@ -76,6 +80,7 @@ class Streamer:
         window: int = 4096,
         error_message: str = "the stream failed",
         store_retry_timeout: float = 30.0,
+        observer: Observer | None = None,
     ) -> None:
         if store is None:
             from .stores.memory import MemoryStore
@@ -90,6 +95,10 @@ class Streamer:
         if max_batch_bytes < max_event_bytes:
             raise ValueError("max_batch_bytes must be at least max_event_bytes")
         self.store: Final[EventLog] = store
+        self.observer: Final = observer
+        """The observer the engine reports to, or None."""
+        self.log: Final[EventLog] = store if observer is None else ObservedLog(store, observer)
+        """The store as the engine calls it: the store itself, or with an observer the store with every call timed."""
         self.lease: Final = lease
         self.max_event_bytes: Final = max_event_bytes
         self.idle_timeout: Final = idle_timeout
@@ -153,7 +162,7 @@ class Streamer:
         if self.readers_ended:  # also set by close()
             raise StreamerClosed("the Streamer is closing and starts no new producers")
         token = secrets.token_hex(16)
-        claim = await self.store.claim(stream_id, token, self.lease)
+        claim = await self.log.claim(stream_id, token, self.lease)
         if not claim.acquired:
             return None
         return self.producers.start(token, claim.state, producer)
@@ -165,7 +174,7 @@ class Streamer:
         elsewhere; a local producer is stopped at once, a remote one as soon as its process hears of the end.
         """
         validate_stream_id(stream_id)
-        ended = await self.store.end(stream_id, "cancelled", terminal_data("cancelled", "cancelled"))
+        ended = await self.log.end(stream_id, "cancelled", terminal_data("cancelled", "cancelled"))
         for run in self.producers.of(stream_id):
             run.fence("cancelled", "cancelled")
         return ended
@@ -173,7 +182,7 @@ class Streamer:
     async def status(self, stream_id: str) -> StreamState | None:
         """The stream's current state, or None if it is unknown or has expired."""
         validate_stream_id(stream_id)
-        return await self.store.state(stream_id)
+        return await self.log.state(stream_id)
 
     def producer(self, stream_id: str) -> Producer | None:
         """The producer of ``stream_id`` running in this process, if any."""
@@ -197,12 +206,15 @@ class Streamer:
     ) -> int:
         """Append for a producer, retrying while the store is unreachable (the append is idempotent: it names
         the sequence number it follows). Gives up after ``store_retry_timeout`` seconds."""
-        return await retry_store(
+        last_seq = await retry_store(
             f"appending to {stream_id!r}",
-            lambda: self.store.append(stream_id, token, events, after=after, final=final),
+            lambda: self.log.append(stream_id, token, events, after=after, final=final),
             self.store_retry_timeout,
             stream_id,
         )
+        if self.observer is not None:
+            self.observer.events_appended(stream_id, len(events) - (final is not None))
+        return last_seq
 
     # -- readers --------------------------------------------------------------------------------------------------
 
@@ -219,7 +231,7 @@ class Streamer:
         self.bind_loop()
         if self.readers_ended:
             raise StreamerClosed("the Streamer is closing")
-        state = await self.store.state(stream_id)
+        state = await self.log.state(stream_id)
         if state is None:
             raise StreamNotFound(stream_id)
         reset: Reset | None = None
@@ -261,4 +273,4 @@ class Streamer:
         self.end_readers()
         await self.producers.close(self.grace_period if grace_period is None else grace_period)
         await self.hub.close()
-        await self.store.close()
+        await self.log.close()

@@ -13,7 +13,6 @@ silent gap, and every refusal is a plain status code (400, 403, 410, 503) before
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import inspect
 import logging
@@ -26,17 +25,10 @@ from aiohttp.abc import AbstractStreamWriter
 from aiohttp.web_request import BaseRequest
 from aiohttp_sse import EventSourceResponse
 
-from ._event import EventId, encode_retry
-from ._streamer import Source, Streamer, Subscription, validate_stream_id
+from ._http import Refusal, StreamOptions, open_stream, position_of, relay
+from ._streamer import Source, Streamer, Subscription
 from ._tasks import spawn
-from .exceptions import (
-    InvalidEventId,
-    InvalidStreamId,
-    StoreFull,
-    StoreUnavailable,
-    StreamerClosed,
-    StreamNotFound,
-)
+from .exceptions import InvalidStreamId
 
 __all__ = ["STREAMER_KEY", "ResumableResponse", "resumable_handler", "setup"]
 
@@ -187,8 +179,11 @@ class ResumableResponse(EventSourceResponse):
         await self._bounded(super().write_eof(data))
 
 
-def _plain(status: int, message: str) -> web.Response:
-    return web.Response(status=status, text=message + "\n")
+def _refusal(refusal: Refusal) -> web.Response:
+    """A refusal as aiohttp sends it: plain text with its message, or an empty ``204``."""
+    if refusal.status == 204:
+        return web.Response(status=204)
+    return web.Response(status=refusal.status, text=refusal.message + "\n", headers=refusal.headers)
 
 
 async def _start(response: ResumableResponse, request: web.Request) -> bool:
@@ -206,12 +201,6 @@ async def _start(response: ResumableResponse, request: web.Request) -> bool:
 def _client_gone() -> web.Response:
     """What the access log records for a request whose client left before its response began."""
     return web.Response(status=499, reason="Client Closed Request")
-
-
-def _method_not_allowed() -> web.Response:
-    response = _plain(405, "method not allowed: an event stream is read with GET")
-    response.headers["Allow"] = "GET"
-    return response
 
 
 def resumable_handler(
@@ -249,13 +238,9 @@ def resumable_handler(
         aborted and its subscription closed; it can resume with ``Last-Event-ID``. The producer is never affected.
         ``None``: no bound (a stalled client is then held until the kernel gives up on it).
     """
-    if on_unknown not in ("gone", "restart"):
-        raise ValueError("on_unknown must be 'gone' or 'restart'")
-    if heartbeat <= 0:
-        raise ValueError("heartbeat must be positive")
+    options = StreamOptions(heartbeat=heartbeat, retry=retry, on_unknown=on_unknown, headers=headers)
     if send_timeout is not None and send_timeout <= 0:
         raise ValueError("send_timeout must be positive (or None: no bound)")
-    retry_bytes = encode_retry(retry)
 
     def resolve_stream_id(request: web.Request) -> str:
         if stream_id is not None:
@@ -265,64 +250,38 @@ def resumable_handler(
             raise InvalidStreamId("no stream id: route {stream_id} and query parameter stream_id are both missing")
         return value
 
-    async def open_subscription(
-        request: web.Request, engine: Streamer, sid: str, position: str | None
-    ) -> Subscription | web.Response:
-        # A partial keeps what producer is: an async generator function runs on the loop, a plain function in a
-        # thread of its own (it may block before it returns).
-        source = functools.partial(producer, request)
-        if position is None:
-            await engine.start(sid, source)
-            return await engine.subscribe(sid)
-        try:
-            return await engine.subscribe(sid, position)
-        except StreamNotFound:
-            if on_unknown == "gone":
-                return _plain(410, f"stream {sid!r} is unknown or has expired; it is not generated again")
-            await engine.start(sid, source)
-            return await engine.subscribe(sid, position)
-
     async def handler(request: web.Request) -> web.StreamResponse:
-        if request.method != "GET":
-            # add_get() also routes HEAD here: refuse before anything is validated, started or read.
-            return _method_not_allowed()
         engine = streamer if streamer is not None else _streamer_for(request)
-        position = request.headers.get("Last-Event-ID") or request.query.get("last_event_id") or None
-        try:
-            sid = validate_stream_id(resolve_stream_id(request))
-            if position is not None:
-                EventId.parse(position)
-        except (InvalidStreamId, InvalidEventId) as exc:
-            return _plain(400, str(exc))
-        if authorize is not None:
-            allowed = authorize(request, sid)
-            if inspect.isawaitable(allowed):
-                allowed = await allowed
-            if not allowed:
-                return _plain(403, "not allowed to read this stream")
-        try:
-            opened = await open_subscription(request, engine, sid, position)
-        except StreamNotFound:
-            return _plain(410, f"stream {sid!r} is unknown or has expired")
-        except (StoreUnavailable, StoreFull, StreamerClosed) as exc:
-            logger.warning("stream %r not served: %s", sid, exc)
-            return _plain(503, "the stream service is unavailable; try again shortly")
-        if isinstance(opened, web.Response):
-            return opened
+        # The decision is _http's (the same for every framework); this handler only does aiohttp's I/O.
+        opened = await open_stream(
+            engine,
+            options,
+            method=request.method,
+            stream_id=functools.partial(resolve_stream_id, request),
+            position=position_of(request.headers.get("Last-Event-ID"), request.query.get("last_event_id")),
+            authorize=None if authorize is None else functools.partial(authorize, request),
+            # A partial keeps what producer is: an async generator function runs on the loop, a plain function
+            # in a thread of its own (it may block before it returns).
+            source=functools.partial(producer, request),
+        )
+        if isinstance(opened, Refusal):
+            return _refusal(opened)
         subscription = opened
         try:
-            if subscription.at_end:
-                return web.Response(status=204)
             response = ResumableResponse(heartbeat=heartbeat, headers=headers, send_timeout=send_timeout)
             if not await _start(response, request):
-                logger.debug("the client of %r went away before the response started", sid)
+                logger.debug(
+                    "the client of %r went away before the response started",
+                    subscription.stream_id,
+                    extra={"stream_id": subscription.stream_id},
+                )
                 return _client_gone()
-            await serve(response, subscription, sid)
+            await serve(response, subscription)
         finally:
             subscription.close()
         return response
 
-    async def serve(response: ResumableResponse, subscription: Subscription, sid: str) -> None:
+    async def serve(response: ResumableResponse, subscription: Subscription) -> None:
         # The heartbeat task ends when a write fails: the client is gone, so stop waiting for events at once.
         watcher = asyncio.ensure_future(response.wait())
 
@@ -331,24 +290,22 @@ def resumable_handler(
             if not task.cancelled():
                 task.exception()  # retrieved: a failed heartbeat only means the client is gone
 
-        watcher.add_done_callback(client_gone)
-        try:
-            first = retry_bytes if subscription.reset is None else retry_bytes + subscription.reset.wire()
-            subscription.reset = None
-            await response.write(first)
-            async with contextlib.aclosing(subscription.batches()) as batches:
-                async for batch in batches:
-                    await response.write(b"".join([item.wire() for item in batch]))
+        async def end() -> None:
             response.stop_streaming()
             await response.write_eof()  # here, bounded, rather than unbounded by aiohttp after the handler returns
-        except (ConnectionError, StreamNotFound):
-            pass  # the client went away (or was cut off), or the stream expired under it: this response is over
-        except StoreUnavailable:
-            logger.warning("store unreachable while serving %r; the client will reconnect", sid)
+
+        watcher.add_done_callback(client_gone)
+        try:
+            await relay(subscription, options, response.write, end)
         finally:
             watcher.cancel()
             response.stop_streaming()
             if response.stalled:
-                logger.info("a reader of %r read nothing for %s s: its connection was aborted", sid, send_timeout)
+                logger.info(
+                    "a reader of %r read nothing for %s s: its connection was aborted (it may resume with its last id)",
+                    subscription.stream_id,
+                    send_timeout,
+                    extra={"stream_id": subscription.stream_id},
+                )
 
     return handler

@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
-from typing import Final, TextIO
+from typing import Final, Literal, TextIO
 
 from . import __version__
 from .client import ClientError, EventStream, RetriesExhausted, ServerSentEvent, StreamGone, check_url, connect
@@ -63,12 +63,15 @@ connection drops, reconnect with Last-Event-ID set to the last event printed,
 so that (with a resumable-sse server) each event is printed exactly once, in
 order. Stop when the stream ends.
 
-Output (stdout): the data of each event, one after another (an event whose
-data has several lines prints several lines); a reset (the server could not
-continue from the position and starts over) is reported on stderr. With
---json: one JSON object per line, {"id": ..., "event": ..., "data": ...}, for
-every event, resets and the final event included. Reconnections and how the
-stream ended are reported on stderr.
+Output (stdout): the data of each event, each followed by a line break (an
+event whose data has several lines prints several lines); a reset (the server
+could not continue from the position and starts over) is reported on stderr.
+With --text: the data of the plain (message) events joined as one continuous
+text, as a chat answer reads, with no line break of its own between events;
+typed events (e.g. usage) are not printed; a reset starts a new line, and a
+line break ends the output. With --json: one JSON object per line, {"id": ...,
+"event": ..., "data": ...}, for every event, resets and the final event
+included. Reconnections and how the stream ended are reported on stderr.
 """
 
 
@@ -97,7 +100,13 @@ def _parser() -> argparse.ArgumentParser:
     tail.add_argument(
         "--last-event-id", metavar="ID", help="resume after this event id (sent as the Last-Event-ID header)"
     )
-    tail.add_argument("--json", action="store_true", help="print one JSON object per event: id, event, data")
+    output = tail.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true", help="print one JSON object per event: id, event, data")
+    output.add_argument(
+        "--text",
+        action="store_true",
+        help="print the data of plain events as one continuous text, with no line break between events",
+    )
     tail.add_argument(
         "-H",
         "--header",
@@ -134,17 +143,39 @@ def _headers(values: Sequence[str], parser: argparse.ArgumentParser) -> dict[str
     return headers
 
 
-def _print_event(event: ServerSentEvent, as_json: bool, out: TextIO, err: TextIO) -> None:
-    if as_json:
-        record = {"id": event.id, "event": event.event, "data": event.data}
-        out.write(json.dumps(record, ensure_ascii=False) + "\n")
-        out.flush()
-    elif event.event == "reset":
-        err.write(f"{_PROG}: the stream was reset, the output starts over: {event.data}\n")
-        err.flush()
-    elif event.event != "done" and event.event != "cancelled":
-        out.write(event.data + "\n")
-        out.flush()
+class _Printer:
+    """Writes the events to stdout in the chosen mode, flushing each, and reports resets on stderr."""
+
+    def __init__(self, mode: Literal["lines", "text", "json"], out: TextIO, err: TextIO) -> None:
+        self.mode = mode
+        self.out = out
+        self.err = err
+        self.open_line = False  # text mode: the output does not end with a line break
+
+    def event(self, event: ServerSentEvent) -> None:
+        if self.mode == "json":
+            record = {"id": event.id, "event": event.event, "data": event.data}
+            self._write(json.dumps(record, ensure_ascii=False) + "\n")
+        elif event.event == "reset":
+            self.end_line()  # the text that follows starts over: not glued to what came before
+            self.err.write(f"{_PROG}: the stream was reset, the output starts over: {event.data}\n")
+            self.err.flush()
+        elif self.mode == "text":
+            if event.event == "message" and event.data:
+                self._write(event.data)
+                self.open_line = not event.data.endswith("\n")
+        elif event.event != "done" and event.event != "cancelled":
+            self._write(event.data + "\n")
+
+    def end_line(self) -> None:
+        """End continuous text with a line break, so that what is written next starts a line of its own."""
+        if self.open_line:
+            self._write("\n")
+            self.open_line = False
+
+    def _write(self, text: str) -> None:
+        self.out.write(text)
+        self.out.flush()
 
 
 async def _tail(args: argparse.Namespace, headers: dict[str, str], out: TextIO, err: TextIO) -> int:
@@ -156,13 +187,17 @@ async def _tail(args: argparse.Namespace, headers: dict[str, str], out: TextIO, 
         max_retries=args.max_retries,
         read_timeout=args.read_timeout if args.read_timeout > 0 else None,
     )
+    printer = _Printer("json" if args.json else "text" if args.text else "lines", out, err)
     try:
-        async with events:
-            async for event in events:
-                _print_event(event, args.json, out, err)
+        try:
+            async with events:
+                async for event in events:
+                    printer.event(event)
+        finally:
+            printer.end_line()  # before anything goes to stderr, which is often the same terminal
     except StreamEnded as exc:
         if args.json and events.terminal is not None:
-            _print_event(events.terminal, True, out, err)
+            printer.event(events.terminal)
         err.write(f"{_PROG}: {exc}\n")
         return _STATE_EXIT.get(exc.state, EXIT_ERROR)
     except StreamGone as exc:

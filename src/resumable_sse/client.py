@@ -30,18 +30,12 @@ What it does: what a browser's EventSource does, plus what the resumable-sse wir
   not ``text/event-stream`` raise :class:`ResponseError` at once; ``429`` and ``5xx`` are retried with backoff,
   honouring ``Retry-After``.
 
-The exceptions it raises are part of the library's one tree (:mod:`resumable_sse.exceptions`, re-exported here)::
-
-    ResumableSSEError
-    ├── StreamEnded            the stream ended with error or lost (see raise_on); .state, .message
-    └── ClientError            the client could not read the stream
-        ├── ResponseError      an HTTP status or content type that is not a stream; .status, .url, .body
-        │   └── StreamGone     410: the stream is unknown or expired (it is not generated again)
-        └── RetriesExhausted   max_retries attempts in a row got nothing; the last failure is __cause__
+The exceptions it raises are in the library's one tree, documented in :mod:`resumable_sse.exceptions` and
+re-exported here: :class:`StreamEnded` (``error``/``lost``, see ``raise_on``), and the :class:`ClientError` family
+(:class:`ResponseError`, :class:`StreamGone` for 410, :class:`RetriesExhausted`).
 
 Its options are one :class:`ClientOptions`: :func:`connect` and :func:`iter_events` take them as keywords (or a
-prepared ``options=``, which keywords then override), and :class:`EventStream` keeps them as
-:attr:`~EventStream.options`.
+prepared ``options=``, which keywords override), :class:`EventStream` keeps them as :attr:`~EventStream.options`.
 One async implementation: :class:`SyncEventStream` runs it on a private event loop in a daemon thread (the portal
 of :mod:`resumable_sse._portal`, shared with the server's :class:`~resumable_sse.SyncStreamer`).
 """
@@ -296,6 +290,7 @@ class EventStream:
                     _describe(error) if error is not None else "the server closed the stream",
                     delay,
                     f" from {self._last_event_id}" if self._last_event_id else "",
+                    extra={"stream_id": None, "url": self.url},  # a client knows the stream by its URL
                 )
                 await asyncio.sleep(delay)
         finally:

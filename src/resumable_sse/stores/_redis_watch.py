@@ -66,7 +66,14 @@ class _Listener:
                 raise
             except Exception as exc:
                 if not failing:
-                    logger.warning("change notifications from Redis interrupted (%s); reconnecting", exc)
+                    followed = sorted({self.watch.channels[c] for c in self.wanted if c in self.watch.channels})
+                    logger.warning(
+                        "change notifications from Redis interrupted (%s); reconnecting: readers of its %d streams "
+                        "wait, and each stream is read again once it is followed again",
+                        exc,
+                        len(followed),
+                        extra={"stream_id": None, "stream_ids": followed[:100]},
+                    )
                 failing = True
             else:
                 return
@@ -236,7 +243,11 @@ class RedisWatch:
                     return
             page = parse_change(stream_id, message)
         except (ValueError, KeyError):
-            logger.error("stream %r: unreadable change notification; reading the stream instead", stream_id)
+            logger.error(
+                "stream %r: unreadable change notification; reading the stream instead (readers miss nothing)",
+                stream_id,
+                extra={"stream_id": stream_id},
+            )
             self.on_change(stream_id, None)
             return
         self.on_change(stream_id, page)

@@ -1,0 +1,249 @@
+"""The HTTP behaviour of ``docs/protocol.md``, written once, for every web framework.
+
+An adapter (:mod:`resumable_sse.aiohttp`, :mod:`resumable_sse.starlette`) reads a request's method, stream id,
+position and authorization off its framework's request object and hands them to :func:`open_stream`, which decides
+the whole status table: a :class:`Refusal` (204, 400, 403, 405, 410, 503) to send as it is, or a
+:class:`~resumable_sse.Subscription` to serve. :func:`relay` then writes that subscription through the adapter's
+``write``: every batch of events that are ready together as one write (the first one opened by the ``retry:``
+field, and by the subscription's ``reset`` when there is one), until the terminal event. The adapters only do I/O
+(headers, bytes, heartbeats, noticing a client that went away), so both answer every request the same, byte for
+byte, and a request's outcome is decided in one place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Final, Literal
+
+from ._event import EventId, encode_comment, encode_retry
+from ._observe import RequestOutcome
+from ._producer import Factory
+from ._streamer import Streamer, Subscription, validate_stream_id
+from .exceptions import (
+    InvalidEventId,
+    InvalidStreamId,
+    StoreFull,
+    StoreUnavailable,
+    StreamerClosed,
+    StreamNotFound,
+)
+
+__all__ = [
+    "EVENT_STREAM_HEADERS",
+    "HEARTBEAT",
+    "Refusal",
+    "StreamOptions",
+    "open_stream",
+    "relay",
+]
+
+logger = logging.getLogger("resumable_sse")
+
+EVENT_STREAM_HEADERS: Final[Mapping[str, str]] = {
+    "Content-Type": "text/event-stream",
+    "Cache-Control": "no-cache",
+    "Connection": "keep-alive",
+    "X-Accel-Buffering": "no",
+}
+"""The headers of every ``200`` event stream; an application's own ``headers=`` cannot override them."""
+
+HEARTBEAT: Final = encode_comment("ping")
+"""The heartbeat comment, ``: ping`` and a blank line: clients ignore it, proxies see traffic."""
+
+OnUnknown = Literal["gone", "restart"]
+Authorize = Callable[[str], "bool | Awaitable[bool]"]
+"""``authorize(stream_id)``: the application's hook with the request already bound by the adapter."""
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A response that is not an event stream: its status, a one-line plain-text message and extra headers.
+
+    ``204`` has no message and an empty body; every other refusal is ``text/plain; charset=utf-8``.
+    """
+
+    status: int
+    message: str = ""
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def body(self) -> bytes:
+        """The body as sent: the message and a line end, or nothing for ``204``."""
+        return (self.message + "\n").encode() if self.message else b""
+
+
+NO_CONTENT: Final = Refusal(204)
+METHOD_NOT_ALLOWED: Final = Refusal(405, "method not allowed: an event stream is read with GET", {"Allow": "GET"})
+FORBIDDEN: Final = Refusal(403, "not allowed to read this stream")
+UNAVAILABLE: Final = Refusal(503, "the stream service is unavailable; try again shortly")
+
+
+@dataclass(frozen=True, slots=True)
+class StreamOptions:
+    """The options an endpoint was made with, checked once when it is made (a mistake fails at import time, not
+    at the first request)."""
+
+    heartbeat: float = 15.0
+    retry: int = 2000
+    on_unknown: OnUnknown = "gone"
+    headers: Mapping[str, str] | None = None
+
+    def __post_init__(self) -> None:
+        if self.on_unknown not in ("gone", "restart"):
+            raise ValueError("on_unknown must be 'gone' or 'restart'")
+        if self.heartbeat <= 0:
+            raise ValueError("heartbeat must be positive")
+        encode_retry(self.retry)  # refuses a negative retry
+
+    @property
+    def retry_field(self) -> bytes:
+        """The ``retry: <ms>`` field line that opens the first event block of every event stream."""
+        return encode_retry(self.retry)
+
+    def response_headers(self) -> dict[str, str]:
+        """The application's extra headers, then the event stream's own (which win, whatever the case of a name)."""
+        fixed = {name.lower() for name in EVENT_STREAM_HEADERS}
+        app_headers = {name: value for name, value in (self.headers or {}).items() if name.lower() not in fixed}
+        return {**app_headers, **EVENT_STREAM_HEADERS}
+
+
+def position_of(header: str | None, query: str | None) -> str | None:
+    """The request's position: ``Last-Event-ID`` wins over ``?last_event_id=``; an empty value counts as none."""
+    return header or query or None
+
+
+async def open_stream(
+    engine: Streamer,
+    options: StreamOptions,
+    *,
+    method: str,
+    stream_id: Callable[[], str],
+    position: str | None,
+    authorize: Authorize | None,
+    source: Factory,
+) -> Refusal | Subscription:
+    """Decide what a request gets, in the order ``docs/protocol.md`` gives: the method (405), the stream id and the
+    position's syntax (400), ``authorize`` (403), then the store (410, 503, 204, or a subscription to serve).
+
+    :param stream_id: reads the request's stream id (raising :class:`InvalidStreamId` when there is none); called
+        only once the method is accepted.
+    :param source: the producer with the request bound; called by the engine only when this request claims a new
+        stream (or re-runs an unknown one with ``on_unknown="restart"``).
+    :returns: a :class:`Refusal` to send as it is, or the reader's open :class:`Subscription`, which the caller
+        must close (it is never at its end: that is the ``204`` refusal).
+
+    The outcome (``new``, ``resumed``, ``reset``, or why not) goes to the engine's observer, if it has one: this is
+    the one place where every adapter's requests are decided.
+    """
+    sid, outcome, opened = await _decide(engine, options, method, stream_id, position, authorize, source)
+    if engine.observer is not None:
+        engine.observer.request(sid, outcome)
+    return opened
+
+
+async def _decide(
+    engine: Streamer,
+    options: StreamOptions,
+    method: str,
+    stream_id: Callable[[], str],
+    position: str | None,
+    authorize: Authorize | None,
+    source: Factory,
+) -> tuple[str | None, RequestOutcome, Refusal | Subscription]:
+    """:func:`open_stream`'s decision, with the stream id (None when there is no valid one) and the outcome."""
+    sid: str | None = None
+    if method != "GET":
+        return (
+            sid,
+            "method_not_allowed",
+            METHOD_NOT_ALLOWED,
+        )  # HEAD too: refused before anything is validated, started or read
+    try:
+        sid = validate_stream_id(stream_id())
+        if position is not None:
+            EventId.parse(position)
+    except (InvalidStreamId, InvalidEventId) as exc:
+        return sid, "bad_request", Refusal(400, str(exc))
+    if authorize is not None:
+        allowed = authorize(sid)
+        if inspect.isawaitable(allowed):
+            allowed = await allowed
+        if not allowed:
+            return sid, "forbidden", FORBIDDEN
+    try:
+        subscription = await _subscribe(engine, options, sid, position, source)
+    except StreamNotFound:
+        return sid, "gone", _gone(sid, "")
+    except (StoreUnavailable, StoreFull, StreamerClosed) as exc:
+        logger.warning("stream %r not served: %s; the client got 503", sid, exc, extra={"stream_id": sid})
+        return sid, "unavailable", UNAVAILABLE
+    if isinstance(subscription, Refusal):
+        return sid, "gone", subscription
+    if subscription.at_end:
+        subscription.close()
+        return sid, "no_content", NO_CONTENT
+    if subscription.reset is not None:
+        return sid, "reset", subscription
+    return sid, "new" if position is None else "resumed", subscription
+
+
+def _gone(sid: str, more: str) -> Refusal:
+    return Refusal(410, f"stream {sid!r} is unknown or has expired{more}")
+
+
+async def _subscribe(
+    engine: Streamer, options: StreamOptions, sid: str, position: str | None, source: Factory
+) -> Subscription | Refusal:
+    if position is None:
+        await engine.start(sid, source)  # only a request that claims the stream runs the producer
+        return await engine.subscribe(sid)
+    try:
+        return await engine.subscribe(sid, position)
+    except StreamNotFound:
+        if options.on_unknown == "gone":
+            return _gone(sid, "; it is not generated again")
+        await engine.start(sid, source)
+        return await engine.subscribe(sid, position)
+
+
+async def relay(
+    subscription: Subscription,
+    options: StreamOptions,
+    write: Callable[[bytes], Awaitable[None]],
+    end: Callable[[], Awaitable[None]],
+) -> bool:
+    """Write the subscription's event stream: each batch of events that are ready together in one ``write`` (the
+    first one opened by the ``retry:`` field, and by the subscription's ``reset`` when it has one), then ``end()``
+    after the terminal event (or when the subscription was closed: the server shuts down, and the client
+    reconnects).
+
+    Returns True when the body was ended, False when the response is over without an end: the client went away or
+    was cut off (``write`` raised :class:`ConnectionError`), the stream expired under it, or the store stayed
+    unreachable (logged). A client that reconnects with its last id resumes in every case.
+    """
+    sid = subscription.stream_id
+    # ``retry:`` opens the first event block (the subscription's reset, or its first batch), never a block of its own:
+    # some clients (httpx-sse) hand a block without data to the application as an empty event.
+    prelude = options.retry_field
+    try:
+        async with contextlib.aclosing(subscription.batches()) as batches:
+            async for batch in batches:
+                chunk = b"".join([item.wire() for item in batch])
+                if prelude:
+                    chunk, prelude = prelude + chunk, b""
+                await write(chunk)
+        await end()
+        return True
+    except (ConnectionError, StreamNotFound):
+        return False  # the client went away (or was cut off), or the stream expired under it
+    except StoreUnavailable:
+        logger.warning(
+            "store unreachable while serving %r; the response ends and the client reconnects with its last id",
+            sid,
+            extra={"stream_id": sid},
+        )
+        return False
