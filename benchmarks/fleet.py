@@ -42,6 +42,11 @@ connections open with a handler that sends one token, then sleeps.
 
     python benchmarks/fleet.py --idle [--streams 10000] [--window 15]
 
+After the table it prints each row's capacity among the sizes run: the largest S at which p99 <= 50 ms, every token
+was delivered and producers kept their pace (lag p99 under one period); the goal is the baseline's capacity.
+
+``--shared`` (idle): every reader reads the same quiet stream instead of one each.
+
 ``--json`` prints every figure as one JSON document on stdout (the table then goes to stderr). Linux only (/proc).
 One reader process holds all S connections, so S is bounded by its file descriptor limit (raised to the hard limit).
 """
@@ -74,6 +79,7 @@ TESTS = str(Path(__file__).resolve().parent.parent / "tests")  # for tests/redis
 TOKEN_RE = re.compile(rb"data: tok (\d+)")
 TERMINAL_RE = re.compile(rb"^event: (done|error|cancelled|lost)", re.MULTILINE)
 LAST_CHUNK_RE = re.compile(rb"(?:^|\n)0\r\n\r\n")  # the response is over (the connection may stay open)
+CAPACITY_P99_MS = 50.0  # a row holds S streams at p99 <= this (with every token delivered, producers at pace)
 GRACE = 5.0  # seconds after the last scheduled token that readers keep counting
 TICKS = os.sysconf("SC_CLK_TCK")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -182,7 +188,9 @@ def _baseline(source: Callable[[web.Request], AsyncIterator[str]]) -> Handler:
     return handler
 
 
-async def serve(row: str, idle: bool, streams: int, tokens: int, rate: float, stagger: float, redis_url: str) -> None:
+async def serve(
+    row: str, idle: bool, streams: int, tokens: int, rate: float, stagger: float, redis_url: str, cluster: bool = False
+) -> None:
     """The server: prints ``PORT <n>``, serves ``/s/{stream_id}``, ends when stdin closes (or after a bound)."""
     raise_fd_limit()
     loop = asyncio.get_running_loop()
@@ -195,7 +203,7 @@ async def serve(row: str, idle: bool, streams: int, tokens: int, rate: float, st
         if row.startswith("memory"):
             store: MemoryStore | RedisStore = MemoryStore(max_streams=max(10_000, streams + 10))
         else:
-            store = RedisStore.from_url(redis_url)
+            store = RedisStore.from_url(redis_url, cluster=cluster)
         observer = None
         if row.endswith("-metrics"):
             from prometheus_client import CollectorRegistry
@@ -340,12 +348,12 @@ class Reader(asyncio.Protocol):
         self.finish("lost")
 
 
-async def _open_all(readers: Readers, port: int, prefix: str) -> None:
+async def _open_all(readers: Readers, port: int, prefix: str, shared: bool = False) -> None:
     loop = asyncio.get_running_loop()
     gate = asyncio.Semaphore(256)  # connects in flight (the server's accept backlog is 4096)
 
     async def open_one(index: int) -> None:
-        reader = Reader(readers, f"/s/{prefix}-{index}")
+        reader = Reader(readers, f"/s/{prefix}-{0 if shared else index}")
         async with gate:
             for _attempt in range(5):
                 try:
@@ -358,7 +366,9 @@ async def _open_all(readers: Readers, port: int, prefix: str) -> None:
     await asyncio.gather(*(open_one(index) for index in range(readers.streams)))
 
 
-async def client(port: int, prefix: str, streams: int, idle: bool, connect_timeout: float) -> None:
+async def client(
+    port: int, prefix: str, streams: int, idle: bool, connect_timeout: float, shared: bool = False
+) -> None:
     """Open every connection, print ``CONNECTED``; then follow the driver's commands on stdin, report JSON."""
     raise_fd_limit()
     loop = asyncio.get_running_loop()
@@ -366,7 +376,7 @@ async def client(port: int, prefix: str, streams: int, idle: bool, connect_timeo
     readers = Readers(streams)
     opened_at = time.monotonic()
     with contextlib.suppress(asyncio.TimeoutError):
-        await asyncio.wait_for(_open_all(readers, port, prefix), connect_timeout)
+        await asyncio.wait_for(_open_all(readers, port, prefix, shared), connect_timeout)
         await asyncio.wait_for(readers.all_ready.wait(), max(1.0, connect_timeout - (time.monotonic() - opened_at)))
     connect_s = time.monotonic() - opened_at
     print(f"CONNECTED {readers.ready} {readers.failed} {connect_s:.2f}", flush=True)
@@ -552,6 +562,7 @@ class Driver:
         reader = await Proc.start(
             f"{row} readers", "--client", str(port), "--prefix", f"r{self.runs}", "--streams", str(streams),
             "--connect-timeout", str(connect_timeout), *(["--idle"] if self.args.idle else []),
+            *(["--shared"] if self.args.shared else []),
         )  # fmt: skip
         connected = (await reader.line(connect_timeout + 30)).split()
         if connected[0] != "CONNECTED":
@@ -717,6 +728,38 @@ def print_idle(results: list[IdleResult], out: Any) -> None:
             )
 
 
+def holds(r: TokenResult, rate: float) -> bool:
+    """A row holds S streams: p99 <= 50 ms, every token delivered, no reader failed or lost, producers at pace
+    (their lag p99 under one period)."""
+    return (
+        r.p99_ms <= CAPACITY_P99_MS
+        and r.delivered == r.expected
+        and not (r.failed or r.lost or r.bad_ends)
+        and r.lag_p99_ms < 1000 / rate
+    )
+
+
+def print_capacity(results: list[TokenResult], rate: float, out: Any) -> dict[str, dict[str, Any]]:
+    """Each row's capacity among the sizes run: the largest S it holds (see :func:`holds`), 0 if none."""
+    capacity: dict[str, dict[str, Any]] = {}
+    for row in dict.fromkeys(r.row for r in results):
+        held = [r for r in results if r.row == row and holds(r, rate)]
+        best = max(held, key=lambda r: r.streams, default=None)
+        capacity[row] = {
+            "streams": best.streams if best else 0,
+            "sizes_run": sorted(r.streams for r in results if r.row == row),
+            "max_ms": best.max_ms if best else None,
+        }
+        pause = f", max {best.max_ms:.0f} ms{' (over 50 ms)' if best.max_ms > 50 else ''}" if best else ""
+        print(f"capacity {row}: {capacity[row]['streams']} streams{pause}", file=out)
+    base = capacity.get("baseline", {}).get("streams")
+    for row, entry in capacity.items():
+        if row != "baseline" and base is not None:
+            entry["vs_baseline"] = entry["streams"] / base if base else None
+            entry["met"] = entry["streams"] >= base
+    return capacity
+
+
 async def main(args: argparse.Namespace) -> None:
     limit = raise_fd_limit()
     rows = [row for row in ROWS if row in args.only] if args.only else list(DEFAULT_ROWS)
@@ -761,6 +804,7 @@ async def main(args: argparse.Namespace) -> None:
         print_idle(idle_results, table)
     else:
         print_tokens(token_results, table)
+        capacity = print_capacity(token_results, args.rate, table)
         for t in token_results:  # what the Prometheus metrics cost: each row with them against the same without
             off = next((b for b in token_results if f"{b.row}-metrics" == t.row and b.streams == t.streams), None)
             if off is not None:
@@ -780,6 +824,8 @@ async def main(args: argparse.Namespace) -> None:
             "python": sys.version.split()[0],
             "results": [asdict(r) for r in (idle_results if args.idle else token_results)],
         }
+        if not args.idle:
+            document["capacity"] = capacity
         print(json.dumps(document, indent=2))
 
 
@@ -793,7 +839,9 @@ if __name__ == "__main__":
     parser.add_argument("--idle", action="store_true", help="quiet running streams: idle CPU and RSS per connection")
     parser.add_argument("--window", type=float, default=15.0, help="idle: seconds of quiet measured")
     parser.add_argument("--json", action="store_true", help="every figure as JSON on stdout (the table to stderr)")
+    parser.add_argument("--shared", action="store_true", help="idle: every reader reads one quiet stream")
     parser.add_argument("--serve", choices=ROWS, help=argparse.SUPPRESS)
+    parser.add_argument("--cluster", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--redis-url", default="", help=argparse.SUPPRESS)
     parser.add_argument("--client", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--prefix", default="r", help=argparse.SUPPRESS)
@@ -801,9 +849,10 @@ if __name__ == "__main__":
     args = parser.parse_args()
     if args.serve:
         size = args.streams[0] if args.streams else 1
-        asyncio.run(serve(args.serve, args.idle, size, args.tokens, args.rate, args.stagger, args.redis_url))
+        serving = serve(args.serve, args.idle, size, args.tokens, args.rate, args.stagger, args.redis_url, args.cluster)
+        asyncio.run(serving)
     elif args.client:
         size = args.streams[0] if args.streams else 1
-        asyncio.run(client(args.client, args.prefix, size, args.idle, args.connect_timeout))
+        asyncio.run(client(args.client, args.prefix, size, args.idle, args.connect_timeout, args.shared))
     else:
         asyncio.run(main(args))

@@ -349,3 +349,42 @@ async def _until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "condition not met in time"
         await asyncio.sleep(0.01)
+
+
+async def test_cluster_watch_follows_streams_of_many_slots_at_once(caplog: pytest.LogCaptureFixture) -> None:
+    """Followed together, streams of one node but of different slots are each subscribed: a cluster refuses one
+    SSUBSCRIBE naming channels of several slots (CROSSSLOT), after which the watch reconnected and was refused again,
+    for good, hearing nothing (found by benchmarks/scale_out.py's cluster row)."""
+    cluster = shared_cluster()
+    prefix = unique_prefix()
+    reader = RedisStore.from_url(cluster.url, cluster=True, key_prefix=prefix)
+    writer = RedisStore.from_url(cluster.url, cluster=True, key_prefix=prefix)
+    streams = [f"slots-{i}" for i in range(30)]
+    for stream in streams:
+        assert (await writer.claim(stream, "t", LEASE)).acquired
+    announced: set[str] = set()
+    heard: set[str] = set()
+    all_announced, all_heard = asyncio.Event(), asyncio.Event()
+
+    def on_change(stream_id: str, page: Page | None) -> None:
+        if page is None:
+            announced.add(stream_id)  # the subscription took effect
+        elif page.entries:
+            heard.add(stream_id)
+        if len(announced) == len(streams):
+            all_announced.set()
+        if len(heard) == len(streams):
+            all_heard.set()
+
+    await reader.state(streams[0])  # the cluster client learns the slots (a Streamer's first call does the same)
+    watch = reader.watch(on_change)
+    for stream in streams:  # all before the listeners run: their subscriptions go out together
+        watch.follow(stream)
+    await asyncio.wait_for(all_announced.wait(), 10)
+    for stream in streams:
+        await writer.append(stream, "t", [(None, "x")], after=0)
+    await asyncio.wait_for(all_heard.wait(), 10)
+    assert not [r for r in caplog.records if "interrupted" in r.getMessage()]
+    await watch.close()
+    await reader.close()
+    await writer.close()

@@ -178,13 +178,14 @@ def encode_event(data: str, id: str | None = None, event: str | None = None) -> 
     The input is trusted, not checked: ``data`` comes from :func:`normalize` (or is the library's own JSON), ids are
     made from an epoch and a sequence number, and event types were checked when their :class:`Event` was made or are
     the library's own. An id or event type containing CR, LF or NUL, or text with a lone surrogate, would corrupt
-    the stream or fail here with :class:`UnicodeEncodeError`. ``id`` and ``event`` may be passed by position: the
-    hot path (:meth:`Entry.wire`) does, as that call is measurably cheaper than one with keywords.
+    the stream or fail here with :class:`UnicodeEncodeError`. ``id`` and ``event`` may be passed by position (a call
+    measurably cheaper than one with keywords); :meth:`Entry.wire` makes the commonest form, a one-line token with an
+    id, itself, exactly as this function would.
     """
     if "\n" in data or "\r" in data:
         data = _LINE_BREAK_RE.sub("\ndata: ", data)
     if event is None:
-        if id is not None:  # the hot path: a token from the log
+        if id is not None:  # a token from the log
             return f"id: {id}\ndata: {data}\n\n".encode()
         return f"data: {data}\n\n".encode()
     if id is None:
@@ -218,15 +219,21 @@ class Entry:
     Entries are immutable and shared by every reader; :meth:`wire` encodes one once and caches the bytes.
     """
 
-    __slots__ = ("_wire", "data", "epoch", "event", "id", "seq")
+    __slots__ = ("_wire", "data", "epoch", "event", "seq")
 
     def __init__(self, epoch: str, seq: int, event: str | None, data: str) -> None:
+        # Made for every event on the hot path: nothing is derived here (the id is made when asked for, and the wire
+        # form once, by the first reader that writes it).
         self.epoch: Final = epoch
         self.seq: Final = seq
-        self.id: Final = f"{epoch}-{seq}"
         self.event: Final = event
         self.data: Final = data
         self._wire: bytes | None = None
+
+    @property
+    def id(self) -> str:
+        """The event id: ``<epoch>-<seq>``."""
+        return f"{self.epoch}-{self.seq}"
 
     @property
     def terminal(self) -> bool:
@@ -237,7 +244,12 @@ class Entry:
         """The entry as an SSE event, exactly as it goes on the wire (encoded on first use, then cached)."""
         wire = self._wire
         if wire is None:
-            wire = self._wire = encode_event(self.data, self.id, self.event)
+            data = self.data
+            if self.event is None and "\n" not in data and "\r" not in data:
+                # The hot path, a one-line token: what encode_event makes of it, without the call.
+                wire = self._wire = f"id: {self.epoch}-{self.seq}\ndata: {data}\n\n".encode()
+            else:
+                wire = self._wire = encode_event(data, self.id, self.event)
         return wire
 
     def json(self) -> Any:

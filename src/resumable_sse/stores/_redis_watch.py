@@ -123,15 +123,29 @@ class _Listener:
                 await self.changed.wait()
                 self.changed.clear()
                 add, drop = self.wanted - subscribed, subscribed - self.wanted
-                if add:
-                    await connection.send_command(sub, *add)
-                    subscribed |= add
-                if drop:
-                    await connection.send_command(unsub, *drop)
-                    subscribed -= drop
+                for channels in self.batches(add):
+                    await connection.send_command(sub, *channels)
+                subscribed |= add
+                for channels in self.batches(drop):
+                    await connection.send_command(unsub, *channels)
+                subscribed -= drop
         except Exception:
             await connection.disconnect()
             raise
+
+    def batches(self, channels: set[bytes]) -> list[list[bytes]]:
+        """The channels in as few commands as the server takes: one on a single server; on a cluster one per slot
+        (SSUBSCRIBE and SUNSUBSCRIBE refuse channels of several slots with CROSSSLOT, even on one node)."""
+        if not channels:
+            return []
+        if not self.sharded:
+            return [list(channels)]
+        from redis.crc import key_slot  # here: this module imports without the optional redis package
+
+        by_slot: dict[int, list[bytes]] = {}
+        for channel in channels:
+            by_slot.setdefault(key_slot(channel), []).append(channel)
+        return list(by_slot.values())
 
     def dispatch(self, message: Any, subscribed: set[bytes]) -> None:
         kind = message[0]
