@@ -59,7 +59,6 @@ import contextlib
 import json
 import os
 import re
-import resource
 import sys
 import threading
 import time
@@ -68,6 +67,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from _bench import cpu_seconds, raise_fd_limit, rss_bytes
 from aiohttp import ClientSession, web
 from aiohttp_sse import sse_response
 
@@ -81,30 +81,7 @@ TERMINAL_RE = re.compile(rb"^event: (done|error|cancelled|lost)", re.MULTILINE)
 LAST_CHUNK_RE = re.compile(rb"(?:^|\n)0\r\n\r\n")  # the response is over (the connection may stay open)
 CAPACITY_P99_MS = 50.0  # a row holds S streams at p99 <= this (with every token delivered, producers at pace)
 GRACE = 5.0  # seconds after the last scheduled token that readers keep counting
-TICKS = os.sysconf("SC_CLK_TCK")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def raise_fd_limit() -> int:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    return hard
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process, from /proc/<pid>/stat."""
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
-
-
-def rss_bytes(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no VmRSS for {pid}")
 
 
 def percentile(ordered: list[int], fraction: float) -> int:
