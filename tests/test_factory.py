@@ -184,3 +184,50 @@ async def test_an_unused_generator_object_is_closed_and_an_expired_session_runs_
         assert json.loads(again[0]["data"])["reason"] == "epoch"
         assert [item["data"] for item in again[1:]] == [item["data"] for item in first]
         assert again[1]["id"] != first[0]["id"]  # a new life of the session: a new epoch
+
+
+def test_the_keywords_of_01_storage_are_accepted_and_ignored_with_a_warning() -> None:
+    """0.1's get_streamer took stream_prefix, status_prefix and end_marker: an app passing them still starts."""
+    with pytest.warns(DeprecationWarning, match="resumable-sse 0.1") as warned:
+        legacy = get_streamer(backend="memory", stream_prefix="stream:chat", status_prefix="s:", end_marker="[END]")
+    assert isinstance(legacy, LegacyStreamer)
+    messages = [str(warning.message) for warning in warned]
+    assert any("stream_prefix, status_prefix, end_marker" in message and "ignored" in message for message in messages)
+
+
+async def test_a_plain_iterable_runs_in_a_worker_thread_as_in_01() -> None:
+    """0.1 iterated a plain (sync) iterable in a thread pool; so does this version, off the event loop."""
+    import threading
+
+    threads: list[str] = []
+
+    def blocking_tokens() -> Any:
+        for i in range(3):
+            threads.append(threading.current_thread().name)
+            yield f"b{i}"
+
+    legacy = legacy_streamer(backend="memory")
+    async with legacy.streamer:
+        got = [item async for item in legacy.stream("plain", blocking_tokens())]
+        assert [item["data"] for item in got[:-1]] == ["b0", "b1", "b2"]
+        assert got[-1]["event"] == "done"
+        assert threading.main_thread().name not in threads  # never on the event loop's thread
+        epoch = got[0]["id"].split("-")[0]
+        unused = blocking_tokens()
+        next(unused)  # started, so that closing it shows
+        assert [item async for item in legacy.stream("plain", unused, last_id=f"{epoch}-4")] == []  # at the end
+        assert unused.gi_frame is None  # closed unused: another request produced the session
+
+
+async def test_any_string_is_a_session_id_as_in_01() -> None:
+    """0.1 took any session id; one that is no valid stream id is stored under a digest of it, the same every time."""
+    legacy = legacy_streamer(backend="memory")
+    async with legacy.streamer:
+        for session_id in ["user@example.com", "a/b", "chat 1", "x" * 300, "sess"]:
+            runs: list[int] = []
+            first = await drain(legacy, session_id, runs=runs)
+            assert [item["data"] for item in first[:-1]] == [f"t{n}" for n in range(5)]
+            again = await drain(legacy, session_id, runs=runs)
+            assert again == first  # replayed from the same stream: not generated again
+            assert await drain(legacy, session_id, last_id=first[1]["id"], runs=runs) == first[2:]
+            assert runs == [1]
