@@ -19,7 +19,7 @@ import pytest
 from fastapi import FastAPI
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 
 from resumable_sse import MemoryStore, Streamer
 from resumable_sse.client import StreamGone, connect
@@ -81,6 +81,21 @@ async def test_without_the_lifespan_each_app_gets_an_embedded_memory_store() -> 
         first = parse((await body_of(server.url("/stream/a")))[1])
         again = parse((await body_of(server.url("/stream/a"), headers={"Last-Event-ID": first[1].id or ""}))[1])
     assert [e.data for e in again] == ["world", '{"state":"done"}']
+
+
+async def test_an_endpoint_in_a_mounted_app_uses_the_outer_apps_lifespan_streamer() -> None:
+    """Starlette hands a mounted app's endpoints the inner app as ``scope["app"]``, whose state has no streamer and
+    whose own lifespan never runs: the lifespan's streamer comes through the lifespan state instead."""
+    streamer = Streamer()
+    inner = Starlette(routes=[Route("/stream/{stream_id}", resumable_endpoint(hello))])
+    outer = Starlette(routes=[Mount("/api", inner)], lifespan=streamer_lifespan(streamer))
+    async with Uvicorn(outer) as server:
+        status, body = await body_of(server.url("/api/stream/m1"))
+        assert status == 200
+        assert b"event: done" in body
+        state = await streamer.status("m1")  # produced by the lifespan's streamer, not an embedded one
+        assert state is not None
+        assert state.status == "done"
 
 
 async def test_a_plain_generator_producer_runs_in_a_worker_thread_and_blocks_nothing() -> None:

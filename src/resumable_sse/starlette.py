@@ -48,9 +48,10 @@ ProducerFunction = Callable[[Request], Source]
 
 StreamIdFunction = Callable[[Request], str]
 AuthorizeFunction = Callable[[Request, str], "bool | Awaitable[bool]"]
-Lifespan = Callable[[Starlette], contextlib.AbstractAsyncContextManager[None]]
+Lifespan = Callable[[Starlette], contextlib.AbstractAsyncContextManager[dict[str, Any]]]
 
-_DEFAULT_STREAMERS: weakref.WeakKeyDictionary[Any, Streamer] = weakref.WeakKeyDictionary()
+_DEFAULT_STREAMERS: weakref.WeakKeyDictionary[Any, Streamer] = weakref.WeakKeyDictionary()  # the app -> its own
+_NO_APP: dict[str, Streamer] = {}  # the one for requests with no application in their scope
 
 
 def streamer_lifespan(streamer: Streamer | None = None) -> Lifespan:
@@ -59,8 +60,9 @@ def streamer_lifespan(streamer: Streamer | None = None) -> Lifespan:
     ``Starlette(..., lifespan=...)``.
 
     At startup the streamer is bound to the server's loop (a :class:`~resumable_sse.SyncStreamer` sharing it may
-    then be made at import time) and registered as ``app.state.resumable_sse_streamer``, where endpoints made
-    without ``streamer=`` find it. At shutdown responses still open end (clients reconnect, elsewhere if the store
+    then be made at import time) and registered as ``app.state.resumable_sse_streamer`` and in the lifespan
+    state (which Starlette hands every request, through ``Mount`` too), where endpoints made without ``streamer=``
+    find it. At shutdown responses still open end (clients reconnect, elsewhere if the store
     is shared), running producers get the streamer's grace period and are then cancelled. ASGI servers run the
     lifespan's shutdown only after open responses have ended, so give uvicorn ``--timeout-graceful-shutdown``:
     an event stream never ends by itself while its producer runs.
@@ -70,12 +72,14 @@ def streamer_lifespan(streamer: Streamer | None = None) -> Lifespan:
     """
 
     @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         engine = streamer if streamer is not None else Streamer()
         setattr(app.state, STATE_KEY, engine)
         engine.bind_loop()
         try:
-            yield
+            # Also as lifespan state: Starlette copies it into every request's scope, through Mounts too (a
+            # mounted app's own app.state does not have it, and its own lifespan never runs).
+            yield {STATE_KEY: engine}
         finally:
             await engine.close()
 
@@ -83,13 +87,20 @@ def streamer_lifespan(streamer: Streamer | None = None) -> Lifespan:
 
 
 def _streamer_for(request: Request) -> Streamer:
+    lifespan_state = request.scope.get("state")
+    engine = lifespan_state.get(STATE_KEY) if isinstance(lifespan_state, Mapping) else None
+    if isinstance(engine, Streamer):
+        return engine
     app = request.scope.get("app")
-    state = getattr(app, "state", None)
-    engine = getattr(state, STATE_KEY, None)
+    engine = getattr(getattr(app, "state", None), STATE_KEY, None)
     if isinstance(engine, Streamer):
         return engine
     # No streamer_lifespan(): one embedded memory store per application (producers get no grace period on
-    # shutdown then; use the lifespan for that).
+    # shutdown then; use the lifespan for that); one for the process when there is no application (a bare Router).
+    if app is None:
+        if "streamer" not in _NO_APP:
+            _NO_APP["streamer"] = Streamer()
+        return _NO_APP["streamer"]
     engine = _DEFAULT_STREAMERS.get(app)
     if engine is None:
         engine = _DEFAULT_STREAMERS[app] = Streamer()
