@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import gc
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -60,6 +61,7 @@ async def restore(store: EventLog, stream_id: str, saved: Any) -> None:
 async def loop_lag(make_store: StoreFactory) -> AsyncIterator[list[float]]:
     """Measures the event loop's worst stall during the test; asserts it stayed under 100 ms."""
     await make_store()  # the first store of a kind may start private servers: not a stall of the library
+    gc.collect()  # nor a full collection of what earlier tests left (the model suite leaves plenty)
     worst = [0.0]
 
     async def probe() -> None:

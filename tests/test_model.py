@@ -43,6 +43,7 @@ step each has caught up with the store (the same epoch and last event, or ended)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import itertools
 import time
@@ -844,4 +845,46 @@ async def test_a_reader_that_meets_a_change_the_audits_missed_is_not_left_waitin
         lagging.close()
         await asyncio.wait([task], timeout=5)
         await batches.aclose()
+        await streamer.close()
+
+
+async def test_readers_that_keep_coming_do_not_postpone_the_judgement_of_a_dead_producer(
+    make_store: StoreFactory,
+) -> None:
+    """Found in review: a reader's read of the store counted as hearing from the stream, so readers arriving at
+    least once per audit period (page reloads, each reading the store) kept a stream whose producer had died from
+    ever being audited, and its readers waited forever instead of getting ``lost``."""
+    store = await make_store()
+    streamer = Streamer(store, lease=1.0)  # audits every 0.5 s
+    await store.claim("s", "dead", 1.0)  # another process's producer: it never renews
+    await store.append("s", "dead", [(None, "a")], after=0)
+    waiting = await streamer.subscribe("s")
+    items: list[Entry | Reset | Gone] = []
+
+    async def read() -> None:
+        async for item in waiting:
+            items.append(item)
+
+    task = asyncio.ensure_future(read())
+    stop = asyncio.Event()
+
+    async def reloads() -> None:
+        while not stop.is_set():
+            fresh = await streamer.subscribe("s")
+            batches = fresh.batches()
+            with contextlib.suppress(StopAsyncIteration):
+                await anext(batches)  # a new reader with no position reads the store
+            await batches.aclose()
+            await asyncio.sleep(0.2)
+
+    churn = asyncio.ensure_future(reloads())
+    try:
+        done, _ = await asyncio.wait([task], timeout=6)  # lease 1 s: lost after about 1.5 s
+        assert done, f"the reader never heard its producer died: {items}"
+        assert isinstance(items[-1], Entry)
+        assert (items[-1].event, items[-1].data) == ("lost", LOST)
+    finally:
+        stop.set()
+        waiting.close()
+        await asyncio.wait([task, churn], timeout=5)
         await streamer.close()

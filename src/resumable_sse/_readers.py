@@ -162,9 +162,11 @@ class _Tail:
                 waiting += 1
         return waiting >= self.readers - self.producing
 
-    def audited(self, state: StreamState | None) -> None:
-        """The store's answer to an audit, taken only when no push came while it was asked."""
-        self.heard = time.monotonic()
+    def audited(self, state: StreamState | None, *, heard: bool = True) -> None:
+        """The store's answer to an audit (or a read, which does not count as hearing from the stream), taken only
+        when no push came while it was asked."""
+        if heard:
+            self.heard = time.monotonic()
         old = self.state
         if state == old:
             return
@@ -298,13 +300,25 @@ class Hub:
             if tail is not None and tail.version == versions[stream_id]:  # else a push came: it is newer
                 self.learned(tail, state)
 
-    def learned(self, tail: _Tail, state: StreamState | None) -> None:
-        """The store's answer about a followed stream (an audit, or a reader's read), taken only when no push came
-        while it was asked. A reader's read counts as much as an audit: the store may have changed and changed back
-        between two audits (rewound, then restored), and a reader that met the change must not wait on a tail that
-        never heard of it."""
+    def learned(self, tail: _Tail, state: StreamState | None, *, read: bool = False) -> None:
+        """The store's answer about a followed stream, taken only when no push came while it was asked: an audit's,
+        or (``read``) a reader's read of the store.
+
+        A reader's read counts too, because the store may change and change back between two audits (rewound, then
+        restored): a reader that met the change must not wait on a tail that never heard of it. It counts only for
+        what a push may never announce (the stream gone, another epoch, ended, or gone back): a state merely ahead is
+        a push on its way (or a change no push announced, which an audit asked now settles). And a read is no audit:
+        it does not make the stream count as recently heard, so a dead producer's lease is still judged on time
+        however many readers come and read."""
         had = tail.state
-        tail.audited(state)
+        if read:
+            if state == had:
+                return
+            if state is not None and had is not None and state.epoch == had.epoch and not state.finished:
+                if state.last_seq >= had.last_seq:
+                    self.suspect(tail.stream_id)
+                    return
+        tail.audited(state, heard=not read)
         if state is None:
             if had is not None:
                 logger.warning(
@@ -398,7 +412,7 @@ class Subscription:
                 if page is None:
                     page = await store.read(self.stream_id, self.cursor, limit, epoch=self._epoch)
                     if tail.version == version:
-                        hub.learned(tail, page.state if page is not None else None)
+                        hub.learned(tail, page.state if page is not None else None, read=True)
                     if page is None:
                         yield [*pending, Gone()]
                         return
