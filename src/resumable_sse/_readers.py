@@ -314,10 +314,15 @@ class Hub:
         if read:
             if state == had:
                 return
-            if state is not None and had is not None and state.epoch == had.epoch and not state.finished:
-                if state.last_seq >= had.last_seq:
-                    self.suspect(tail.stream_id)
-                    return
+            if (
+                state is not None
+                and had is not None
+                and state.epoch == had.epoch
+                and not state.finished
+                and state.last_seq >= had.last_seq
+            ):
+                self.suspect(tail.stream_id)  # a push on its way, or a change that an audit now settles
+                return
         tail.audited(state, heard=not read)
         if state is None:
             if had is not None:
