@@ -304,12 +304,11 @@ class Hub:
         """The store's answer about a followed stream, taken only when no push came while it was asked: an audit's,
         or (``read``) a reader's read of the store.
 
-        A reader's read counts too, because the store may change and change back between two audits (rewound, then
-        restored): a reader that met the change must not wait on a tail that never heard of it. It counts only for
-        what a push may never announce (the stream gone, another epoch, ended, or gone back): a state merely ahead is
-        a push on its way (or a change no push announced, which an audit asked now settles). And a read is no audit:
-        it does not make the stream count as recently heard, so a dead producer's lease is still judged on time
-        however many readers come and read."""
+        A read counts because the store may change and change back between two audits (rewound, then restored): a
+        reader that met the change must not wait on a tail that never heard of it. It counts only for what a push
+        may never announce (gone, another epoch, ended, gone back); a state merely ahead is a push on its way (or
+        a silent change, which an audit asked now settles). A read is no audit: it does not make the stream count
+        as heard from, so a dead producer's lease is judged on time however many readers come."""
         had = tail.state
         if read:
             if state == had:
