@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from aiohttp import ClientResponse, web
 
-from resumable_sse import Event, MemoryStore, ProducerError, Streamer, resumable_handler, setup
+from resumable_sse import Event, MemoryStore, ProducerError, StoreUnavailable, Streamer, resumable_handler, setup
 
 from ._adapters import ADAPTERS, Client, Harness, Route
 from ._live_server import path_param
@@ -645,3 +645,42 @@ async def test_stream_ids_made_only_of_dots_are_400_and_nothing_started(http: Ha
     assert len(streamer.store) == 0  # type: ignore[arg-type]
     for ok in ["a.b", ".a", "a..", "._", "-", ":"]:
         assert validate_stream_id(ok) == ok
+
+
+class _Unreachable(MemoryStore):
+    """A memory store whose reads fail as an unreachable Redis would, while ``down`` is set."""
+
+    down = False
+
+    async def read(self, stream_id: str, after: int, limit: int, *, epoch: str | None = None) -> Any:
+        if self.down:
+            raise StoreUnavailable("the store is down (test)")
+        return await super().read(stream_id, after, limit, epoch=epoch)
+
+
+async def test_a_store_outage_while_serving_ends_the_body_properly(http: Harness) -> None:
+    """Found in review: on ASGI the response was cut short (uvicorn: "ASGI callable returned without completing
+    response", the client: an incomplete chunked body). On both adapters the body now ends cleanly, and the client
+    gets the stream once the store is back."""
+    store = _Unreachable()
+    streamer = Streamer(store)
+    gate = asyncio.Event()
+
+    async def producer(request: Any = None) -> AsyncIterator[str]:
+        yield "a"
+        yield "b"
+        await gate.wait()
+
+    client = await http.serve([Route("/stream/{stream_id}", http.endpoint(producer))], streamer)
+    await streamer.start("s", producer)
+    while (state := await streamer.status("s")) is None or state.last_seq < 2:  # noqa: ASYNC110 (the store, no event)
+        await asyncio.sleep(0.01)
+    store.down = True  # the request's first read of the store fails
+    response = await client.get("/stream/s")
+    assert response.status == 200
+    assert await asyncio.wait_for(response.read(), 10) == b""  # ended, cleanly: no incomplete chunked body
+    store.down = False
+    gate.set()
+    again = await client.get("/stream/s")
+    events = parse(await asyncio.wait_for(again.read(), 10))
+    assert [event.data for event in events] == ["a", "b", '{"state":"done"}']

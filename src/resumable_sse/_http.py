@@ -221,9 +221,9 @@ async def relay(
     after the terminal event (or when the subscription was closed: the server shuts down, and the client
     reconnects).
 
-    Returns True when the body was ended, False when the response is over without an end: the client went away or
-    was cut off (``write`` raised :class:`ConnectionError`), the stream expired under it, or the store stayed
-    unreachable (logged). A client that reconnects with its last id resumes in every case.
+    Returns True when the body was ended (after the terminal event, or early: the stream expired under it, or the
+    store stayed unreachable, which is logged), False when the client went away or was cut off (``write`` raised
+    :class:`ConnectionError`). A client that reconnects with its last id resumes in every case.
     """
     sid = subscription.stream_id
     # ``retry:`` opens the first event block (the subscription's reset, or its first batch), never a block of its own:
@@ -238,12 +238,18 @@ async def relay(
                 await write(chunk)
         await end()
         return True
-    except (ConnectionError, StreamNotFound):
-        return False  # the client went away (or was cut off), or the stream expired under it
+    except ConnectionError:
+        return False  # the client went away (or was cut off)
+    except StreamNotFound:
+        pass  # the stream expired under it
     except StoreUnavailable:
         logger.warning(
             "store unreachable while serving %r; the response ends and the client reconnects with its last id",
             sid,
             extra={"stream_id": sid},
         )
-        return False
+    # The stream expired, or the store stayed unreachable: the body still ends properly (a chunked body cut short is
+    # a protocol error to clients and ASGI servers alike), and a client that reconnects with its last id is told.
+    with contextlib.suppress(ConnectionError):
+        await end()
+    return True
