@@ -256,6 +256,23 @@ async def test_missing_stream_id_is_400(http: Harness) -> None:
     assert "no stream id" in await response.text()
 
 
+async def test_a_stream_id_callable_reading_a_missing_parameter_is_400(http: Harness) -> None:
+    """``stream_id=lambda request: request.query["session_id"]`` (a KeyError when it is missing) is the client's
+    mistake, answered 400 like a missing stream id, not a 500."""
+
+    def session(request: Any) -> str:
+        query = request.query if isinstance(request, web.BaseRequest) else request.query_params
+        return str(query["session_id"])
+
+    client = await http.serve([Route("/s", http.endpoint(hello, stream_id=session))])
+    response = await client.get("/s")
+    assert response.status == 400
+    assert "no stream id" in await response.text()
+    response = await client.get("/s?session_id=abc")
+    assert response.status == 200
+    assert parse(await response.read())[-1].event == "done"
+
+
 async def test_stream_id_from_query_and_from_callable(http: Harness) -> None:
     streamer = Streamer()
     routes = [

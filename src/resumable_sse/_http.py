@@ -129,8 +129,8 @@ async def open_stream(
     """Decide what a request gets, in the order ``docs/protocol.md`` gives: the method (405), the stream id and the
     position's syntax (400), ``authorize`` (403), then the store (410, 503, 204, or a subscription to serve).
 
-    :param stream_id: reads the request's stream id (raising :class:`InvalidStreamId` when there is none); called
-        only once the method is accepted.
+    :param stream_id: reads the request's stream id (raising :class:`InvalidStreamId` when there is none; a
+        ``LookupError``, a missing parameter, counts the same); called only once the method is accepted.
     :param source: the producer with the request bound; called by the engine only when this request claims a new
         stream (or re-runs an unknown one with ``on_unknown="restart"``).
     :returns: a :class:`Refusal` to send as it is, or the reader's open :class:`Subscription`, which the caller
@@ -157,13 +157,14 @@ async def _decide(
     """:func:`open_stream`'s decision, with the stream id (None when there is no valid one) and the outcome."""
     sid: str | None = None
     if method != "GET":
-        return (
-            sid,
-            "method_not_allowed",
-            METHOD_NOT_ALLOWED,
-        )  # HEAD too: refused before anything is validated, started or read
+        # HEAD too: refused before anything is validated, started or read
+        return sid, "method_not_allowed", METHOD_NOT_ALLOWED
     try:
-        sid = validate_stream_id(stream_id())
+        try:
+            raw = stream_id()
+        except LookupError as exc:  # an application's stream_id(request) that reads a parameter the request lacks
+            raise InvalidStreamId(f"no stream id: the request has no {exc}") from exc
+        sid = validate_stream_id(raw)
         if position is not None:
             EventId.parse(position)
     except (InvalidStreamId, InvalidEventId) as exc:
