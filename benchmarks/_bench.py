@@ -41,6 +41,18 @@ IGNORED_COMMANDS = {
 }
 
 
+async def serve(app: Any) -> tuple[Any, int]:
+    """Serve the aiohttp ``app`` on a free port of 127.0.0.1: its runner (to clean up) and the port. (aiohttp is
+    imported here: other virtual environments of the alternatives' rows import this module without it.)"""
+    from aiohttp import web
+
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    return runner, runner.addresses[0][1]
+
+
 def raise_fd_limit() -> int:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:

@@ -83,11 +83,7 @@ async def main(args: Any) -> None:
         streamer = Streamer(store, batch_size=batch)
         streamers.append(streamer)
         app.router.add_get(f"/{row}/{{stream_id}}", resumable_handler(_tokens(args.events), streamer=streamer))
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    runner, port = await _bench.serve(app)
     out.print(f"ceiling: one stream of {args.events} tokens over HTTP, {args.rounds} rounds, median of each ratio")
     rates: dict[str, list[float]] = {row: [] for row in rows}
     firsts: dict[str, list[float]] = {row: [] for row in rows}

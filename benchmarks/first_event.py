@@ -64,11 +64,7 @@ async def main(args: Any) -> None:
         streamer = Streamer(store)
         streamers.append(streamer)
         app.router.add_get(f"/{row}/{{stream_id}}", resumable_handler(_produce, streamer=streamer))
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    runner, port = await _bench.serve(app)
     out.print(f"first event: {args.samples} new streams per row, one request at a time, {args.rounds} rounds")
     samples: dict[str, list[float]] = {row: [] for row in rows}
     per_round = max(1, args.samples // args.rounds)

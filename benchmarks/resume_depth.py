@@ -49,11 +49,7 @@ async def main(args: Any) -> None:
         streamer = Streamer(store)
         streamers.append(streamer)
         app.router.add_get(f"/{row}/{{stream_id}}", resumable_handler(produce, streamer=streamer))
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    runner, port = await _bench.serve(app)
     out.print(f"resume depth: {args.events} events, resumed at {SHALLOW} and at {deep}, {args.samples} times each")
     document: dict[str, Any] = {"events": args.events, "shallow": SHALLOW, "deep": deep, "target": TARGET, "rows": {}}
     out.print(f"{'row':8} {'at 10 ms':>9} {f'at {deep} ms':>14} {'deep p99':>9} {'ratio':>7} {'target':>7}")
