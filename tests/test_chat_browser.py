@@ -249,8 +249,11 @@ def test_an_answer_streams_in_full(context: BrowserContext, make_server: Any) ->
 # -- (2) reload mid-answer, twice ---------------------------------------------------------------------------------
 
 
-def test_reloading_mid_answer_resumes_without_generating_again(context: BrowserContext, make_server: Any) -> None:
-    server = make_server(speed=60)
+@pytest.mark.parametrize("example", ["examples.aiohttp_chat", "examples.fastapi_chat"], ids=["aiohttp", "fastapi"])
+def test_reloading_mid_answer_resumes_without_generating_again(
+    context: BrowserContext, make_server: Any, example: str
+) -> None:
+    server = make_server(speed=60, module=example)
     page = context.new_page()
     requests = stream_requests(page)
     page.goto(server.url)
@@ -275,7 +278,7 @@ def test_reloading_mid_answer_resumes_without_generating_again(context: BrowserC
     assert "last_event_id=" not in requests[0]
     resumed = [url for url in requests[1:] if "last_event_id=" in url]
     assert len(resumed) >= 2, requests  # each reload resumed from its last event id, not from the start
-    screenshot(page, "reloaded")
+    screenshot(page, f"reloaded-{example.split('.')[-1]}")
 
 
 # -- (3) stop mid-answer ------------------------------------------------------------------------------------------
@@ -445,8 +448,9 @@ class CuttableProxy:
         self.cut()
 
 
-def test_a_dropped_connection_resumes_where_it_stopped(context: BrowserContext, make_server: Any) -> None:
-    server = make_server(speed=60)
+@pytest.mark.parametrize("example", ["examples.aiohttp_chat", "examples.fastapi_chat"], ids=["aiohttp", "fastapi"])
+def test_a_dropped_connection_resumes_where_it_stopped(context: BrowserContext, make_server: Any, example: str) -> None:
+    server = make_server(speed=60, module=example)
     proxy = CuttableProxy(server.port)
     try:
         page = context.new_page()
