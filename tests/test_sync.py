@@ -7,6 +7,7 @@ event: every event once, in each stream's order, ids without gaps, one terminal 
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import importlib.util
 import json
@@ -37,6 +38,7 @@ from resumable_sse import (
     resumable_handler,
     setup,
 )
+from resumable_sse._feed import call_in_thread
 from resumable_sse._portal import LoopThread, call_in_loop
 from resumable_sse.exceptions import InvalidStreamId, StreamAlreadyClaimed
 
@@ -110,30 +112,10 @@ def assert_complete(events: list[SSE], data: list[str], end: str = "done", first
     assert [int(str(id_).rpartition("-")[2]) for id_ in ids] == list(range(first_seq, first_seq + len(events)))
 
 
-def in_thread(function: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+def in_thread(function: Callable[..., T], *args: Any) -> asyncio.Task[T]:
     """Run ``function(*args)`` in a new thread of its own (asyncio.to_thread's pool has too few threads for 16
-    producers that block at once); the future resolves on the calling loop."""
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[T] = loop.create_future()
-
-    def settle(result: T | None, error: BaseException | None) -> None:
-        if future.cancelled():
-            return
-        if error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(result)  # type: ignore[arg-type]
-
-    def work() -> None:
-        try:
-            result = function(*args)
-        except BaseException as exc:
-            loop.call_soon_threadsafe(settle, None, exc)
-        else:
-            loop.call_soon_threadsafe(settle, result, None)
-
-    threading.Thread(target=work, name="test worker", daemon=True).start()
-    return future
+    producers that block at once): the library's own call_in_thread, started now."""
+    return asyncio.ensure_future(call_in_thread(functools.partial(function, *args), "test worker"))
 
 
 async def wait_for_seq(streamer: Streamer, stream_id: str, seq: int) -> None:
