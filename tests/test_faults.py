@@ -32,12 +32,9 @@ a minute.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -48,13 +45,13 @@ import aiohttp
 import pytest
 import redis
 
+from ._app_process import AppProcess
 from ._live_server import FaultProxy
 from .helpers import SSE, parse
 from .redis_servers import RedisServer, require_server_binary, unique_prefix
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
-APP = str(Path(__file__).with_name("redis_app.py"))
 TERMINAL = {"done", "error", "cancelled", "lost"}
 LEASE = 2.0
 """The app's lease (the library's default is 5 s): a lost producer is noticed within about 1.5 leases."""
@@ -74,52 +71,6 @@ DEADLINE = 40.0
 # -- processes ------------------------------------------------------------------------------------------------------
 
 
-class AppProcess:
-    """One server process of tests/redis_app.py, logging JSON lines of the ``resumable_sse`` logger to a file."""
-
-    def __init__(self, url: str, prefix: str, log: Path, options: dict[str, Any], lease: float = LEASE) -> None:
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-        self.log_path = log
-        self.log = open(log, "ab")  # noqa: SIM115 (closed in kill)
-        args = [sys.executable, APP, url, prefix, str(lease), json.dumps({"log": "json", **options})]
-        self.process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=self.log, env=env)
-        assert self.process.stdout is not None
-        line = self.process.stdout.readline().decode()
-        if not line.startswith("READY "):
-            self.kill()
-            raise RuntimeError(f"the app process did not start: {line!r} {log.read_text()[-2000:]}")
-        self.base = f"http://127.0.0.1:{int(line.split()[1])}"
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def records(self) -> list[dict[str, Any]]:
-        """What the ``resumable_sse`` logger wrote (other stderr lines, e.g. tracebacks, are skipped)."""
-        out = []
-        for line in self.log_path.read_text(errors="replace").splitlines():
-            with contextlib.suppress(ValueError):
-                record = json.loads(line)
-                if isinstance(record, dict) and record.get("name", "").startswith("resumable_sse"):
-                    out.append(record)
-        return out
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait()
-        if self.process.stdout is not None:
-            self.process.stdout.close()
-        self.log.close()
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.process.wait(10)
-        self.kill()
-
-
 class Fleet:
     """Two app processes on one Redis; stops whatever it started, even when the test fails."""
 
@@ -135,7 +86,8 @@ class Fleet:
         for index in range(count):
             url = urls[index] if urls else self.server.url
             opts = {"marks_url": self.server.url, **options}
-            self.apps.append(AppProcess(url, self.prefix, self.tmp_path / f"app{index}.log", opts, lease))
+            log = self.tmp_path / f"app{index}.log"
+            self.apps.append(AppProcess(url, self.prefix, lease, log=log, options={"log": "json", **opts}))
         return self.apps
 
     def close(self) -> None:

@@ -4,58 +4,20 @@ on another process, liveness after SIGKILL, remote cancel, a Redis restart mid-s
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
 import aiohttp
 import pytest
 import redis
 
+from ._app_process import AppProcess
 from .helpers import SSE, parse
 from .redis_servers import RedisServer, require_server_binary, unique_prefix
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
-APP = str(Path(__file__).with_name("redis_app.py"))
 TERMINAL = {"done", "error", "cancelled", "lost"}
-
-
-class AppProcess:
-    """One server process of tests/redis_app.py."""
-
-    def __init__(self, url: str, prefix: str, lease: float = 5.0) -> None:
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-        self.log = open(os.environ.get("RESUMABLE_SSE_APP_LOG", os.devnull), "ab")  # noqa: SIM115 (closed in kill)
-        self.process = subprocess.Popen(
-            [sys.executable, APP, url, prefix, str(lease)], stdout=subprocess.PIPE, stderr=self.log, env=env
-        )
-        assert self.process.stdout is not None
-        line = self.process.stdout.readline().decode()
-        if not line.startswith("READY "):
-            self.kill()
-            raise RuntimeError(f"the app process did not start: {line!r}")
-        self.base = f"http://127.0.0.1:{int(line.split()[1])}"
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait()
-        if self.process.stdout is not None:
-            self.process.stdout.close()
-        self.log.close()
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.process.wait(10)
-        self.kill()
 
 
 @pytest.fixture
