@@ -388,6 +388,40 @@ def report(label: str, readers: list[Reader], fault_end: float, check_ids: bool 
 # -- the faults ------------------------------------------------------------------------------------------------------
 
 
+async def reading(
+    http: aiohttp.ClientSession, fleet: Fleet, **options: Any
+) -> tuple[list[AppProcess], list[Reader], list[asyncio.Task[None]]]:
+    """The fleet started (``options`` as :meth:`Fleet.start` takes them), its readers following STREAM, each with 30
+    events: the moment a fault is injected."""
+    apps = fleet.start(**options)
+    readers, tasks = await start_readers(http, apps, STREAM)
+    await wait_for(lambda: all(len(r.events) >= 30 for r in readers), 15, "30 events each")
+    return apps, readers, tasks
+
+
+async def assert_gone_and_logged_once(
+    http: aiohttp.ClientSession, apps: list[AppProcess], position: str | None
+) -> None:
+    """The stream is gone from the store: a reconnect with the last position gets 410 on every server, and the
+    producer's process logged its loss exactly once (it notices at its next append, its retries backing off from
+    50 ms: waited for, bounded)."""
+    for app in apps:
+        async with http.get(f"{app.base}/stream/{STREAM}", headers={"Last-Event-ID": position or ""}) as response:
+            assert response.status == 410
+    await wait_for(lambda: producer_lost_logs(apps, STREAM), BOUND, "the producer's error record")
+    assert len(producer_lost_logs(apps, STREAM)) == 1, failures(apps, STREAM)
+    for index, app in enumerate(apps):
+        print(f"[app{index}] logged: {[(r['level'], r['message'], r['stream_id']) for r in failures([app], STREAM)]}")
+
+
+async def assert_recovered(
+    http: aiohttp.ClientSession, apps: list[AppProcess], server: RedisServer, label: str
+) -> None:
+    """After the fault: nothing spins (idle CPU and Redis commands bounded) and every server serves new streams."""
+    await assert_idle(apps, server, label)
+    await assert_serves_new_streams(http, apps, label)
+
+
 async def test_a_redis_restart_with_persistence(
     aof_server: RedisServer, tmp_path: Path, http: aiohttp.ClientSession
 ) -> None:
@@ -395,9 +429,7 @@ async def test_a_redis_restart_with_persistence(
     and ``done``; the next event reaches them within about 1 s of the restart."""
     fleet = Fleet(aof_server, tmp_path)
     try:
-        apps = fleet.start(store={"socket_timeout": 1.0})
-        readers, tasks = await start_readers(http, apps, STREAM)
-        await wait_for(lambda: all(len(r.events) >= 30 for r in readers), 15, "30 events each")
+        apps, readers, tasks = await reading(http, fleet, store={"socket_timeout": 1.0})
         await asyncio.to_thread(aof_server.stop)
         await asyncio.sleep(0.5)
         await asyncio.to_thread(aof_server.start)
@@ -410,8 +442,7 @@ async def test_a_redis_restart_with_persistence(
             assert after is not None and after - back < BOUND
         assert producer_lost_logs(apps, STREAM) == []
         agree(readers + await fresh_readers(http, apps, STREAM))  # a newcomer sees the same stream
-        await assert_idle(apps, aof_server, "a")
-        await assert_serves_new_streams(http, apps, "a")
+        await assert_recovered(http, apps, aof_server, "a")
     finally:
         fleet.close()
 
@@ -423,9 +454,7 @@ async def test_b_redis_restart_without_persistence(
     broke with the restart, a reconnect gets ``410``); the producer stops and says so once."""
     fleet = Fleet(plain_server, tmp_path)
     try:
-        apps = fleet.start(store={"socket_timeout": 1.0})
-        readers, tasks = await start_readers(http, apps, STREAM)
-        await wait_for(lambda: all(len(r.events) >= 30 for r in readers), 15, "30 events each")
+        apps, readers, tasks = await reading(http, fleet, store={"socket_timeout": 1.0})
         await asyncio.to_thread(plain_server.restart)
         back = time.monotonic()
         await finish(readers, tasks)
@@ -435,21 +464,8 @@ async def test_b_redis_restart_without_persistence(
             assert gone_in_band or verdict.end == "410", (reader.name, verdict)
             assert verdict.resets == []
             assert reader.ended_at is not None and reader.ended_at - back < BOUND
-        # a reconnect with the last position: 410, on either server
-        for app in apps:
-            async with http.get(
-                f"{app.base}/stream/{STREAM}", headers={"Last-Event-ID": readers[0].position or ""}
-            ) as response:
-                assert response.status == 410
-        # the producer notices at its next append (its retries back off from 50 ms): wait for its record, bounded
-        await wait_for(lambda: producer_lost_logs(apps, STREAM), BOUND, "the producer's error record")
-        assert len(producer_lost_logs(apps, STREAM)) == 1, failures(apps, STREAM)
-        for index, app in enumerate(apps):
-            print(
-                f"[app{index}] logged: {[(r['level'], r['message'], r['stream_id']) for r in failures([app], STREAM)]}"
-            )
-        await assert_idle(apps, plain_server, "b")
-        await assert_serves_new_streams(http, apps, "b")
+        await assert_gone_and_logged_once(http, apps, readers[0].position)
+        await assert_recovered(http, apps, plain_server, "b")
     finally:
         fleet.close()
 
@@ -464,9 +480,7 @@ async def test_c_redis_restored_from_an_older_snapshot(
     stream before that, then a ``reset`` (``epoch``) and ``lost``."""
     fleet = Fleet(plain_server, tmp_path)
     try:
-        apps = fleet.start(store={"socket_timeout": 1.0})
-        readers, tasks = await start_readers(http, apps, STREAM)
-        await wait_for(lambda: all(len(r.events) >= 30 for r in readers), 15, "30 events each")
+        apps, readers, tasks = await reading(http, fleet, store={"socket_timeout": 1.0})
         snapshot = await asyncio.to_thread(plain_server.snapshot)
         saved = await asyncio.to_thread(last_seq_in_redis, plain_server, fleet.prefix, STREAM)
         await wait_for(lambda: all(len(r.events) >= saved + 30 for r in readers), 15, "30 more events each")
@@ -485,8 +499,7 @@ async def test_c_redis_restored_from_an_older_snapshot(
         logged = failures(apps, STREAM)
         print(f"[c] logged: {[(r['level'], r['message']) for r in logged]}")
         fresh = await fresh_readers(http, apps, STREAM)  # a newcomer: checked with the others at the end
-        await assert_idle(apps, plain_server, "c")
-        await assert_serves_new_streams(http, apps, "c")
+        await assert_recovered(http, apps, plain_server, "c")
         # The terminal event written after the rewind must not reuse an id that readers already received for
         # another event before the rewind: a client whose position is that id would otherwise get 204 ("you have
         # it all") and never learn that the stream was lost, nor that its copy of that event is not the store's.
@@ -516,9 +529,7 @@ async def test_d_flushdb(plain_server: RedisServer, tmp_path: Path, http: aiohtt
     without id, within half a lease of the next audit) and a reconnect gets ``410``."""
     fleet = Fleet(plain_server, tmp_path)
     try:
-        apps = fleet.start(store={"socket_timeout": 1.0})
-        readers, tasks = await start_readers(http, apps, STREAM)
-        await wait_for(lambda: all(len(r.events) >= 30 for r in readers), 15, "30 events each")
+        apps, readers, tasks = await reading(http, fleet, store={"socket_timeout": 1.0})
         with redis.Redis(port=plain_server.port) as client:
             await asyncio.to_thread(client.flushdb)
         flushed = time.monotonic()
@@ -528,20 +539,8 @@ async def test_d_flushdb(plain_server: RedisServer, tmp_path: Path, http: aiohtt
             assert verdict.end == "lost" and reader.seen()[-1].id is None, (reader.name, verdict)
             assert reader.ended_at is not None and reader.ended_at - flushed < BOUND
             assert {status for _, status in reader.responses} == {200}  # nothing broke: it was told in-band
-        for app in apps:
-            async with http.get(
-                f"{app.base}/stream/{STREAM}", headers={"Last-Event-ID": readers[0].position or ""}
-            ) as response:
-                assert response.status == 410
-        # the producer notices at its next append (its retries back off from 50 ms): wait for its record, bounded
-        await wait_for(lambda: producer_lost_logs(apps, STREAM), BOUND, "the producer's error record")
-        assert len(producer_lost_logs(apps, STREAM)) == 1, failures(apps, STREAM)
-        for index, app in enumerate(apps):
-            print(
-                f"[app{index}] logged: {[(r['level'], r['message'], r['stream_id']) for r in failures([app], STREAM)]}"
-            )
-        await assert_idle(apps, plain_server, "d")
-        await assert_serves_new_streams(http, apps, "d")
+        await assert_gone_and_logged_once(http, apps, readers[0].position)
+        await assert_recovered(http, apps, plain_server, "d")
     finally:
         fleet.close()
 
@@ -574,9 +573,9 @@ async def test_e_network_faults_between_the_producers_server_and_redis(
     fleet = Fleet(plain_server, tmp_path)
     async with FaultProxy(plain_server.port) as proxy:
         try:
-            apps = fleet.start(urls=[proxy.url, plain_server.url], lease=5.0, store={"socket_timeout": 0.5})
-            readers, tasks = await start_readers(http, apps, STREAM)
-            await wait_for(lambda: all(len(r.events) >= 30 for r in readers), 15, "30 events each")
+            apps, readers, tasks = await reading(
+                http, fleet, urls=[proxy.url, plain_server.url], lease=5.0, store={"socket_timeout": 0.5}
+            )
             proxy.cut()
             await asyncio.sleep(0.3)
             proxy.stall()
@@ -596,8 +595,7 @@ async def test_e_network_faults_between_the_producers_server_and_redis(
             print(f"[e] proxy connections {proxy.connections}; logged {[r['message'] for r in logged]}")
             assert producer_lost_logs(apps, STREAM) == [], logged
             agree(readers + await fresh_readers(http, apps, STREAM))  # a newcomer sees the same stream
-            await assert_idle(apps, plain_server, "e")
-            await assert_serves_new_streams(http, apps, "e")
+            await assert_recovered(http, apps, plain_server, "e")
         finally:
             fleet.close()
 
@@ -610,9 +608,7 @@ async def test_f_sigkill_of_the_producers_server(
     gives them the rest and the same ``lost``."""
     fleet = Fleet(plain_server, tmp_path)
     try:
-        apps = fleet.start()
-        readers, tasks = await start_readers(http, apps, STREAM)
-        await wait_for(lambda: all(len(r.events) >= 30 for r in readers), 15, "30 events each")
+        apps, readers, tasks = await reading(http, fleet)
         apps[0].process.send_signal(signal.SIGKILL)
         killed = time.monotonic()
         await finish(readers, tasks)
@@ -628,8 +624,7 @@ async def test_f_sigkill_of_the_producers_server(
             assert response.status == 204  # the position is the terminal event
         print(f"[f] app1 logged: {[(r['level'], r['message']) for r in failures(survivor, STREAM)]}")
         agree(readers + await fresh_readers(http, survivor, STREAM))  # a newcomer sees the same stream
-        await assert_idle(survivor, plain_server, "f")
-        await assert_serves_new_streams(http, survivor, "f")
+        await assert_recovered(http, survivor, plain_server, "f")
     finally:
         fleet.close()
 
@@ -641,9 +636,7 @@ async def test_g_redis_stopped_longer_than_the_socket_timeout(
     answers; the stream goes on exactly once to ``done``, or ends ``lost`` for every reader alike."""
     fleet = Fleet(plain_server, tmp_path)
     try:
-        apps = fleet.start(store={"socket_timeout": 0.5})
-        readers, tasks = await start_readers(http, apps, STREAM)
-        await wait_for(lambda: all(len(r.events) >= 30 for r in readers), 15, "30 events each")
+        apps, readers, tasks = await reading(http, fleet, store={"socket_timeout": 0.5})
         plain_server.pause()
         try:
             await asyncio.sleep(3.0)
@@ -657,8 +650,7 @@ async def test_g_redis_stopped_longer_than_the_socket_timeout(
         print(f"[g] ended {how}; logged {[(r['level'], r['message']) for r in logged]}")
         assert len(producer_lost_logs(apps, STREAM)) <= 1, logged
         agree(readers + await fresh_readers(http, apps, STREAM))  # a newcomer sees the same stream
-        await assert_idle(apps, plain_server, "g")
-        await assert_serves_new_streams(http, apps, "g")
+        await assert_recovered(http, apps, plain_server, "g")
         if how == "lost":  # the producer, alive, was fenced: its stream ended lost under it
             # it hears of it at its next append, after a retry delay: wait, bounded, for its record
             await wait_for(lambda: producer_lost_logs(apps, STREAM), BOUND, "the producer's error record")
@@ -674,9 +666,7 @@ async def test_g_redis_stopped_longer_than_the_socket_timeout_but_within_the_lea
     Calls time out and are retried; nothing may be lost: every reader gets all events once and ``done``."""
     fleet = Fleet(plain_server, tmp_path)
     try:
-        apps = fleet.start(lease=5.0, store={"socket_timeout": 0.5})
-        readers, tasks = await start_readers(http, apps, STREAM)
-        await wait_for(lambda: all(len(r.events) >= 30 for r in readers), 15, "30 events each")
+        apps, readers, tasks = await reading(http, fleet, lease=5.0, store={"socket_timeout": 0.5})
         plain_server.pause()
         try:
             await asyncio.sleep(1.2)
@@ -693,7 +683,6 @@ async def test_g_redis_stopped_longer_than_the_socket_timeout_but_within_the_lea
         print(f"[g2] logged {[(r['level'], r['message']) for r in logged]}")
         assert producer_lost_logs(apps, STREAM) == [], logged
         agree(readers + await fresh_readers(http, apps, STREAM))
-        await assert_idle(apps, plain_server, "g2")
-        await assert_serves_new_streams(http, apps, "g2")
+        await assert_recovered(http, apps, plain_server, "g2")
     finally:
         fleet.close()
