@@ -726,6 +726,17 @@ def test_model(kind: str) -> None:
     run_state_machine_as_test(machine(kind), settings=settings(current, max_examples=examples))
 
 
+def collecting(subscription: Subscription) -> tuple[list[Entry | Reset | Gone], asyncio.Task[None]]:
+    """Iterate ``subscription`` in the background: the list it fills, and the task (done when iteration ends)."""
+    items: list[Entry | Reset | Gone] = []
+
+    async def read() -> None:
+        async for item in subscription:
+            items.append(item)
+
+    return items, asyncio.ensure_future(read())
+
+
 async def test_a_live_reader_whose_first_read_follows_a_recreation_hears_of_the_next_loss() -> None:
     """Found by the model (memory store only): a subscription made while the stream was finished, iterated only
     after the stream was created again, seeds the hub's tail with the finished state; a finished tail is never
@@ -738,13 +749,7 @@ async def test_a_live_reader_whose_first_read_follows_a_recreation_hears_of_the_
     subscription = await streamer.subscribe("s")
     await lose(store, "s")
     await store.claim("s", "t2", LONG_LEASE)  # life 2, before the reader's first read
-    items: list[Entry | Reset | Gone] = []
-
-    async def read() -> None:
-        async for item in subscription:
-            items.append(item)
-
-    task = asyncio.ensure_future(read())
+    items, task = collecting(subscription)
     deadline = time.monotonic() + 5
     while not items:
         assert time.monotonic() < deadline, "the reader was not told of the new life"
@@ -777,13 +782,7 @@ async def test_a_finished_stream_rewound_to_running_is_followed_again(make_store
     assert [item.seq for item in await anext(batches) if isinstance(item, Entry)] == [1]  # it follows the stream
     await rewind(store, "s", saved)  # running again, at 2
     live = await streamer.subscribe("s")
-    items: list[Entry | Reset | Gone] = []
-
-    async def read() -> None:
-        async for item in live:
-            items.append(item)
-
-    task = asyncio.ensure_future(read())
+    items, task = collecting(live)
     try:
         deadline = time.monotonic() + 5
         while len(items) < 2:
@@ -825,13 +824,7 @@ async def test_a_reader_that_meets_a_change_the_audits_missed_is_not_left_waitin
     await asyncio.sleep(0.1)  # the store's answer to following the stream anew (done, at 3) has come
     await rewind(store, "s", running)
     live = await streamer.subscribe("s", f"{epoch}-2")
-    items: list[Entry | Reset | Gone] = []
-
-    async def read() -> None:
-        async for item in live:
-            items.append(item)
-
-    task = asyncio.ensure_future(read())
+    items, task = collecting(live)
     try:
         await asyncio.sleep(0.05)  # the live reader has read the store (running, at 2) and waits
         assert items == []
@@ -859,13 +852,7 @@ async def test_readers_that_keep_coming_do_not_postpone_the_judgement_of_a_dead_
     await store.claim("s", "dead", 1.0)  # another process's producer: it never renews
     await store.append("s", "dead", [(None, "a")], after=0)
     waiting = await streamer.subscribe("s")
-    items: list[Entry | Reset | Gone] = []
-
-    async def read() -> None:
-        async for item in waiting:
-            items.append(item)
-
-    task = asyncio.ensure_future(read())
+    items, task = collecting(waiting)
     stop = asyncio.Event()
 
     async def reloads() -> None:
