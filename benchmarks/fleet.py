@@ -56,6 +56,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import json
 import os
 import re
@@ -116,6 +117,15 @@ class Fleet:
         self.stop = asyncio.Event()
         self.start = 0.0  # loop time of the first stream's first token
         self.lags: list[float] = []  # seconds each token was yielded after its scheduled time
+        self.gc_pauses: list[tuple[int, float]] = []  # (generation, seconds) of each garbage collection
+        self._gc_began = 0.0
+
+    def track_gc(self, phase: str, info: dict[str, int]) -> None:
+        """A ``gc.callbacks`` hook: every collection's generation and length (a pause of the whole event loop)."""
+        if phase == "start":
+            self._gc_began = time.perf_counter()
+        else:
+            self.gc_pauses.append((info["generation"], time.perf_counter() - self._gc_began))
 
     def offset(self, request: web.Request) -> float:
         index = int(request.match_info["stream_id"].rpartition("-")[2])
@@ -150,6 +160,10 @@ class Fleet:
             "lag_p99_ms": lags[min(len(lags) - 1, int(0.99 * len(lags)))] * 1000 if lags else 0.0,
             "late_tokens": sum(1 for lag in lags if lag > 1 / self.rate),  # a whole period or more behind
             "yielded": len(lags),
+            "gc_collections": len(self.gc_pauses),
+            "gc_full": sum(1 for generation, _ in self.gc_pauses if generation == 2),
+            "gc_max_ms": max((pause for _, pause in self.gc_pauses), default=0.0) * 1000,
+            "gc_total_ms": sum(pause for _, pause in self.gc_pauses) * 1000,
         }
 
 
@@ -194,6 +208,7 @@ async def serve(
     async def go(_request: web.Request) -> web.Response:
         lead = 0.1  # the driver tells the readers the deadline before the first token is due
         fleet.start = loop.time() + lead
+        gc.callbacks.append(fleet.track_gc)
         fleet.go.set()
         return web.json_response({"start_ns": time.time_ns() + int(lead * 1e9)})
 
@@ -420,6 +435,10 @@ class TokenResult:
     lost: int
     bad_ends: int
     end_types: dict[str, int]
+    gc_collections: int = 0
+    gc_full: int = 0
+    gc_max_ms: float = 0.0
+    gc_total_ms: float = 0.0
     p99_vs_baseline: float | None = None
     cpu_vs_baseline: float | None = None
 
@@ -591,6 +610,10 @@ class Driver:
             lost=out["lost"],
             bad_ends=out["bad_ends"],
             end_types=out["end_types"],
+            gc_collections=stats["gc_collections"],
+            gc_full=stats["gc_full"],
+            gc_max_ms=stats["gc_max_ms"],
+            gc_total_ms=stats["gc_total_ms"],
         )
 
     async def idle(self, row: str, streams: int) -> IdleResult:
@@ -667,6 +690,12 @@ def print_tokens(results: list[TokenResult], out: Any) -> None:
             f"{r.row:14} {r.streams:>6} {r.p50_ms:8.1f} {r.p99_ms:8.1f} {r.max_ms:8.1f} {delivered:>17} "
             f"{r.server_cpu_pct:7.0f}% {r.cpu_us_per_token:7.0f} {redis_cpu:>6} {r.client_cpu_pct:6.0f}% "
             f"{r.lag_max_ms:7.0f}ms {_x(r.p99_vs_baseline):>7} {_x(r.cpu_vs_baseline):>6}",
+            file=out,
+        )
+    for r in results:
+        print(
+            f"  {r.row} S={r.streams}: {r.gc_collections} garbage collections while producing ({r.gc_full} full), "
+            f"longest {r.gc_max_ms:.0f} ms, {r.gc_total_ms:.0f} ms in all",
             file=out,
         )
     odd = [r for r in results if r.failed or r.lost or r.bad_ends or r.late_tokens]

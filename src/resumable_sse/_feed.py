@@ -56,7 +56,7 @@ class ProducerRun(Protocol):
         """Queue events normalized elsewhere (by the feed's threads)."""
 
     async def has_space(self) -> None:
-        """Wait until the run's writer has taken what is pending (backpressure)."""
+        """Wait until an append has taken what is pending (backpressure)."""
 
 
 class Feed:

@@ -13,13 +13,14 @@ hold, so none of these can pass as a continuation.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 from ._event import Entry, EventId, Status
 
-__all__ = ["Claim", "EventLog", "NewEvent", "OnChange", "Page", "StreamState", "Watch"]
+__all__ = ["Claim", "EventLog", "NewEvent", "OnChange", "Page", "StreamState", "SubmitsAppends", "Watch"]
 
 NewEvent = tuple[str | None, str]
 """An event to append: ``(event type or None, data text)``; the store assigns its sequence number."""
@@ -205,4 +206,25 @@ class EventLog(Protocol):
 
     async def close(self) -> None:
         """Release connections and stop every watch; the store is not used afterwards."""
+        ...
+
+
+@runtime_checkable
+class SubmitsAppends(Protocol):
+    """What a store may offer beside :class:`EventLog`: an append started at once, without a coroutine.
+
+    A producer that yields one token at a time (an LLM's pace) appends once per token. Through a coroutine, every
+    such append needs a task of its own, or a writer task woken for it: one more turn of the event loop between a
+    token and its readers, which under load is most of the latency. A store that implements this is called
+    directly by the producer (no observer set), in the producer's own step; one that does not is called through
+    :meth:`EventLog.append` in a task.
+    """
+
+    def submit_append(
+        self, stream_id: str, token: str, events: Sequence[NewEvent], *, after: int, final: Status | None = None
+    ) -> asyncio.Future[int]:
+        """:meth:`EventLog.append`, started before this returns; its outcome (the new ``last_seq``, or the same
+        exceptions) comes through the returned future. Appends submitted one after the other by one caller, each
+        after the previous one's outcome, are applied in that order. A store that appends synchronously returns a
+        future that is already done (the caller then goes on without waiting)."""
         ...

@@ -1,7 +1,9 @@
 """The producer runtime: each stream's producer run once, its events batched into appends, its lease kept.
 
-A :class:`_Run` pumps the user's source into a pending batch while its writer appends batches to the store: while one
-append is in flight the next events queue and go in the next append, and a slow producer's event is appended at once.
+A :class:`_Run` is one task: it pulls the user's source and starts each append itself, without waiting for it. While
+one append is in flight the next events queue and go in the next append; a slow producer's event is appended at once,
+in the step that yielded it (a store that offers :class:`~._log.SubmitsAppends` needs no task per append: the memory
+store appends synchronously, the Redis store queues it for the next group commit).
 :class:`Producers` holds every run of this process, keyed by ``(stream id, epoch)`` and removed by identity, and
 renews all their leases in one store call per period (no timer per stream). Every run ends exactly once, and its
 outcome is always retrieved: a failure is logged by the ``resumable_sse`` logger with the stream id, never left to
@@ -20,10 +22,10 @@ from typing import Any, Protocol, Union
 
 from ._event import Status, normalize
 from ._feed import call_in_thread, pump_in_thread
-from ._log import EventLog, NewEvent, StreamState
+from ._log import EventLog, NewEvent, StreamState, SubmitsAppends
 from ._observe import Observer
 from ._readers import Hub, terminal_data
-from ._tasks import Signal, spawn, stopped
+from ._tasks import spawn
 from .exceptions import EventTooLarge, InvalidEventData, ProducerError, StoreUnavailable, StreamFenced, StreamNotFound
 
 __all__ = ["Factory", "Producer", "Producers", "Source", "check_factory"]
@@ -116,8 +118,18 @@ class Producer:
         return await asyncio.shield(self._run.task)
 
 
+class _Halted(Exception):
+    """The run stopped its own pump (a store verdict, or a stop asked for from within the pump's own step)."""
+
+
 class _Run:
-    """One producer: its pump (the only code that touches the user's source) and its writer (see module)."""
+    """One producer: one task that pumps the user's source and starts the appends (see the module docstring).
+
+    The pump puts each event in :attr:`pending`; when no append is in flight it starts one with everything pending
+    (:meth:`kick`), in its own step, and goes on pulling the source while the append travels; the append's
+    completion starts the next one. A store that appends synchronously (memory) is written before the pump's next
+    ``await``, so a paced token reaches its readers one loop turn after the producer yielded it, not three.
+    """
 
     def __init__(self, producers: Producers, token: str, state: StreamState, factory: Factory) -> None:
         self.producers = producers
@@ -127,29 +139,39 @@ class _Run:
         self.epoch = state.epoch
         self.factory = factory
         self.pending: list[NewEvent] = []
-        self.wake = Signal()
         self.space: asyncio.Future[None] | None = None
-        self.limit = min(16, streamer.batch_size)  # how far the pump may run ahead of the writer
+        self.limit = min(16, streamer.batch_size)  # how far the pump may run ahead of the appends
+        self.writing: asyncio.Future[int] | None = None  # the append in flight
+        self.written: list[NewEvent] = []  # its events (sent again by a retry)
+        self.retrying = False  # the append in flight is the retry of one that met an unreachable store
+        self.failure: BaseException | None = None  # why appends cannot go on (the store's verdict)
         self.stop_reason: tuple[Status, str] | None = None  # why we stopped the pump ourselves
+        self.halted = False  # the pump was told to stop (stop, fence, failure)
+        self.interrupted = False  # ... by a cancel of the task
+        self.pumping = False
         self.fenced = False
         self.ending = False  # the final append is on its way: its notification is no end from elsewhere
         self.last_seq = 0  # what the log holds of this run; appends name it so that a retry cannot duplicate
         self.last_progress = time.monotonic()
-        self.pump: asyncio.Task[None] | None = None
-        self.task: asyncio.Task[Status] = spawn(
-            self.supervise(), f"resumable-sse producer {self.stream_id}", self.stream_id
-        )
+        log = streamer.log
+        # Direct submission when the store offers it and nothing is observed (an observer times appends, and counts
+        # them, through Streamer.append).
+        self.submit = log.submit_append if streamer.observer is None and isinstance(log, SubmitsAppends) else None
+        self.task: asyncio.Task[Status] = spawn(self.main(), f"resumable-sse producer {self.stream_id}", self.stream_id)
 
     # -- the pump ---------------------------------------------------------------------------------------------------
 
     def push_many(self, events: list[NewEvent]) -> None:
         """Queue events normalized elsewhere (a worker thread)."""
         self.pending.extend(events)
-        self.wake.set()
+        if self.writing is None:
+            self.kick()
 
     async def has_space(self) -> None:
-        """Wait until the writer has taken the pending batch (backpressure on a fast producer)."""
-        if len(self.pending) >= self.limit:
+        """Wait until the pending events have been taken by an append (backpressure on a fast producer)."""
+        if self.halted:
+            raise _Halted
+        if len(self.pending) >= self.limit and self.writing is not None:
             self.space = asyncio.get_running_loop().create_future()
             await self.space
 
@@ -168,15 +190,18 @@ class _Run:
             try:
                 # The hot loop: a plain ASCII token skips normalize() (is_plain_token, inlined); anything else is
                 # checked fully.
-                pending, append, wake = self.pending, self.pending.append, self.wake.set
+                pending, append, kick = self.pending, self.pending.append, self.kick
                 max_bytes = self.streamer.max_event_bytes
                 async for item in iterator:
                     if type(item) is str and item.isascii() and len(item) <= max_bytes:
                         append((None, item))
                     else:
                         append(normalize(item, max_bytes))
-                    wake()
-                    if len(pending) >= self.limit:
+                    if self.writing is None:
+                        kick()
+                        if self.halted:
+                            raise _Halted
+                    elif len(pending) >= self.limit:
                         await self.has_space()
             finally:
                 aclose = getattr(iterator, "aclose", None)
@@ -187,31 +212,64 @@ class _Run:
         else:
             raise TypeError(f"a producer must return an async iterable or an iterable, not {type(source).__name__}")
 
-    # -- the writer and supervisor ----------------------------------------------------------------------------------
+    # -- the appends ------------------------------------------------------------------------------------------------
 
-    def stop(self, status: Status, message: str) -> None:
-        """Stop the pump; the stream is ended with ``status`` unless another end was already written."""
-        if self.stop_reason is None:
-            self.stop_reason = (status, message)
-        if self.pump is not None:
-            self.pump.cancel()
-
-    def fence(self, status: Status, message: str) -> None:
-        """The stream was ended (or taken) elsewhere: stop without writing."""
-        self.fenced = True
-        self.stop(status, message)
-
-    async def append(self, events: list[NewEvent], final: Status | None = None) -> None:
-        streamer = self.streamer
-        if streamer.observer is None:  # the common case without the retry's frames (this is on every event's path)
-            try:
-                self.last_seq = await streamer.log.append(
-                    self.stream_id, self.token, events, after=self.last_seq, final=final
-                )
+    def kick(self) -> None:
+        """Start appending what is pending, unless an append is in flight (its completion calls this again)."""
+        while self.pending and self.writing is None and self.pumping and not self.halted:
+            batch = self.take()
+            # Start small so the first events go out at once, then grow to batch_size for throughput.
+            self.limit = min(self.limit * 2, self.streamer.batch_size)
+            space = self.space
+            if space is not None and not space.done():
+                space.set_result(None)
+            if self.submit is not None:
+                future = self.submit(self.stream_id, self.token, batch, after=self.last_seq)
+            else:
+                future = asyncio.ensure_future(self.streamer.append(self.stream_id, self.token, batch, self.last_seq))
+            self.writing, self.written, self.retrying = future, batch, self.submit is None
+            if not future.done():
+                future.add_done_callback(self.appended)
                 return
-            except StoreUnavailable:
-                pass  # retried by Streamer.append, which also reports to the observer and times the store
-        self.last_seq = await streamer.append(self.stream_id, self.token, events, self.last_seq, final=final)
+            self.settle(future)  # appended synchronously: go on with what is pending
+
+    def appended(self, future: asyncio.Future[int]) -> None:
+        """The append in flight completed (a done callback)."""
+        self.settle(future)
+        self.kick()
+
+    def settle(self, future: asyncio.Future[int]) -> None:
+        """Take an append's outcome: progress, a retry (an unreachable store), or the end of this run's appends."""
+        self.writing = None
+        if future.cancelled():
+            self.fail(StoreUnavailable("the append was cancelled (the event loop is shutting down)"))
+            return
+        error = future.exception()
+        if error is None:
+            self.last_seq = future.result()
+            self.last_progress = time.monotonic()
+            return
+        if isinstance(error, StoreUnavailable) and not self.retrying:
+            # Retried (with backoff, up to store_retry_timeout) by Streamer.append in a task: idempotent, it names
+            # the sequence number it follows.
+            retry = asyncio.ensure_future(self.streamer.append(self.stream_id, self.token, self.written, self.last_seq))
+            self.writing, self.retrying = retry, True
+            retry.add_done_callback(self.appended)
+            return
+        self.fail(error)
+
+    def fail(self, error: BaseException) -> None:
+        if self.failure is None:
+            self.failure = error
+        self.halt()
+
+    def halt(self) -> None:
+        """Stop the pump: from outside its step by a cancel; from within (a store's notification of its own append)
+        by :class:`_Halted`, raised where the pump looks after starting an append."""
+        self.halted = True
+        if self.pumping and not self.interrupted and asyncio.current_task() is not self.task:
+            self.interrupted = True
+            self.task.cancel()
 
     def take(self) -> list[NewEvent]:
         """The pending events that go in the next append: all of them, or as many as fit ``max_batch_bytes`` (at
@@ -232,34 +290,78 @@ class _Run:
             cut += 1
         batch = pending[:cut]
         del pending[:cut]
-        self.wake.set()  # what is left goes in the next append, without waiting for the producer
         return batch
 
-    async def flush(self) -> None:
-        batch = self.take()
-        # Start small so the first events go out at once, then grow to batch_size for throughput.
-        self.limit = min(self.limit * 2, self.streamer.batch_size)
-        space = self.space
-        if space is not None and not space.done():
-            space.set_result(None)
-        await self.append(batch)
-        self.last_progress = time.monotonic()
+    async def append(self, events: list[NewEvent], final: Status | None = None) -> None:
+        """An append awaited by the run itself (the final ones)."""
+        self.last_seq = await self.streamer.append(self.stream_id, self.token, events, self.last_seq, final=final)
 
-    async def supervise(self) -> Status:
-        pump = self.pump = asyncio.get_running_loop().create_task(self.pump_source())
-        pump.add_done_callback(lambda _: self.wake.set())
+    # -- the run ----------------------------------------------------------------------------------------------------
+
+    def stop(self, status: Status, message: str) -> None:
+        """Stop the pump; the stream is ended with ``status`` unless another end was already written."""
+        if self.stop_reason is None:
+            self.stop_reason = (status, message)
+        self.halt()
+
+    def fence(self, status: Status, message: str) -> None:
+        """The stream was ended (or taken) elsewhere: stop without writing."""
+        self.fenced = True
+        self.stop(status, message)
+
+    async def pump(self) -> tuple[Status, str]:
+        """Run the producer until it ends or is stopped; how the stream ends (unless the store decided otherwise)."""
+        if self.halted:  # stopped before it started (a shutdown right after the claim): the source is not called
+            return self.stop_reason or ("cancelled", "the producer was cancelled")
+        self.pumping = True
+        try:
+            await self.pump_source()
+        except asyncio.CancelledError:
+            if not self.interrupted:  # a cancel of the task itself (shutdown), or the producer raised it
+                cancelling = getattr(self.task, "cancelling", None)  # Python 3.11+; on 3.10 any cancel is the task's
+                if cancelling is None or cancelling():
+                    raise
+                return "cancelled", "the producer was cancelled"
+        except _Halted:
+            pass
+        except ProducerError as exc:
+            return "error", str(exc)
+        except Exception as exc:
+            return "error", self._failed(exc)
+        finally:
+            self.pumping = False
+            uncancel = getattr(self.task, "uncancel", None)  # Python 3.11+
+            if self.interrupted and uncancel is not None:
+                uncancel()  # the cancel was ours: the run goes on to write the end
+        return self.stop_reason or ("done", "")  # (a stop reason is only ever given with a halt)
+
+    def _failed(self, exc: Exception) -> str:
+        """Log a producer's failure; what clients are told of it."""
+        extra = {"stream_id": self.stream_id}
+        if isinstance(exc, (EventTooLarge, InvalidEventData)):
+            said = "an event was too large" if isinstance(exc, EventTooLarge) else "an event was not valid text"
+            logger.error("stream %r: %s; it ends with error (clients get %r)", self.stream_id, exc, said, extra=extra)
+            return said
+        logger.error(
+            "producer of stream %r raised; the stream ends with error (clients get the generic message)",
+            self.stream_id,
+            exc_info=exc,
+            extra=extra,
+        )
+        return self.streamer.error_message
+
+    async def main(self) -> Status:
         try:
             try:
-                while not pump.done() and not self.fenced:
-                    await self.wake.wait()
-                    if self.pending and not pump.done():
-                        await self.flush()
+                status, message = await self.pump()
+                while self.writing is not None:  # the append in flight (and its retry)
+                    await asyncio.wait({self.writing})
+                if self.failure is not None:
+                    raise self.failure
             except StreamFenced:
                 self.fenced = True
             if self.fenced:
-                await stopped(pump)
                 return await self._outside_end()
-            status, message = self._outcome(pump)
             self.ending = True
             self.pending.append((status, terminal_data(status, message)))
             try:
@@ -271,14 +373,9 @@ class _Run:
                     await self.append(batch)
             except StreamFenced:
                 return await self._outside_end()
-            self.pending.clear()
             return status
-        except asyncio.CancelledError:
-            await stopped(pump)  # cancelled itself (shutdown): the pump first, then the cancel goes on
-            raise
         except (StoreUnavailable, StreamNotFound) as exc:
             self.fenced = True
-            await stopped(pump)
             logger.error(
                 "stream %r: %s; its producer stops and readers are told it is lost",
                 self.stream_id,
@@ -289,7 +386,6 @@ class _Run:
             return "lost"
         except Exception:
             self.fenced = True
-            await stopped(pump)
             logger.exception(
                 "the run of stream %r failed; it stops, and its readers get lost once its lease runs out",
                 self.stream_id,
@@ -298,30 +394,8 @@ class _Run:
             self.streamer.hub.suspect(self.stream_id)
             return "error"
         finally:
+            self.pending.clear()
             self.producers.forget(self)
-
-    def _outcome(self, pump: asyncio.Task[None]) -> tuple[Status, str]:
-        if pump.cancelled():
-            if self.stop_reason is not None:
-                return self.stop_reason
-            return "cancelled", "the producer was cancelled"
-        exc = pump.exception()
-        if exc is None:
-            return "done", ""
-        if isinstance(exc, ProducerError):
-            return "error", str(exc)
-        extra = {"stream_id": self.stream_id}
-        if isinstance(exc, (EventTooLarge, InvalidEventData)):
-            said = "an event was too large" if isinstance(exc, EventTooLarge) else "an event was not valid text"
-            logger.error("stream %r: %s; it ends with error (clients get %r)", self.stream_id, exc, said, extra=extra)
-            return "error", said
-        logger.error(
-            "producer of stream %r raised; the stream ends with error (clients get the generic message)",
-            self.stream_id,
-            exc_info=exc,
-            extra=extra,
-        )
-        return "error", self.streamer.error_message
 
     async def _outside_end(self) -> Status:
         """The stream ended, or changed, without this run (a cancel from any process, declared lost, expired, lost or

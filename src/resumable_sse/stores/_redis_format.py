@@ -98,7 +98,7 @@ class Pending:
         self.final = final
         self.keys = keys
         self.arg = arg
-        self.future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
 
 
 def bounded(items: list[Pending]) -> list[list[Pending]]:

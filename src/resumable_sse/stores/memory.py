@@ -8,6 +8,7 @@ own notification: it calls the watches that follow the stream, with the new entr
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -211,6 +212,21 @@ class MemoryStore:
         self, stream_id: str, token: str, events: Sequence[NewEvent], *, after: int, final: Status | None = None
     ) -> int:
         """See :meth:`EventLog.append <resumable_sse.EventLog.append>`."""
+        return self._append(stream_id, token, events, after, final)
+
+    def submit_append(
+        self, stream_id: str, token: str, events: Sequence[NewEvent], *, after: int, final: Status | None = None
+    ) -> asyncio.Future[int]:
+        """See :meth:`SubmitsAppends.submit_append <resumable_sse.SubmitsAppends.submit_append>`: appended before
+        it returns (the future is done)."""
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        try:
+            future.set_result(self._append(stream_id, token, events, after, final))
+        except Exception as exc:
+            future.set_exception(exc)
+        return future
+
+    def _append(self, stream_id: str, token: str, events: Sequence[NewEvent], after: int, final: Status | None) -> int:
         stream = self._get(stream_id)
         if stream is None:
             raise StreamNotFound(stream_id)

@@ -52,6 +52,8 @@ __all__ = ["RedisStore"]
 
 _INSTALL_HINT: Final = "RedisStore needs the redis package: pip install resumable-sse[redis]"
 _SCRIPTS: Final = ("claim", "append", "renew", "end", "read", "abandon")
+_MAX_COMMITS: Final = 8
+"""Group commits in flight at once (each on a connection of its own)."""
 
 
 def _redis_module() -> Any:
@@ -117,7 +119,8 @@ class RedisStore:
         self._init_lock = asyncio.Lock()
         self._publish = "SPUBLISH" if self._is_cluster else "PUBLISH"
         self._queue: list[Pending] = []
-        self._committer: asyncio.Task[None] | None = None
+        self._commits: set[asyncio.Task[None]] = set()  # group commits in flight
+        self._gathering = False  # a group commit has been started and has not yet taken the queue
         self._watches: list[RedisWatch] = []
         self.round_trips = 0
         """Append round trips made so far (a group commit of many appends counts once); for tests and tuning."""
@@ -227,14 +230,30 @@ class RedisStore:
                     raise StoreUnavailable(f"Redis is unreachable: {exc}") from exc
         raise AssertionError("unreachable")  # pragma: no cover
 
+    def _start_commit(self) -> None:
+        """Have the queued appends sent in the next turn of the event loop, in one group, unless a group commit is
+        already about to take them or :data:`_MAX_COMMITS` are in flight (one of those then takes them when it is
+        done)."""
+        if not self._gathering and len(self._commits) < _MAX_COMMITS:
+            self._gathering = True
+            task = spawn(self._commit(), "resumable-sse redis group commit")
+            self._commits.add(task)
+            task.add_done_callback(self._commits.discard)
+
     async def _commit(self) -> None:
         """Send queued appends, one round trip per group, until the queue is empty (group commit).
 
         A group is one script call on a single server (one command, one reply, whatever the number of streams); on a
-        cluster one call per hash slot, pipelined.
+        cluster one call per hash slot, pipelined. Several groups may be in flight at once (on as many connections):
+        a group never waits for the round trip of the one before, which under load would hold every token for a
+        whole round trip plus a turn of a busy event loop. The order of one stream's appends does not depend on it:
+        a producer has at most one append in flight.
         """
-        while self._queue:
+        while True:
+            self._gathering = False
             group, self._queue = self._queue, []
+            if not group:
+                return
             self.round_trips += 1
             by_slot: dict[int, list[Pending]] = {}
             client: Any = self.client
@@ -255,15 +274,17 @@ class RedisStore:
                         item.future.set_exception(self._wrap(exc))
                 if not isinstance(exc, Exception):
                     raise
-                continue
-            for items, outcome in zip(batches, results, strict=True):
-                for index, item in enumerate(items):
-                    if item.future.done():
-                        continue
-                    if isinstance(outcome, BaseException):
-                        item.future.set_exception(outcome)
-                    else:
-                        self._applied(item, outcome[index])
+            else:
+                for items, outcome in zip(batches, results, strict=True):
+                    for index, item in enumerate(items):
+                        if item.future.done():
+                            continue
+                        if isinstance(outcome, BaseException):
+                            item.future.set_exception(outcome)
+                        else:
+                            self._applied(item, outcome[index])
+            if self._gathering:
+                return  # another commit takes what came meanwhile
 
     async def _pipeline(self, client: Any, script: Script, calls: Sequence[Call]) -> list[Any]:
         """Run ``script`` once per ``(keys, args)`` in one pipeline; calls that met NOSCRIPT run again after
@@ -330,36 +351,42 @@ class RedisStore:
 
         One round trip (shared with other streams' appends made meanwhile) whatever the number of events.
         """
+        return await self.submit_append(stream_id, token, events, after=after, final=final)
+
+    def submit_append(
+        self, stream_id: str, token: str, events: Sequence[NewEvent], *, after: int, final: Status | None = None
+    ) -> asyncio.Future[int]:
+        """See :meth:`SubmitsAppends.submit_append <resumable_sse.SubmitsAppends.submit_append>`: queued for the
+        next group commit before it returns."""
         if final is not None and not events:
             raise ValueError("a final append needs the terminal entry")
         arg = b"%s\n%d\n%s\n%d\n%s" % (token.encode(), after, (final or "").encode(), len(events), pack(events))
         tag = f"{{{self.key_prefix}:{stream_id}}}".encode()  # bytes: nothing for redis-py to encode
         item = Pending(stream_id, events, final, (tag + b":m", tag + b":e", tag + b":c"), arg)
         self._queue.append(item)
-        if self._committer is None or self._committer.done():
-            self._committer = spawn(self._commit(), "resumable-sse redis group commit")
-        reply = await item.future
-        code = int(reply[0])
-        if code == -1:
-            raise StreamNotFound(stream_id)
-        if code == -2:
-            raise StreamFenced(stream_id)
-        if code == 1:  # a retry of an append that was applied before
-            return int(reply[1])
-        return int(reply[1])
+        self._start_commit()
+        return item.future
 
     def _applied(self, item: Pending, reply: Any) -> None:
         """An append's reply came: the append is its own notification in this process (see RedisWatch.follow),
-        given to the local watches at once, in the committer, before the appending coroutine even resumes."""
-        if self._watches and int(reply[0]) == 0 and item.events:
-            seq, epoch, first = int(reply[1]), text(reply[2]), int(reply[3])
+        given to the local watches at once, in the committer, before the appending producer even hears of it."""
+        code = int(reply[0])
+        if code == -1:
+            item.future.set_exception(StreamNotFound(item.stream_id))
+            return
+        if code == -2:
+            item.future.set_exception(StreamFenced(item.stream_id))
+            return
+        seq = int(reply[1])
+        if self._watches and code == 0 and item.events:  # (code 1: a retry of an append applied before)
+            epoch, first = text(reply[2]), int(reply[3])
             start = seq - len(item.events) + 1
             entries = [Entry(epoch, start + i, event or None, data) for i, (event, data) in enumerate(item.events)]
             state = StreamState(item.stream_id, epoch, item.final or "running", first, seq)
             page = Page(state, entries[max(0, first - start) :])
             for watch in self._watches:
                 watch.local(item.stream_id, page)
-        item.future.set_result(reply)
+        item.future.set_result(seq)
 
     async def renew(self, leases: Sequence[tuple[str, str]], lease: float) -> list[int]:
         """See :meth:`EventLog.renew <resumable_sse.EventLog.renew>`: one script call for all of them (on a
@@ -438,8 +465,8 @@ class RedisStore:
         """Stop every watch and, when the store owns its client (``from_url``), close the client."""
         for watch in list(self._watches):
             await watch.close()
-        if self._committer is not None and not self._committer.done():
-            await asyncio.wait({self._committer})
+        if self._commits:
+            await asyncio.wait(self._commits)
         if self._close_client:
             client: Any = self.client
             await client.aclose()
