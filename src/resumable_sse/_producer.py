@@ -1,13 +1,12 @@
-"""The producer runtime: each stream's producer run once, its events batched into appends, its lease kept.
+"""The producer runtime: each stream's producer run once, its events batched into appends.
 
-A :class:`_Run` is one task: it pulls the user's source and starts each append itself, without waiting for it. While
+A :class:`Run` is one task: it pulls the user's source and starts each append itself, without waiting for it. While
 one append is in flight the next events queue and go in the next append; a slow producer's event is appended at once,
 in the step that yielded it (a store that offers :class:`~._log.SubmitsAppends` needs no task per append: the memory
 store appends synchronously, the Redis store queues it for the next group commit).
-:class:`Producers` holds every run of this process, keyed by ``(stream id, epoch)`` and removed by identity, and
-renews all their leases in one store call per period (no timer per stream). Every run ends exactly once, and its
-outcome is always retrieved: a failure is logged by the ``resumable_sse`` logger with the stream id, never left to
-asyncio's "exception was never retrieved".
+Every run ends exactly once (the registry, :mod:`._producers`, keeps it until then), and its outcome is always
+retrieved: a failure is logged by the ``resumable_sse`` logger with the stream id, never left to asyncio's "exception
+was never retrieved".
 """
 
 from __future__ import annotations
@@ -28,7 +27,7 @@ from ._readers import Hub, terminal_data
 from ._tasks import spawn
 from .exceptions import EventTooLarge, InvalidEventData, ProducerError, StoreUnavailable, StreamFenced, StreamNotFound
 
-__all__ = ["Factory", "Producer", "Producers", "Source", "check_factory"]
+__all__ = ["Factory", "Registry", "Run", "Settings", "Source", "check_factory"]
 
 logger = logging.getLogger("resumable_sse")
 
@@ -72,6 +71,16 @@ class Settings(Protocol):
         """A producer's append, retried while the store is unreachable."""
 
 
+class Registry(Protocol):
+    """Where a run is kept while it runs (:class:`~._producers.Producers`)."""
+
+    @property
+    def streamer(self) -> Settings: ...
+
+    def forget(self, run: Run) -> None:
+        """The run ended: drop it (if it is still the one kept for its stream and epoch)."""
+
+
 def check_factory(producer: object) -> None:
     """Refuse at once what cannot be a producer function (a generator object, an iterable, None)."""
     if callable(producer):
@@ -85,44 +94,11 @@ def check_factory(producer: object) -> None:
     raise TypeError(f"a producer must be a function that returns the events, not {kind}")
 
 
-class Producer:
-    """A producer this process runs: await :meth:`wait` for the terminal state it ended its stream with."""
-
-    def __init__(self, run: _Run) -> None:
-        self._run = run
-
-    @property
-    def stream_id(self) -> str:
-        """The stream it produces."""
-        return self._run.stream_id
-
-    @property
-    def epoch(self) -> str:
-        """The epoch of the stream it created."""
-        return self._run.epoch
-
-    def done(self) -> bool:
-        """True once the stream has its terminal entry (or the producer was fenced out)."""
-        return self._run.task.done()
-
-    def result(self) -> Status:
-        """The end state; raises :class:`asyncio.InvalidStateError` while the producer runs."""
-        return self._run.task.result()
-
-    def add_done_callback(self, callback: Callable[[Producer], None]) -> None:
-        """Call ``callback(self)`` on the event loop once the stream has ended."""
-        self._run.task.add_done_callback(lambda _task: callback(self))
-
-    async def wait(self) -> Status:
-        """Wait until the stream ends; return its terminal state."""
-        return await asyncio.shield(self._run.task)
-
-
 class _Halted(Exception):
     """The run stopped its own pump (a store verdict, or a stop asked for from within the pump's own step)."""
 
 
-class _Run:
+class Run:
     """One producer: one task that pumps the user's source and starts the appends (see the module docstring).
 
     The pump puts each event in :attr:`pending`; when no append is in flight it starts one with everything pending
@@ -131,7 +107,34 @@ class _Run:
     ``await``, so a paced token reaches its readers one loop turn after the producer yielded it, not three.
     """
 
-    def __init__(self, producers: Producers, token: str, state: StreamState, factory: Factory) -> None:
+    __slots__ = (
+        "ending",
+        "epoch",
+        "factory",
+        "failure",
+        "fenced",
+        "halted",
+        "interrupted",
+        "last_progress",
+        "last_seq",
+        "limit",
+        "pending",
+        "producers",
+        "pumping",
+        "retrying",
+        "space",
+        "stop_reason",
+        "stream_id",
+        "streamer",
+        "submit",
+        "tail",
+        "task",
+        "token",
+        "writing",
+        "written",
+    )
+
+    def __init__(self, producers: Registry, token: str, state: StreamState, factory: Factory) -> None:
         self.producers = producers
         self.streamer = streamer = producers.streamer
         self.stream_id = state.stream_id
@@ -157,6 +160,7 @@ class _Run:
         # Direct submission when the store offers it and nothing is observed (an observer times appends, and counts
         # them, through Streamer.append).
         self.submit = log.submit_append if streamer.observer is None and isinstance(log, SubmitsAppends) else None
+        self.tail = streamer.hub.attach(state, producer=True)
         self.task: asyncio.Task[Status] = spawn(self.main(), f"resumable-sse producer {self.stream_id}", self.stream_id)
 
     # -- the pump ---------------------------------------------------------------------------------------------------
@@ -174,43 +178,6 @@ class _Run:
         if len(self.pending) >= self.limit and self.writing is not None:
             self.space = asyncio.get_running_loop().create_future()
             await self.space
-
-    async def pump_source(self) -> None:
-        factory = self.factory
-        if inspect.iscoroutinefunction(factory):
-            source = await factory()
-        elif inspect.isasyncgenfunction(factory):
-            source = factory()
-        else:
-            # A plain function may block before it returns (a legacy SDK's create(stream=True) connects first):
-            # it is called in a thread of its own, never on the event loop.
-            source = await call_in_thread(factory, f"resumable-sse producer {self.stream_id}")
-        if isinstance(source, AsyncIterable):
-            iterator = aiter(source)
-            try:
-                # The hot loop: a plain ASCII token skips normalize() (is_plain_token, inlined); anything else is
-                # checked fully.
-                pending, append, kick = self.pending, self.pending.append, self.kick
-                max_bytes = self.streamer.max_event_bytes
-                async for item in iterator:
-                    if type(item) is str and item.isascii() and len(item) <= max_bytes:
-                        append((None, item))
-                    else:
-                        append(normalize(item, max_bytes))
-                    if self.writing is None:
-                        kick()
-                        if self.halted:
-                            raise _Halted
-                    elif len(pending) >= self.limit:
-                        await self.has_space()
-            finally:
-                aclose = getattr(iterator, "aclose", None)
-                if aclose is not None:
-                    await aclose()
-        elif isinstance(source, Iterable):
-            await pump_in_thread(self, source)
-        else:
-            raise TypeError(f"a producer must return an async iterable or an iterable, not {type(source).__name__}")
 
     # -- the appends ------------------------------------------------------------------------------------------------
 
@@ -309,31 +276,74 @@ class _Run:
         self.fenced = True
         self.stop(status, message)
 
-    async def pump(self) -> tuple[Status, str]:
-        """Run the producer until it ends or is stopped; how the stream ends (unless the store decided otherwise)."""
-        if self.halted:  # stopped before it started (a shutdown right after the claim): the source is not called
-            return self.stop_reason or ("cancelled", "the producer was cancelled")
-        self.pumping = True
+    async def main(self) -> Status:
+        """The run's task: pull the source (in this very frame: a quiet stream holds its frames for as long as it
+        runs), then write the end (:meth:`finish`)."""
         try:
-            await self.pump_source()
-        except asyncio.CancelledError:
-            if not self.interrupted:  # a cancel of the task itself (shutdown), or the producer raised it
-                cancelling = getattr(self.task, "cancelling", None)  # Python 3.11+; on 3.10 any cancel is the task's
-                if cancelling is None or cancelling():
-                    raise
-                return "cancelled", "the producer was cancelled"
-        except _Halted:
-            pass
-        except ProducerError as exc:
-            return "error", str(exc)
-        except Exception as exc:
-            return "error", self._failed(exc)
+            status, message = self.stop_reason or ("cancelled", "the producer was cancelled")
+            if not self.halted:  # (halted: stopped before it started, by a shutdown right after the claim)
+                self.pumping = True
+                try:
+                    factory = self.factory
+                    if inspect.iscoroutinefunction(factory):
+                        source = await factory()
+                    elif inspect.isasyncgenfunction(factory):
+                        source = factory()
+                    else:
+                        # A plain function may block before it returns (a legacy SDK's create(stream=True) connects
+                        # first): it is called in a thread of its own, never on the event loop.
+                        source = await call_in_thread(factory, f"resumable-sse producer {self.stream_id}")
+                    if isinstance(source, AsyncIterable):
+                        iterator = aiter(source)
+                        try:
+                            # The hot loop: a plain ASCII token skips normalize() (is_plain_token, inlined); anything
+                            # else is checked fully.
+                            pending, append = self.pending, self.pending.append
+                            max_bytes = self.streamer.max_event_bytes
+                            async for item in iterator:
+                                if type(item) is str and item.isascii() and len(item) <= max_bytes:
+                                    append((None, item))
+                                else:
+                                    append(normalize(item, max_bytes))
+                                if self.writing is None:
+                                    self.kick()
+                                    if self.halted:
+                                        raise _Halted
+                                elif len(pending) >= self.limit:
+                                    await self.has_space()
+                        finally:
+                            aclose = getattr(iterator, "aclose", None)
+                            if aclose is not None:
+                                await aclose()
+                    elif isinstance(source, Iterable):
+                        await pump_in_thread(self, source)
+                    else:
+                        kind = type(source).__name__
+                        raise TypeError(f"a producer must return an async iterable or an iterable, not {kind}")
+                except asyncio.CancelledError:
+                    if not self.interrupted:  # a cancel of the task itself (shutdown), or the producer raised it
+                        cancelling = getattr(self.task, "cancelling", None)  # 3.11+; on 3.10 any cancel is the task's
+                        if cancelling is None or cancelling():
+                            raise
+                    status, message = self.stop_reason or ("cancelled", "the producer was cancelled")
+                except _Halted:
+                    status, message = self.stop_reason or ("done", "")
+                except ProducerError as exc:
+                    status, message = "error", str(exc)
+                except Exception as exc:
+                    status, message = "error", self._failed(exc)
+                else:
+                    status, message = self.stop_reason or ("done", "")  # a stop reason is only given with a halt
+                finally:
+                    self.pumping = False
+                    uncancel = getattr(self.task, "uncancel", None)  # Python 3.11+
+                    if self.interrupted and uncancel is not None:
+                        uncancel()  # the cancel was ours: the run goes on to write the end
+            return await self.finish(status, message)
         finally:
-            self.pumping = False
-            uncancel = getattr(self.task, "uncancel", None)  # Python 3.11+
-            if self.interrupted and uncancel is not None:
-                uncancel()  # the cancel was ours: the run goes on to write the end
-        return self.stop_reason or ("done", "")  # (a stop reason is only ever given with a halt)
+            self.pending.clear()
+            self.streamer.hub.detach(self.tail, producer=True)
+            self.producers.forget(self)
 
     def _failed(self, exc: Exception) -> str:
         """Log a producer's failure; what clients are told of it."""
@@ -350,10 +360,10 @@ class _Run:
         )
         return self.streamer.error_message
 
-    async def main(self) -> Status:
+    async def finish(self, status: Status, message: str) -> Status:
+        """Wait for the append in flight, then end the stream with ``status`` (or report how it ended elsewhere)."""
         try:
             try:
-                status, message = await self.pump()
                 while self.writing is not None:  # the append in flight (and its retry)
                     await asyncio.wait({self.writing})
                 if self.failure is not None:
@@ -393,9 +403,6 @@ class _Run:
             )
             self.streamer.hub.suspect(self.stream_id)
             return "error"
-        finally:
-            self.pending.clear()
-            self.producers.forget(self)
 
     async def _outside_end(self) -> Status:
         """The stream ended, or changed, without this run (a cancel from any process, declared lost, expired, lost or
@@ -428,96 +435,3 @@ class _Run:
         )
         self.streamer.hub.suspect(stream_id)
         return "lost"
-
-
-def _status(task: asyncio.Task[Status]) -> Status:
-    """How a run's task ended its stream (a run returns its status; a task cancelled outright was cancelled)."""
-    return "cancelled" if task.cancelled() else "error" if task.exception() is not None else task.result()
-
-
-class Producers:
-    """Every producer this process runs (see the module docstring)."""
-
-    def __init__(self, streamer: Settings) -> None:
-        self.streamer = streamer
-        self.runs: dict[tuple[str, str], _Run] = {}
-        self._keeper: asyncio.Task[None] | None = None
-
-    def __len__(self) -> int:
-        return len(self.runs)
-
-    def start(self, token: str, state: StreamState, factory: Factory) -> Producer:
-        """Run ``factory()`` as the producer of the stream just claimed with ``token`` (shape ``state``)."""
-        run = _Run(self, token, state, factory)
-        self.runs[state.stream_id, state.epoch] = run
-        # Follow the stream while its producer runs, like a reader would: an end written by another process
-        # (cancel) then stops the producer at once instead of at its next append or lease renewal.
-        hub, observer = self.streamer.hub, self.streamer.observer
-        tail = hub.attach(state, producer=True)
-        run.task.add_done_callback(lambda _task: hub.detach(tail, producer=True))
-        if observer is not None:
-            observer.stream_started(run.stream_id)
-            run.task.add_done_callback(lambda task: observer.stream_ended(run.stream_id, _status(task)))
-        if self._keeper is None or self._keeper.done():
-            self._keeper = spawn(self._keep_leases(), "resumable-sse leases")
-        return Producer(run)
-
-    def get(self, stream_id: str, epoch: str) -> _Run | None:
-        return self.runs.get((stream_id, epoch))
-
-    def of(self, stream_id: str) -> list[_Run]:
-        """The runs of ``stream_id`` in this process (more than one while an old epoch's run winds down)."""
-        return [run for (sid, _), run in self.runs.items() if sid == stream_id]
-
-    def forget(self, run: _Run) -> None:
-        if self.runs.get((run.stream_id, run.epoch)) is run:
-            del self.runs[run.stream_id, run.epoch]
-
-    async def _keep_leases(self) -> None:
-        """Renew every local producer's lease in one store call; stop producers that lost it or went idle."""
-        streamer = self.streamer
-        while self.runs:
-            await asyncio.sleep(streamer.lease / 3)
-            runs = [run for run in self.runs.values() if not run.task.done()]
-            try:
-                kept = await streamer.log.renew([(run.stream_id, run.token) for run in runs], streamer.lease)
-            except Exception as exc:
-                logger.warning(
-                    "could not renew the leases of %d producers: %s; tried again in %.1f s (readers notice nothing "
-                    "unless it lasts the lease: those streams then end lost)",
-                    len(runs),
-                    exc,
-                    streamer.lease / 3,
-                    extra={"stream_id": None, "stream_ids": [run.stream_id for run in runs[:100]]},
-                )
-                continue
-            now = time.monotonic()
-            for run, last_seq in zip(runs, kept, strict=True):
-                if last_seq < 0:
-                    run.fence("lost", "")
-                    streamer.hub.suspect(run.stream_id)
-                elif last_seq < run.last_seq:
-                    streamer.hub.suspect(run.stream_id)  # the store went back in time: readers must hear of it
-                elif not run.pending and now - run.last_progress > streamer.idle_timeout:
-                    logger.error(
-                        "producer of stream %r yielded nothing for %.0f s; the stream ends with error (clients get "
-                        "'the producer was idle too long')",
-                        run.stream_id,
-                        streamer.idle_timeout,
-                        extra={"stream_id": run.stream_id},
-                    )
-                    run.stop("error", "the producer was idle too long")
-
-    async def close(self, grace: float) -> None:
-        """Give running producers ``grace`` seconds, then cancel them (``cancelled``, "server shutdown"); wait for
-        every one of them to end."""
-        tasks = [run.task for run in self.runs.values()]
-        if tasks:
-            _, running = await asyncio.wait(tasks, timeout=grace)
-            for run in list(self.runs.values()):
-                run.stop("cancelled", "server shutdown")
-            if running:
-                await asyncio.wait(running)
-        if self._keeper is not None:
-            self._keeper.cancel()
-            await asyncio.gather(self._keeper, return_exceptions=True)

@@ -51,14 +51,10 @@ class Owner(Protocol):
     @property
     def readers_ended(self) -> bool: ...
 
-    def produces(self, state: StreamState) -> bool:
-        """True when this process runs the producer of that stream's epoch."""
-
-    def ended(self, state: StreamState) -> None:
-        """The store says the stream ended."""
-
-    def forget(self, subscription: Subscription) -> None:
-        """A subscription ended."""
+    def produces(self, state: StreamState) -> bool: ...  # this process runs the producer of that stream's epoch
+    def ended(self, state: StreamState) -> None: ...  # the store says the stream ended
+    def opened(self, subscription: Subscription) -> None: ...  # a subscription started being iterated
+    def forget(self, subscription: Subscription) -> None: ...  # a subscription ended
 
 
 def terminal_data(status: str, message: str = "") -> str:
@@ -407,6 +403,7 @@ class Subscription:
         limit = limit or streamer.batch_size
         pending: list[Item] = [self.reset] if self.reset is not None else []
         tail = hub.attach(self.state)
+        streamer.opened(self)
         if observer is not None:
             observer.reader_opened(self.stream_id)
         try:

@@ -10,13 +10,13 @@ from __future__ import annotations
 import asyncio
 import re
 import secrets
-import weakref
 from typing import Final
 
 from ._event import EventId, Status
 from ._log import EventLog, NewEvent, StreamState
 from ._observe import ObservedLog, Observer
-from ._producer import Factory, Producer, Producers, Source, check_factory
+from ._producer import Factory, Source, check_factory
+from ._producers import Producer, Producers
 from ._readers import Hub, Reset, Subscription, judge, terminal_data
 from ._retry import retry_store
 from .exceptions import InvalidStreamId, StreamerClosed, StreamNotFound
@@ -116,7 +116,7 @@ class Streamer:
         """The live tail of every stream followed in this process."""
         self.producers: Final = Producers(self)
         """Every producer this process runs."""
-        self._subscriptions: weakref.WeakSet[Subscription] = weakref.WeakSet()
+        self._subscriptions: set[Subscription] = set()  # those being iterated (each removes itself when it ends)
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def __repr__(self) -> str:
@@ -244,9 +244,11 @@ class Streamer:
                 reset = Reset(reason, state.first_id)
         if self.readers_ended:  # end_readers() ran while the store answered: this one would never be ended
             raise StreamerClosed("the Streamer is closing")
-        subscription = Subscription(self.hub, state, cursor, reset)
+        return Subscription(self.hub, state, cursor, reset)
+
+    def opened(self, subscription: Subscription) -> None:
+        """A subscription started being iterated (until :meth:`forget`): :meth:`end_readers` ends it."""
         self._subscriptions.add(subscription)
-        return subscription
 
     def forget(self, subscription: Subscription) -> None:
         """A subscription ended."""

@@ -143,6 +143,15 @@ class ResumableResponse(EventSourceResponse):
             self._transport = request.transport
         return await super().prepare(request)
 
+    def heartbeat_task(self) -> asyncio.Future[None]:
+        """What ends when the heartbeat stops: aiohttp-sse's heartbeat task itself (it ends when a write fails or
+        :meth:`stop_streaming` is called), or, should a version of aiohttp-sse keep it elsewhere, a task awaiting
+        :meth:`wait`. Watching the task itself costs a quiet connection no task of its own."""
+        task = getattr(self, "_ping_task", None)
+        if isinstance(task, asyncio.Future):
+            return task
+        return asyncio.ensure_future(self.wait())
+
     def stall(self) -> None:
         """The client read nothing for ``send_timeout``: abort the connection (a graceful close would wait for the
         client to read, forever)."""
@@ -177,6 +186,19 @@ class ResumableResponse(EventSourceResponse):
 
     async def write_eof(self, data: bytes = b"") -> None:
         await self._bounded(super().write_eof(data))
+
+
+def _heartbeat_ended(subscription: Subscription, task: asyncio.Future[None]) -> None:
+    """The heartbeat stopped: a write failed (the client is gone), so stop waiting for events at once."""
+    subscription.close()
+    if not task.cancelled():
+        task.exception()  # retrieved: a failed heartbeat only means the client is gone
+
+
+async def _end(response: ResumableResponse) -> None:
+    """End the body after the terminal event: bounded here, rather than unbounded by aiohttp after the handler."""
+    response.stop_streaming()
+    await response.write_eof()
 
 
 def _refusal(refusal: Refusal) -> web.Response:
@@ -276,36 +298,26 @@ def resumable_handler(
                     extra={"stream_id": subscription.stream_id},
                 )
                 return _client_gone()
-            await serve(response, subscription)
+            # All in this frame, with no task or closure of its own: a quiet connection is held for as long as its
+            # stream runs, and holds all of this meanwhile.
+            pinger = response.heartbeat_task()
+            gone = functools.partial(_heartbeat_ended, subscription)
+            pinger.add_done_callback(gone)
+            try:
+                await relay(subscription, options, response.write, functools.partial(_end, response))
+            finally:
+                pinger.remove_done_callback(gone)
+                response.stop_streaming()
+                if response.stalled:
+                    logger.info(
+                        "a reader of %r read nothing for %s s: its connection was aborted (it may resume with its "
+                        "last id)",
+                        subscription.stream_id,
+                        send_timeout,
+                        extra={"stream_id": subscription.stream_id},
+                    )
         finally:
             subscription.close()
         return response
-
-    async def serve(response: ResumableResponse, subscription: Subscription) -> None:
-        # The heartbeat task ends when a write fails: the client is gone, so stop waiting for events at once.
-        watcher = asyncio.ensure_future(response.wait())
-
-        def client_gone(task: asyncio.Future[None]) -> None:
-            subscription.close()
-            if not task.cancelled():
-                task.exception()  # retrieved: a failed heartbeat only means the client is gone
-
-        async def end() -> None:
-            response.stop_streaming()
-            await response.write_eof()  # here, bounded, rather than unbounded by aiohttp after the handler returns
-
-        watcher.add_done_callback(client_gone)
-        try:
-            await relay(subscription, options, response.write, end)
-        finally:
-            watcher.cancel()
-            response.stop_streaming()
-            if response.stalled:
-                logger.info(
-                    "a reader of %r read nothing for %s s: its connection was aborted (it may resume with its last id)",
-                    subscription.stream_id,
-                    send_timeout,
-                    extra={"stream_id": subscription.stream_id},
-                )
 
     return handler

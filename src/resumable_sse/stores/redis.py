@@ -35,8 +35,8 @@ from typing import TYPE_CHECKING, Any, Final
 
 from .._event import Entry, Status, new_epoch
 from .._log import Claim, NewEvent, OnChange, Page, StreamState
-from .._tasks import spawn
 from ..exceptions import StoreUnavailable, StreamFenced, StreamNotFound
+from ._redis_commit import GroupCommit
 from ._redis_format import Call, Pending, Script, bounded, ms, pack, status_of, text, unpack
 from ._redis_watch import RedisWatch
 
@@ -52,8 +52,6 @@ __all__ = ["RedisStore"]
 
 _INSTALL_HINT: Final = "RedisStore needs the redis package: pip install resumable-sse[redis]"
 _SCRIPTS: Final = ("claim", "append", "renew", "end", "read", "abandon")
-_MAX_COMMITS: Final = 8
-"""Group commits in flight at once (each on a connection of its own)."""
 
 
 def _redis_module() -> Any:
@@ -118,12 +116,8 @@ class RedisStore:
         self._uninitialized_cluster = self._is_cluster
         self._init_lock = asyncio.Lock()
         self._publish = "SPUBLISH" if self._is_cluster else "PUBLISH"
-        self._queue: list[Pending] = []
-        self._commits: set[asyncio.Task[None]] = set()  # group commits in flight
-        self._gathering = False  # a group commit has been started and has not yet taken the queue
+        self._commit = GroupCommit(self._send_group)
         self._watches: list[RedisWatch] = []
-        self.round_trips = 0
-        """Append round trips made so far (a group commit of many appends counts once); for tests and tuning."""
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> RedisStore:
@@ -153,6 +147,11 @@ class RedisStore:
             pool = redis.asyncio.BlockingConnectionPool.from_url(url, **options)
             client = redis.asyncio.Redis.from_pool(pool)  # the client owns the pool: closing it closes the pool
         return cls(client, close_client=True, **store_options)
+
+    @property
+    def round_trips(self) -> int:
+        """Append round trips made so far (a group commit of many appends counts once); for tests and tuning."""
+        return self._commit.round_trips
 
     def __repr__(self) -> str:
         return f"RedisStore({self.client!r}, key_prefix={self.key_prefix!r}, max_events={self.max_events})"
@@ -230,61 +229,36 @@ class RedisStore:
                     raise StoreUnavailable(f"Redis is unreachable: {exc}") from exc
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _start_commit(self) -> None:
-        """Have the queued appends sent in the next turn of the event loop, in one group, unless a group commit is
-        already about to take them or :data:`_MAX_COMMITS` are in flight (one of those then takes them when it is
-        done)."""
-        if not self._gathering and len(self._commits) < _MAX_COMMITS:
-            self._gathering = True
-            task = spawn(self._commit(), "resumable-sse redis group commit")
-            self._commits.add(task)
-            task.add_done_callback(self._commits.discard)
-
-    async def _commit(self) -> None:
-        """Send queued appends, one round trip per group, until the queue is empty (group commit).
-
-        A group is one script call on a single server (one command, one reply, whatever the number of streams); on a
-        cluster one call per hash slot, pipelined. Several groups may be in flight at once (on as many connections):
-        a group never waits for the round trip of the one before, which under load would hold every token for a
-        whole round trip plus a turn of a busy event loop. The order of one stream's appends does not depend on it:
-        a producer has at most one append in flight.
-        """
-        while True:
-            self._gathering = False
-            group, self._queue = self._queue, []
-            if not group:
-                return
-            self.round_trips += 1
-            by_slot: dict[int, list[Pending]] = {}
-            client: Any = self.client
+    async def _send_group(self, group: list[Pending]) -> None:
+        """One group commit (see ``_redis_commit.py``): one script call on a single server (one command, one reply,
+        whatever the number of streams); on a cluster one call per hash slot, pipelined."""
+        by_slot: dict[int, list[Pending]] = {}
+        client: Any = self.client
+        for item in group:
+            slot = client.keyslot(item.keys[0]) if self._is_cluster else 0
+            by_slot.setdefault(slot, []).append(item)
+        head = [self._publish, self.max_events, self._ttl_ms]
+        batches = [part for items in by_slot.values() for part in bounded(items)]
+        calls = [
+            ([key for item in items for key in item.keys], [*head, *(item.arg for item in items)]) for items in batches
+        ]
+        try:
+            results = await self._calls("append", calls)
+        except BaseException as exc:
             for item in group:
-                slot = client.keyslot(item.keys[0]) if self._is_cluster else 0
-                by_slot.setdefault(slot, []).append(item)
-            head = [self._publish, self.max_events, self._ttl_ms]
-            batches = [part for items in by_slot.values() for part in bounded(items)]
-            calls = [
-                ([key for item in items for key in item.keys], [*head, *(item.arg for item in items)])
-                for items in batches
-            ]
-            try:
-                results = await self._calls("append", calls)
-            except BaseException as exc:
-                for item in group:
-                    if not item.future.done():
-                        item.future.set_exception(self._wrap(exc))
-                if not isinstance(exc, Exception):
-                    raise
-            else:
-                for items, outcome in zip(batches, results, strict=True):
-                    for index, item in enumerate(items):
-                        if item.future.done():
-                            continue
-                        if isinstance(outcome, BaseException):
-                            item.future.set_exception(outcome)
-                        else:
-                            self._applied(item, outcome[index])
-            if self._gathering:
-                return  # another commit takes what came meanwhile
+                if not item.future.done():
+                    item.future.set_exception(self._wrap(exc))
+            if not isinstance(exc, Exception):
+                raise
+        else:
+            for items, outcome in zip(batches, results, strict=True):
+                for index, item in enumerate(items):
+                    if item.future.done():
+                        continue
+                    if isinstance(outcome, BaseException):
+                        item.future.set_exception(outcome)
+                    else:
+                        self._applied(item, outcome[index])
 
     async def _pipeline(self, client: Any, script: Script, calls: Sequence[Call]) -> list[Any]:
         """Run ``script`` once per ``(keys, args)`` in one pipeline; calls that met NOSCRIPT run again after
@@ -363,8 +337,7 @@ class RedisStore:
         arg = b"%s\n%d\n%s\n%d\n%s" % (token.encode(), after, (final or "").encode(), len(events), pack(events))
         tag = f"{{{self.key_prefix}:{stream_id}}}".encode()  # bytes: nothing for redis-py to encode
         item = Pending(stream_id, events, final, (tag + b":m", tag + b":e", tag + b":c"), arg)
-        self._queue.append(item)
-        self._start_commit()
+        self._commit.add(item)
         return item.future
 
     def _applied(self, item: Pending, reply: Any) -> None:
@@ -465,8 +438,7 @@ class RedisStore:
         """Stop every watch and, when the store owns its client (``from_url``), close the client."""
         for watch in list(self._watches):
             await watch.close()
-        if self._commits:
-            await asyncio.wait(self._commits)
+        await self._commit.close()
         if self._close_client:
             client: Any = self.client
             await client.aclose()

@@ -1,0 +1,146 @@
+"""The producers of this process: the :class:`Producers` registry (runs keyed by stream and epoch, their leases kept
+together) and the :class:`Producer` handle :meth:`Streamer.start <resumable_sse.Streamer.start>` returns.
+
+Every run is kept under ``(stream id, epoch)`` and removed by identity; all of their leases are renewed in one store
+call per period (no timer per stream), and a run that lost its lease, or whose producer went idle too long, is stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+from ._event import Status
+from ._log import StreamState
+from ._producer import Factory, Run, Settings
+from ._tasks import spawn
+
+__all__ = ["Producer", "Producers"]
+
+logger = logging.getLogger("resumable_sse")
+
+
+class Producer:
+    """A producer this process runs: await :meth:`wait` for the terminal state it ended its stream with."""
+
+    def __init__(self, run: Run) -> None:
+        self._run = run
+
+    @property
+    def stream_id(self) -> str:
+        """The stream it produces."""
+        return self._run.stream_id
+
+    @property
+    def epoch(self) -> str:
+        """The epoch of the stream it created."""
+        return self._run.epoch
+
+    def done(self) -> bool:
+        """True once the stream has its terminal entry (or the producer was fenced out)."""
+        return self._run.task.done()
+
+    def result(self) -> Status:
+        """The end state; raises :class:`asyncio.InvalidStateError` while the producer runs."""
+        return self._run.task.result()
+
+    def add_done_callback(self, callback: Callable[[Producer], None]) -> None:
+        """Call ``callback(self)`` on the event loop once the stream has ended."""
+        self._run.task.add_done_callback(lambda _task: callback(self))
+
+    async def wait(self) -> Status:
+        """Wait until the stream ends; return its terminal state."""
+        return await asyncio.shield(self._run.task)
+
+
+def _status(task: asyncio.Task[Status]) -> Status:
+    """How a run's task ended its stream (a run returns its status; a task cancelled outright was cancelled)."""
+    return "cancelled" if task.cancelled() else "error" if task.exception() is not None else task.result()
+
+
+class Producers:
+    """Every producer this process runs (see the module docstring)."""
+
+    def __init__(self, streamer: Settings) -> None:
+        self.streamer = streamer
+        self.runs: dict[tuple[str, str], Run] = {}
+        self._keeper: asyncio.Task[None] | None = None
+
+    def __len__(self) -> int:
+        return len(self.runs)
+
+    def start(self, token: str, state: StreamState, factory: Factory) -> Producer:
+        """Run ``factory()`` as the producer of the stream just claimed with ``token`` (shape ``state``)."""
+        # The run follows its stream, like a reader would, until it ends: an end written by another process (cancel)
+        # then stops the producer at once instead of at its next append or lease renewal.
+        run = Run(self, token, state, factory)
+        self.runs[state.stream_id, state.epoch] = run
+        observer = self.streamer.observer
+        if observer is not None:
+            observer.stream_started(run.stream_id)
+            run.task.add_done_callback(lambda task: observer.stream_ended(run.stream_id, _status(task)))
+        if self._keeper is None or self._keeper.done():
+            self._keeper = spawn(self._keep_leases(), "resumable-sse leases")
+        return Producer(run)
+
+    def get(self, stream_id: str, epoch: str) -> Run | None:
+        return self.runs.get((stream_id, epoch))
+
+    def of(self, stream_id: str) -> list[Run]:
+        """The runs of ``stream_id`` in this process (more than one while an old epoch's run winds down)."""
+        return [run for (sid, _), run in self.runs.items() if sid == stream_id]
+
+    def forget(self, run: Run) -> None:
+        if self.runs.get((run.stream_id, run.epoch)) is run:
+            del self.runs[run.stream_id, run.epoch]
+
+    async def _keep_leases(self) -> None:
+        """Renew every local producer's lease in one store call; stop producers that lost it or went idle."""
+        streamer = self.streamer
+        while self.runs:
+            await asyncio.sleep(streamer.lease / 3)
+            runs = [run for run in self.runs.values() if not run.task.done()]
+            try:
+                kept = await streamer.log.renew([(run.stream_id, run.token) for run in runs], streamer.lease)
+            except Exception as exc:
+                logger.warning(
+                    "could not renew the leases of %d producers: %s; tried again in %.1f s (readers notice nothing "
+                    "unless it lasts the lease: those streams then end lost)",
+                    len(runs),
+                    exc,
+                    streamer.lease / 3,
+                    extra={"stream_id": None, "stream_ids": [run.stream_id for run in runs[:100]]},
+                )
+                continue
+            now = time.monotonic()
+            for run, last_seq in zip(runs, kept, strict=True):
+                if last_seq < 0:
+                    run.fence("lost", "")
+                    streamer.hub.suspect(run.stream_id)
+                elif last_seq < run.last_seq:
+                    streamer.hub.suspect(run.stream_id)  # the store went back in time: readers must hear of it
+                elif not run.pending and now - run.last_progress > streamer.idle_timeout:
+                    logger.error(
+                        "producer of stream %r yielded nothing for %.0f s; the stream ends with error (clients get "
+                        "'the producer was idle too long')",
+                        run.stream_id,
+                        streamer.idle_timeout,
+                        extra={"stream_id": run.stream_id},
+                    )
+                    run.stop("error", "the producer was idle too long")
+
+    async def close(self, grace: float) -> None:
+        """Give running producers ``grace`` seconds, then cancel them (``cancelled``, "server shutdown"); wait for
+        every one of them to end."""
+        tasks = [run.task for run in self.runs.values()]
+        if tasks:
+            _, running = await asyncio.wait(tasks, timeout=grace)
+            for run in list(self.runs.values()):
+                run.stop("cancelled", "server shutdown")
+            if running:
+                await asyncio.wait(running)
+        if self._keeper is not None:
+            self._keeper.cancel()
+            await asyncio.gather(self._keeper, return_exceptions=True)
