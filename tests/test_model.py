@@ -89,7 +89,7 @@ async def rewind(store: EventLog, stream_id: str, saved: Any) -> None:
     finished streams, which ``test_discontinuities.restore`` leaves as it was."""
     if isinstance(store, MemoryStore):
         stream = copy.copy(saved)  # the saved copy stays as it was: it may be restored again
-        stream.entries = list(saved.entries)
+        stream.events = list(saved.events)
         store._streams[stream_id] = stream
         store._finished.pop(stream_id, None)
         if stream.status != "running":

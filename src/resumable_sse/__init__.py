@@ -8,7 +8,7 @@ exactly the events it missed, then the live tail. The producer runs once per str
 from typing import TYPE_CHECKING
 
 from ._event import TERMINAL_EVENTS, Entry, Event, EventId
-from ._log import Claim, EventLog, Page, StreamState, Watch
+from ._log import Claim, EventLog, Page, StreamState, SubmitsAppends, Watch
 from ._observe import REQUEST_OUTCOMES, STORE_OPERATIONS, Observer, RequestOutcome, StoreOperation
 from ._streamer import Producer, Reset, Streamer, Subscription, validate_stream_id
 from .aiohttp import STREAMER_KEY, resumable_handler, setup
@@ -92,6 +92,7 @@ __all__ = [
     "StreamState",
     "Streamer",
     "StreamerClosed",
+    "SubmitsAppends",
     "Subscription",
     "SyncStreamer",
     "SyncWriter",

@@ -1,7 +1,8 @@
 """The embedded memory store: one process, no dependencies, bounded.
 
-Streams live in a dict; each keeps its retained entries in a list with a moving head so that appends, trims and
-reads from any position are O(1) amortized plus the entries returned. Nothing runs in the background: expired
+Streams live in a dict; each keeps its retained events (the producer's ``(event type, data)`` tuples, untracked by
+the garbage collector) in a list with a moving head so that appends, trims and reads from any position are O(1)
+amortized plus the entries returned. Nothing runs in the background: expired
 streams are swept when the store is used, so an idle store holds no task, no timer and no future. An append is its
 own notification: it calls the watches that follow the stream, with the new entries, before it returns.
 """
@@ -22,11 +23,18 @@ __all__ = ["MemoryStore"]
 
 
 class _Stream:
-    """One stream's entries and state. Entries ``[head:]`` of ``entries`` are retained."""
+    """One stream's events and state: ``events[i]`` is the event of sequence number ``base + i``; ``events[head:]``
+    are retained.
+
+    Events are kept as the ``(event type, data)`` tuples the producer appended, not as :class:`Entry` objects: tuples
+    of strings are untracked by the garbage collector after its first look, so a store holding millions of events
+    adds nothing to the full collections that pause the event loop. Entries are made when read.
+    """
 
     __slots__ = (
-        "entries",
+        "base",
         "epoch",
+        "events",
         "expires_at",
         "head",
         "last_token",
@@ -42,23 +50,27 @@ class _Stream:
         self.last_token: str | None = None  # who made the last append (to recognise a retried append)
         self.lease_until = lease_until
         self.expires_at = 0.0  # set when the stream finishes
-        self.entries: list[Entry] = []
+        self.events: list[NewEvent] = []
+        self.base = 1
         self.head = 0
 
     @property
     def last_seq(self) -> int:
-        return self.entries[-1].seq if self.entries else 0
+        return self.base + len(self.events) - 1
 
     @property
     def first_seq(self) -> int:
-        return self.entries[self.head].seq if self.head < len(self.entries) else self.last_seq + 1
+        return self.base + self.head
 
     def after(self, after: int, limit: int) -> list[Entry]:
-        if not self.entries:
-            return []
-        # Sequence numbers are contiguous, so an entry's index follows from its seq.
-        start = max(self.head, after + 1 - self.entries[0].seq)
-        return self.entries[start : start + limit]
+        # Sequence numbers are contiguous, so an event's index follows from its seq.
+        start = max(self.head, after + 1 - self.base)
+        return self.entries(start, self.events[start : start + limit])
+
+    def entries(self, start: int, events: Sequence[NewEvent]) -> list[Entry]:
+        """``events``, the ones at index ``start`` on, as entries."""
+        epoch, seq = self.epoch, self.base + start
+        return [Entry(epoch, seq + i, event, data) for i, (event, data) in enumerate(events)]
 
 
 class _MemoryWatch:
@@ -148,11 +160,15 @@ class MemoryStore:
         self._streams.pop(stream_id)
         self._finished.pop(stream_id, None)
 
-    def _notify(self, stream_id: str, stream: _Stream, entries: Sequence[Entry]) -> None:
+    def _notify(self, stream_id: str, stream: _Stream, start: int | None = None) -> None:
+        """Tell the watches that follow the stream of its change: its new shape and the events just appended, those
+        from index ``start`` of its events on (made into entries once, and only when somebody follows)."""
         page: Page | None = None
         for watch in self._watches:
             if stream_id in watch.followed:
-                page = page or Page(self._state(stream_id, stream), entries)
+                if page is None:
+                    added = () if start is None else stream.events[start:]
+                    page = Page(self._state(stream_id, stream), stream.entries(start or 0, added))
                 watch.on_change(stream_id, page)
 
     def _get(self, stream_id: str) -> _Stream | None:
@@ -172,20 +188,19 @@ class MemoryStore:
         return StreamState(stream_id, stream.epoch, stream.status, stream.first_seq, stream.last_seq)
 
     def _add(self, stream_id: str, stream: _Stream, events: Sequence[NewEvent]) -> int:
-        seq = stream.last_seq
-        epoch = stream.epoch
-        added = [Entry(epoch, seq + index, event, data) for index, (event, data) in enumerate(events, 1)]
-        entries = stream.entries
-        entries.extend(added)
-        excess = len(entries) - stream.head - self.max_events
+        kept = stream.events
+        start = len(kept)
+        kept.extend(events)
+        excess = len(kept) - stream.head - self.max_events
         if excess > 0:
             stream.head += excess
-            if stream.head > len(entries) // 2:  # compact now and then: amortized O(1) per entry
-                del entries[: stream.head]
+            if stream.head > len(kept) // 2:  # compact now and then: amortized O(1) per event
+                del kept[: stream.head]
+                stream.base += stream.head
+                start -= stream.head
                 stream.head = 0
-            added = added[-self.max_events :]
-        self._notify(stream_id, stream, added)
-        return seq + len(events)
+        self._notify(stream_id, stream, max(start, stream.head))
+        return stream.last_seq
 
     def _finish(self, stream_id: str, stream: _Stream, status: Status) -> None:
         stream.status = status
@@ -205,7 +220,7 @@ class MemoryStore:
                 raise StoreFull(f"the memory store holds max_streams={self.max_streams} running streams")
             self._forget(next(iter(self._finished)))
         stream = self._streams[stream_id] = _Stream(new_epoch(), token, self._clock() + lease)
-        self._notify(stream_id, stream, ())
+        self._notify(stream_id, stream)
         return Claim(True, self._state(stream_id, stream))
 
     async def append(
