@@ -27,9 +27,9 @@ SUITE: dict[str, tuple[list[str], list[str], float]] = {
     "resume_depth": (["--events", "200000", "--samples", "30"], ["--events", "2000", "--samples", "2"], 150),
     "readers": (["--readers", "10000", "--events", "200"], ["--readers", "20", "--events", "20"], 180),
     "fleet": (
-        ["--streams", "100", "250", "500", "1000", "--tokens", "100"],
+        ["--streams", "100", "250", "350", "500", "700", "1000", "--tokens", "100"],
         ["--streams", "10", "--tokens", "10"],
-        360,
+        480,
     ),
     "idle": (["--streams", "10000", "--window", "15"], ["--streams", "20", "--window", "1"], 300),
     "scale_out": (["--streams", "200", "--tokens", "100"], ["--streams", "10", "--tokens", "10"], 150),

@@ -89,6 +89,7 @@ async def test_a_yielded_token_is_in_the_store_before_the_producer_runs_again() 
 
     async def produce() -> AsyncIterator[str]:
         for token in ("a", "b", "c"):
+            await asyncio.sleep(0)  # a producer that waits between tokens (an LLM's pace)
             yield token
             state = await store.state("s")  # (the memory store answers without suspending)
             assert state is not None
@@ -97,6 +98,52 @@ async def test_a_yielded_token_is_in_the_store_before_the_producer_runs_again() 
     producer = await streamer.start("s", produce)
     assert producer is not None and await producer.wait() == "done"
     assert seen == [1, 2, 3]
+    await streamer.close()
+
+
+async def test_a_producer_that_never_waits_is_batched_and_does_not_hold_the_loop() -> None:
+    """Events yielded in one turn of the loop go in one append (after the turn's first), at most ``limit`` (16,
+    doubling up to batch_size) at a time, and the loop runs between those appends: readers and other streams are
+    served while a producer runs flat out."""
+    store = MemoryStore(max_events=30_000)
+    appends: list[int] = []
+    original = store.submit_append
+
+    def recorded(stream_id: str, token: str, events: Any, **kwargs: Any) -> asyncio.Future[int]:
+        appends.append(len(events))
+        return original(stream_id, token, events, **kwargs)
+
+    async def recorded_final(stream_id: str, token: str, events: Any, **kwargs: Any) -> int:
+        appends.append(len(events))
+        return await original_final(stream_id, token, events, **kwargs)
+
+    original_final = store.append  # the run's last append (what is pending, and the terminal) comes this way
+    store.submit_append = recorded  # type: ignore[method-assign]
+    store.append = recorded_final  # type: ignore[method-assign]
+    streamer = Streamer(store)
+    turns = 0
+    done = False
+
+    async def ticker() -> None:
+        nonlocal turns
+        while not done:
+            turns += 1
+            await asyncio.sleep(0)
+
+    async def produce() -> AsyncIterator[str]:
+        for i in range(20_000):
+            yield str(i)  # never waits
+
+    ticking = asyncio.ensure_future(ticker())
+    producer = await streamer.start("s", produce)
+    assert producer is not None and await producer.wait() == "done"
+    done = True
+    await ticking
+    assert sum(appends) == 20_001 and len(appends) < 80  # batched (and the terminal)
+    assert max(appends) <= 1025
+    assert turns >= len(appends) // 2  # the loop ran between the batches, not once at the end
+    entries = await read_entries(store, "s", 0, 30_000)
+    assert [e.data for e in entries[:-1]] == [str(i) for i in range(20_000)]
     await streamer.close()
 
 

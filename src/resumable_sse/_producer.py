@@ -3,7 +3,9 @@
 A :class:`Run` is one task: it pulls the user's source and starts each append itself, without waiting for it. While
 one append is in flight the next events queue and go in the next append; a slow producer's event is appended at once,
 in the step that yielded it (a store that offers :class:`~._log.SubmitsAppends` needs no task per append: the memory
-store appends synchronously, the Redis store queues it for the next group commit).
+store appends synchronously, the Redis store queues it for the next group commit). What a producer yields without
+waiting, after the first event of a turn of the event loop, goes in appends of up to ``limit`` events, with the loop
+run between them: a producer that never waits is batched and cannot hold the loop.
 Every run ends exactly once (the registry, :mod:`._producers`, keeps it until then), and its outcome is always
 retrieved: a failure is logged by the ``resumable_sse`` logger with the stream id, never left to asyncio's "exception
 was never retrieved".
@@ -114,6 +116,7 @@ class Run:
         "failure",
         "fenced",
         "halted",
+        "in_step",
         "interrupted",
         "last_progress",
         "last_seq",
@@ -152,6 +155,7 @@ class Run:
         self.halted = False  # the pump was told to stop (stop, fence, failure)
         self.interrupted = False  # ... by a cancel of the task
         self.pumping = False
+        self.in_step = False  # an append was started in this turn of the loop: what follows in it is batched
         self.fenced = False
         self.ending = False  # the final append is on its way: its notification is no end from elsewhere
         self.last_seq = 0  # what the log holds of this run; appends name it so that a retry cannot duplicate
@@ -180,6 +184,13 @@ class Run:
             await self.space
 
     # -- the appends ------------------------------------------------------------------------------------------------
+
+    def step_over(self) -> None:
+        """The loop turn in which the pump started an append is over (a callback): what a producer that did not wait
+        yielded after it, in the same turn, is appended now."""
+        self.in_step = False
+        if self.writing is None:
+            self.kick()
 
     def kick(self) -> None:
         """Start appending what is pending, unless an append is in flight (its completion calls this again)."""
@@ -299,6 +310,7 @@ class Run:
                             # The hot loop: a plain ASCII token skips normalize() (is_plain_token, inlined); anything
                             # else is checked fully.
                             pending, append = self.pending, self.pending.append
+                            loop = asyncio.get_running_loop()
                             max_bytes = self.streamer.max_event_bytes
                             async for item in iterator:
                                 if type(item) is str and item.isascii() and len(item) <= max_bytes:
@@ -306,7 +318,13 @@ class Run:
                                 else:
                                     append(normalize(item, max_bytes))
                                 if self.writing is None:
-                                    self.kick()
+                                    if not self.in_step:  # the first event since the pump last waited: now
+                                        self.in_step = True
+                                        loop.call_soon(self.step_over)
+                                        self.kick()
+                                    elif len(pending) >= self.limit:  # a producer that does not wait: batches
+                                        self.kick()
+                                        await asyncio.sleep(0)  # and the loop runs between them
                                     if self.halted:
                                         raise _Halted
                                 elif len(pending) >= self.limit:
