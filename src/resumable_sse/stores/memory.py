@@ -1,10 +1,10 @@
 """The embedded memory store: one process, no dependencies, bounded.
 
-Streams live in a dict; each keeps its retained events (the producer's ``(event type, data)`` tuples, untracked by
-the garbage collector) in a list with a moving head so that appends, trims and reads from any position are O(1)
-amortized plus the entries returned. Nothing runs in the background: expired
-streams are swept when the store is used, so an idle store holds no task, no timer and no future. An append is its
-own notification: it calls the watches that follow the stream, with the new entries, before it returns.
+Streams live in a dict; each keeps its retained events (the producer's ``(event type, data)`` tuples, untracked by the
+garbage collector) in a list with a moving head so that appends, trims and reads from any position are O(1) amortized
+plus the entries returned. Nothing runs in the background: expired streams are swept when the store is used, so an idle
+store holds no task, no timer and no future. An append is its own notification: it calls the watches that follow the
+stream, with the new entries, before it returns.
 """
 
 from __future__ import annotations
