@@ -29,7 +29,7 @@ from ._readers import Hub, terminal_data
 from ._tasks import spawn
 from .exceptions import EventTooLarge, InvalidEventData, ProducerError, StoreUnavailable, StreamFenced, StreamNotFound
 
-__all__ = ["Factory", "Registry", "Run", "Settings", "Source", "check_factory"]
+__all__ = ["Factory", "Registry", "Run", "Settings", "Source"]
 
 logger = logging.getLogger("resumable_sse")
 
@@ -81,19 +81,6 @@ class Registry(Protocol):
 
     def forget(self, run: Run) -> None:
         """The run ended: drop it (if it is still the one kept for its stream and epoch)."""
-
-
-def check_factory(producer: object) -> None:
-    """Refuse at once what cannot be a producer function (a generator object, an iterable, None)."""
-    if callable(producer):
-        return
-    kind = type(producer).__name__
-    if isinstance(producer, (AsyncIterable, Iterable)):
-        raise TypeError(
-            f"a producer must be a function that returns the events, not a {kind} object: pass the generator "
-            "function itself (or lambda: gen), so that it runs once, only when the stream is claimed"
-        )
-    raise TypeError(f"a producer must be a function that returns the events, not {kind}")
 
 
 class _Halted(Exception):
@@ -164,6 +151,8 @@ class Run:
         # Direct submission when the store offers it and nothing is observed (an observer times appends, and counts
         # them, through Streamer.append).
         self.submit = log.submit_append if streamer.observer is None and isinstance(log, SubmitsAppends) else None
+        # The run follows its stream, like a reader would, until it ends: an end written by another process (cancel)
+        # then stops the producer at once instead of at its next append or lease renewal.
         self.tail = streamer.hub.attach(state, producer=True)
         self.task: asyncio.Task[Status] = spawn(self.main(), f"resumable-sse producer {self.stream_id}", self.stream_id)
 
@@ -172,8 +161,7 @@ class Run:
     def push_many(self, events: list[NewEvent]) -> None:
         """Queue events normalized elsewhere (a worker thread)."""
         self.pending.extend(events)
-        if self.writing is None:
-            self.kick()
+        self.kick()
 
     async def has_space(self) -> None:
         """Wait until the pending events have been taken by an append (backpressure on a fast producer)."""
@@ -189,8 +177,7 @@ class Run:
         """The loop turn in which the pump started an append is over (a callback): what a producer that did not wait
         yielded after it, in the same turn, is appended now."""
         self.in_step = False
-        if self.writing is None:
-            self.kick()
+        self.kick()
 
     def kick(self) -> None:
         """Start appending what is pending, unless an append is in flight (its completion calls this again)."""
@@ -204,12 +191,17 @@ class Run:
             if self.submit is not None:
                 future = self.submit(self.stream_id, self.token, batch, after=self.last_seq)
             else:
-                future = asyncio.ensure_future(self.streamer.append(self.stream_id, self.token, batch, self.last_seq))
+                future = self.append_in_task(batch)
             self.writing, self.written, self.retrying = future, batch, self.submit is None
             if not future.done():
                 future.add_done_callback(self.appended)
                 return
             self.settle(future)  # appended synchronously: go on with what is pending
+
+    def append_in_task(self, events: list[NewEvent]) -> asyncio.Future[int]:
+        """The append of ``events`` after :attr:`last_seq` through :meth:`Streamer.append` (retried while the store is
+        unreachable, reported to the observer), in a task of its own."""
+        return asyncio.ensure_future(self.streamer.append(self.stream_id, self.token, events, self.last_seq))
 
     def appended(self, future: asyncio.Future[int]) -> None:
         """The append in flight completed (a done callback)."""
@@ -230,7 +222,7 @@ class Run:
         if isinstance(error, StoreUnavailable) and not self.retrying:
             # Retried (with backoff, up to store_retry_timeout) by Streamer.append in a task: idempotent, it names
             # the sequence number it follows.
-            retry = asyncio.ensure_future(self.streamer.append(self.stream_id, self.token, self.written, self.last_seq))
+            retry = self.append_in_task(self.written)
             self.writing, self.retrying = retry, True
             retry.add_done_callback(self.appended)
             return

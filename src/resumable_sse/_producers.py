@@ -1,5 +1,6 @@
 """The producers of this process: the :class:`Producers` registry (runs keyed by stream and epoch, their leases kept
-together) and the :class:`Producer` handle :meth:`Streamer.start <resumable_sse.Streamer.start>` returns.
+together), the :class:`Producer` handle :meth:`Streamer.start <resumable_sse.Streamer.start>` returns, and
+:func:`check_factory`, which refuses what cannot be a producer before any stream is claimed for it.
 
 Every run is kept under ``(stream id, epoch)`` and removed by identity; all of their leases are renewed in one store
 call per period (no timer per stream), and a run that lost its lease, or whose producer went idle too long, is stopped.
@@ -10,16 +11,29 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterable, Callable, Iterable
 
 from ._event import Status
 from ._log import StreamState
 from ._producer import Factory, Run, Settings
 from ._tasks import spawn
 
-__all__ = ["Producer", "Producers"]
+__all__ = ["Producer", "Producers", "check_factory"]
 
 logger = logging.getLogger("resumable_sse")
+
+
+def check_factory(producer: object) -> None:
+    """Refuse at once what cannot be a producer function (a generator object, an iterable, None)."""
+    if callable(producer):
+        return
+    kind = type(producer).__name__
+    if isinstance(producer, (AsyncIterable, Iterable)):
+        raise TypeError(
+            f"a producer must be a function that returns the events, not a {kind} object: pass the generator "
+            "function itself (or lambda: gen), so that it runs once, only when the stream is claimed"
+        )
+    raise TypeError(f"a producer must be a function that returns the events, not {kind}")
 
 
 class Producer:
@@ -73,8 +87,6 @@ class Producers:
 
     def start(self, token: str, state: StreamState, factory: Factory) -> Producer:
         """Run ``factory()`` as the producer of the stream just claimed with ``token`` (shape ``state``)."""
-        # The run follows its stream, like a reader would, until it ends: an end written by another process (cancel)
-        # then stops the producer at once instead of at its next append or lease renewal.
         run = Run(self, token, state, factory)
         self.runs[state.stream_id, state.epoch] = run
         observer = self.streamer.observer

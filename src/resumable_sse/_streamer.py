@@ -15,8 +15,8 @@ from typing import Final
 from ._event import EventId, Status
 from ._log import EventLog, NewEvent, StreamState
 from ._observe import ObservedLog, Observer
-from ._producer import Factory, Source, check_factory
-from ._producers import Producer, Producers
+from ._producer import Factory, Source
+from ._producers import Producer, Producers, check_factory
 from ._readers import Hub, Reset, Subscription, judge, terminal_data
 from ._retry import retry_store
 from .exceptions import InvalidStreamId, StreamerClosed, StreamNotFound
