@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from resumable_sse import Entry, EventLog, MemoryStore, Reset, Streamer
-from resumable_sse._readers import Gone
+from resumable_sse._subscription import Gone
 
 from .conftest import StoreFactory
 

@@ -64,7 +64,8 @@ from hypothesis.stateful import (
 )
 
 from resumable_sse import Entry, EventLog, MemoryStore, Reset, Streamer, StreamNotFound
-from resumable_sse._readers import Gone, Subscription, terminal_data
+from resumable_sse._readers import terminal_data
+from resumable_sse._subscription import Gone, Subscription
 from resumable_sse.exceptions import StreamFenced
 
 from .conftest import StoreFactory

@@ -216,6 +216,7 @@ async def relay(
     options: StreamOptions,
     write: Callable[[bytes], Awaitable[None]],
     end: Callable[[], Awaitable[None]],
+    write_now: Callable[[bytes], bool] | None = None,
 ) -> bool:
     """Write the subscription's event stream: each batch of events that are ready together in one ``write`` (the
     first one opened by the ``retry:`` field, and by the subscription's ``reset`` when it has one), then ``end()``
@@ -225,6 +226,10 @@ async def relay(
     Returns True when the body was ended (after the terminal event, or early: the stream expired under it, or the
     store stayed unreachable, which is logged), False when the client went away or was cut off (``write`` raised
     :class:`ConnectionError`). A client that reconnects with its last id resumes in every case.
+
+    ``write_now``, when the server offers one (a write that never waits, or refuses), takes the live tail's events
+    once the first batch is written (:meth:`Subscription.write_directly`): a reader that keeps up is then written to
+    in the step that appended the event.
     """
     sid = subscription.stream_id
     # ``retry:`` opens the first event block (the subscription's reset, or its first batch), never a block of its own:
@@ -237,6 +242,9 @@ async def relay(
                 if prelude:
                     chunk, prelude = prelude + chunk, b""
                 await write(chunk)
+                if write_now is not None:  # after the first batch (the prelude and any reset are out)
+                    subscription.write_directly(write_now)
+                    write_now = None
         await end()
         return True
     except ConnectionError:

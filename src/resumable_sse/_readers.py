@@ -1,14 +1,14 @@
-"""Readers: one live tail per process, fanned out in memory, and each reader's cursor.
+"""The live tail: one per process, fanned out in memory to each stream's readers.
 
 :class:`Hub` follows every stream that has a reader (or a producer) in this process through one store
 :class:`~resumable_sse.Watch`: the store pushes each append with its entries, the hub keeps a short window of recent
-entries per stream and wakes that stream's readers. There is no task or timer per stream: one auditor looks at the
-streams that have been quiet for a while (one batched store call), which is how a stream that the store lost,
-rewound or recreated without a word is noticed, and how a dead producer is declared ``lost``.
+entries per stream (a :class:`Tail`) and hands them to that stream's readers: written for a reader that waits and
+takes them at once (:meth:`Reader.deliver`), else by waking it. There is no task or timer per stream: one auditor
+looks at the streams that have been quiet for a while (one batched store call), which is how a stream that the store
+lost, rewound or recreated without a word is noticed, and how a dead producer is declared ``lost``.
 
-A :class:`Subscription` is one reader: an epoch and a cursor. Whatever it is served, from the window or from the
-store, goes through one judgement (:func:`judge`) that compares the stream's shape with what the reader holds; any
-discontinuity becomes the answer a reconnect would get: a :class:`Reset` and every retained event, or a terminal.
+Readers themselves (:class:`~._subscription.Subscription`) judge what they are served with :func:`judge`, which
+compares the stream's shape with what the reader holds.
 """
 
 from __future__ import annotations
@@ -18,20 +18,31 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
-from typing import ClassVar, Final, Protocol
+from collections.abc import Sequence
+from typing import Final, Protocol
 
-from ._event import Entry, EventId, Reset, encode_event
+from ._event import Entry
 from ._log import EventLog, Page, StreamState, Watch
 from ._observe import Observer
 from ._tasks import spawn
 from .exceptions import StoreUnavailable
 
-__all__ = ["Gone", "Hub", "Owner", "Reset", "Subscription", "judge", "terminal_data"]
+__all__ = ["Hub", "Owner", "Reader", "Tail", "judge", "terminal_data"]
 
 logger = logging.getLogger("resumable_sse")
 
 _AUDIT_CHUNK: Final = 1000  # streams per audit call
+
+
+class Reader(Protocol):
+    """What the live tail needs of a reader that waits (:class:`~._subscription.Subscription`)."""
+
+    @property
+    def waiting(self) -> bool: ...  # its iteration waits for the live tail
+
+    def wake(self) -> None: ...  # look at the stream again
+    def close(self) -> None: ...  # stop (the server shuts down)
+    def deliver(self, state: StreamState, after: int, last: int, chunk: bytes) -> bool: ...  # written for it
 
 
 class Owner(Protocol):
@@ -53,37 +64,14 @@ class Owner(Protocol):
 
     def produces(self, state: StreamState) -> bool: ...  # this process runs the producer of that stream's epoch
     def ended(self, state: StreamState) -> None: ...  # the store says the stream ended
-    def opened(self, subscription: Subscription) -> None: ...  # a subscription started being iterated
-    def forget(self, subscription: Subscription) -> None: ...  # a subscription ended
+    def opened(self, subscription: Reader) -> None: ...  # a subscription started being iterated
+    def forget(self, subscription: Reader) -> None: ...  # a subscription ended
 
 
 def terminal_data(status: str, message: str = "") -> str:
     """The JSON data of a terminal event: ``{"state": ..., "message": ...}``."""
     body = {"state": status, "message": message} if message else {"state": status}
     return json.dumps(body, separators=(",", ":"))
-
-
-class Gone:
-    """The end of a stream the store no longer has (expired, or lost by the store): a ``lost`` event with no id.
-
-    It carries no id because it is not in the log: a client that reconnects with its last id is told what the store
-    says then (410 when the stream is unknown, a reset when it was created again).
-    """
-
-    __slots__ = ()
-    event: ClassVar[str] = "lost"
-    terminal: ClassVar[bool] = True
-    data: ClassVar[str] = terminal_data("lost", "the stream is no longer in the store")
-
-    def __repr__(self) -> str:
-        return "Gone()"
-
-    def wire(self) -> bytes:
-        """The event as it goes on the wire."""
-        return encode_event(self.data, event=self.event)
-
-
-Item = Entry | Reset | Gone
 
 
 def judge(state: StreamState, epoch: str, cursor: int, entries: Sequence[Entry] = ()) -> str | None:
@@ -99,10 +87,10 @@ def judge(state: StreamState, epoch: str, cursor: int, entries: Sequence[Entry] 
     return "trimmed" if cursor < state.first_seq - 1 else None
 
 
-class _Tail:
+class Tail:
     """What this process knows of one followed stream: its latest shape and a window of recent entries."""
 
-    __slots__ = ("heard", "producing", "readers", "state", "stream_id", "version", "waiters", "window")
+    __slots__ = ("direct", "heard", "producing", "readers", "state", "stream_id", "version", "waiters", "window")
 
     def __init__(self, stream_id: str, state: StreamState) -> None:
         self.stream_id = stream_id
@@ -112,6 +100,7 @@ class _Tail:
         self.readers = 0  # readers and local producers following the stream
         self.producing = 0  # of them, local producers: their appends come as local notifications
         self.waiters: list[asyncio.Future[None]] = []
+        self.direct: list[Reader] = []  # waiting readers that may take entries written for them
         self.heard = time.monotonic()
 
     def take(self, epoch: str, after: int, limit: int) -> Page | None:
@@ -135,8 +124,10 @@ class _Tail:
         same_epoch = old is not None and old.epoch == state.epoch
         if state == old and not entries:
             return  # nothing new
+        served = self.deliver(state, entries) if entries and self.direct and same_epoch and not state.finished else []
         if entries and self.readers > self.producing:  # a producer alone needs no window
-            if same_epoch and self.window and self.window[-1].seq + 1 == entries[0].seq and not self._all_waiting():
+            follows = same_epoch and self.window and self.window[-1].seq + 1 == entries[0].seq
+            if follows and not self._all_waiting(len(served)):
                 self.window.extend(entries)
                 excess = len(self.window) - window
                 if excess > 0:
@@ -146,16 +137,32 @@ class _Tail:
         else:
             self.window = []
         self.changed(state)
+        self.direct = served  # still waiting: what came was written for them
 
-    def _all_waiting(self) -> bool:
+    def deliver(self, state: StreamState, entries: Sequence[Entry]) -> list[Reader]:
+        """Write ``entries`` for each waiting reader that takes them (:meth:`Reader.deliver`), in the
+        step that appended them, encoded once for all of them; returns those readers (they go on waiting), and
+        leaves the others to be woken."""
+        chunk = b"".join([entry.wire() for entry in entries])
+        after, last = entries[0].seq - 1, entries[-1].seq
+        served: list[Reader] = []
+        rest: list[Reader] = []
+        for subscription in self.direct:
+            (served if subscription.deliver(state, after, last, chunk) else rest).append(subscription)
+        self.direct = rest
+        return served
+
+    def _all_waiting(self, served: int) -> bool:
         """True when every reader waits for what comes next: each has had all the window holds, so the window need
         keep only what comes now. Readers that keep up (paced streams, the common case) then hold a window of one
         page, not thousands of entries per stream that the garbage collector would walk again and again; a reader
         that falls behind keeps the window growing (up to ``window``) until it catches up."""
-        waiting = 0
+        waiting = served  # written for directly: they wait still
         for waiter in self.waiters:
             if not waiter.done():
                 waiting += 1
+        for subscription in self.direct:
+            waiting += subscription.waiting
         return waiting >= self.readers - self.producing
 
     def audited(self, state: StreamState | None, *, heard: bool = True) -> None:
@@ -178,6 +185,9 @@ class _Tail:
         for waiter in waiters:
             if not waiter.done():
                 waiter.set_result(None)
+        direct, self.direct = self.direct, []
+        for subscription in direct:
+            subscription.wake()
 
 
 class Hub:
@@ -185,19 +195,19 @@ class Hub:
 
     def __init__(self, streamer: Owner) -> None:
         self.streamer = streamer
-        self.tails: dict[str, _Tail] = {}
+        self.tails: dict[str, Tail] = {}
         self._watch: Watch | None = None
         self._suspects: set[str] = set()
         self._audit_now: asyncio.Event | None = None
         self._auditor: asyncio.Task[None] | None = None
         self._outage = False
 
-    def attach(self, state: StreamState, *, producer: bool = False) -> _Tail:
+    def attach(self, state: StreamState, *, producer: bool = False) -> Tail:
         """Follow ``state.stream_id`` for one more reader, or for the stream's producer in this process."""
         stream_id = state.stream_id
         tail = self.tails.get(stream_id)
         if tail is None:
-            tail = self.tails[stream_id] = _Tail(stream_id, state)
+            tail = self.tails[stream_id] = Tail(stream_id, state)
             if self._watch is None:
                 self._watch = self.streamer.log.watch(self._on_change)
             if self._auditor is None or self._auditor.done():
@@ -208,7 +218,7 @@ class Hub:
         self._follow(tail)
         return tail
 
-    def detach(self, tail: _Tail, *, producer: bool = False) -> None:
+    def detach(self, tail: Tail, *, producer: bool = False) -> None:
         tail.readers -= 1
         tail.producing -= producer
         if self.tails.get(tail.stream_id) is not tail:
@@ -220,7 +230,7 @@ class Hub:
         else:
             self._follow(tail)
 
-    def _follow(self, tail: _Tail) -> None:
+    def _follow(self, tail: Tail) -> None:
         """Follow the stream's every change, or (while this process produces it) only the ends others write."""
         if self._watch is not None:
             self._watch.follow(tail.stream_id, entries=not tail.producing)
@@ -296,7 +306,7 @@ class Hub:
             if tail is not None and tail.version == versions[stream_id]:  # else a push came: it is newer
                 self.learned(tail, state)
 
-    def learned(self, tail: _Tail, state: StreamState | None, *, read: bool = False) -> None:
+    def learned(self, tail: Tail, state: StreamState | None, *, read: bool = False) -> None:
         """The store's answer about a followed stream, taken only when no push came while it was asked: an audit's,
         or (``read``) a reader's read of the store.
 
@@ -340,108 +350,3 @@ class Hub:
         if self._watch is not None:
             await self._watch.close()
         await asyncio.gather(*tasks, return_exceptions=True)
-
-
-class Subscription:
-    """One reader's position in a stream, with the events from there on, in order, each exactly once.
-
-    Obtain one from :meth:`Streamer.subscribe`. Iterate :meth:`batches` (lists of entries that are ready together,
-    for one socket write each) or the subscription itself (one entry at a time). Iteration ends after the terminal
-    entry, or early when the Streamer shuts down or :meth:`close` is called. A reader holds a cursor and a future;
-    it never holds a copy of the stream.
-    """
-
-    def __init__(self, hub: Hub, state: StreamState, cursor: int, reset: Reset | None) -> None:
-        self.stream_id: Final = state.stream_id
-        self.state: StreamState = state
-        """The stream's state when the subscription was made."""
-        self.reset = reset
-        """The reset to send before the first event, or None when the position continues without a gap."""
-        self.cursor = cursor
-        """Sequence number of the last entry delivered (0: none)."""
-        self._hub = hub
-        self._epoch = state.epoch
-        self._closed = False
-        self._waiter: asyncio.Future[None] | None = None
-
-    @property
-    def at_end(self) -> bool:
-        """True when the position named is the terminal entry of a finished stream: nothing more will come."""
-        return self.state.finished and self.reset is None and self.cursor >= self.state.last_seq
-
-    @property
-    def last_event_id(self) -> str | None:
-        """The id of the last entry delivered, for resuming later."""
-        return str(EventId(self._epoch, self.cursor)) if self.cursor else None
-
-    def close(self) -> None:
-        """Stop iterating (e.g. the client went away); an iteration waiting for events ends at once."""
-        self._closed = True
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
-
-    def _accept(self, page: Page) -> list[Entry | Reset]:
-        """What to send of ``page``, the reader's cursor moved past it: the continuation, or a reset and the
-        replay from the earliest retained entry (pages read from the store start there on a discontinuity)."""
-        state, entries = page.state, page.entries
-        reason = judge(state, self._epoch, self.cursor, entries)
-        if reason is None:
-            if entries:
-                self.cursor = entries[-1].seq
-            return list(entries)
-        self._epoch = state.epoch
-        self.cursor = entries[-1].seq if entries else state.first_seq - 1
-        return [Reset(reason, entries[0].id if entries else state.first_id), *entries]
-
-    async def batches(self, limit: int | None = None) -> AsyncGenerator[Sequence[Item], None]:
-        """Yield the entries ready together (up to ``limit`` each), oldest first, then wait for the live tail.
-
-        The first batch starts with :attr:`reset` when there is one.
-        """
-        hub = self._hub
-        streamer, store, observer = hub.streamer, hub.streamer.log, hub.streamer.observer
-        limit = limit or streamer.batch_size
-        pending: list[Item] = [self.reset] if self.reset is not None else []
-        tail = hub.attach(self.state)
-        streamer.opened(self)
-        if observer is not None:
-            observer.reader_opened(self.stream_id)
-        try:
-            while not self._closed and not streamer.readers_ended:
-                version = tail.version
-                page = tail.take(self._epoch, self.cursor, limit)
-                if page is None:
-                    page = await store.read(self.stream_id, self.cursor, limit, epoch=self._epoch)
-                    if tail.version == version:
-                        hub.learned(tail, page.state if page is not None else None, read=True)
-                    if page is None:
-                        yield [*pending, Gone()]
-                        return
-                batch: list[Item] = [*pending, *self._accept(page)]
-                pending = []
-                if batch:
-                    if observer is not None:
-                        observer.reader_served(self.stream_id, page.state.last_seq - self.cursor)
-                    yield batch
-                    if batch[-1].terminal:
-                        return
-                    continue
-                if page.state.finished:
-                    return  # the terminal entry was delivered before
-                if tail.version == version and not self._closed:
-                    waiter = self._waiter = asyncio.get_running_loop().create_future()
-                    tail.waiters.append(waiter)
-                    try:
-                        await waiter
-                    finally:
-                        self._waiter = None
-        finally:
-            hub.detach(tail)
-            streamer.forget(self)
-            if observer is not None:
-                observer.reader_closed(self.stream_id)
-
-    async def __aiter__(self) -> AsyncIterator[Item]:
-        async for batch in self.batches():
-            for item in batch:
-                yield item

@@ -1,7 +1,7 @@
 """The Streamer: the engine's facade. It claims streams, starts their producers, and opens subscriptions.
 
 Data flows one way: producer -> :mod:`._producer` (batched appends) -> store -> :class:`~._readers.Hub` (one live
-tail per process, fanned out in memory) -> :class:`~._readers.Subscription` (one per reader: a cursor, nothing
+tail per process, fanned out in memory) -> :class:`~._subscription.Subscription` (one per reader: a cursor, nothing
 more) -> the wire. Nothing here knows HTTP.
 """
 
@@ -17,8 +17,9 @@ from ._log import EventLog, NewEvent, StreamState
 from ._observe import ObservedLog, Observer
 from ._producer import Factory, Source
 from ._producers import Producer, Producers, check_factory
-from ._readers import Hub, Reset, Subscription, judge, terminal_data
+from ._readers import Hub, Reader, judge, terminal_data
 from ._retry import retry_store
+from ._subscription import Reset, Subscription
 from .exceptions import InvalidStreamId, StreamerClosed, StreamNotFound
 
 __all__ = ["Producer", "Reset", "Source", "Streamer", "Subscription", "validate_stream_id"]
@@ -116,7 +117,7 @@ class Streamer:
         """The live tail of every stream followed in this process."""
         self.producers: Final = Producers(self)
         """Every producer this process runs."""
-        self._subscriptions: set[Subscription] = set()  # those being iterated (each removes itself when it ends)
+        self._subscriptions: set[Reader] = set()  # those being iterated (each removes itself when it ends)
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def __repr__(self) -> str:
@@ -246,11 +247,11 @@ class Streamer:
             raise StreamerClosed("the Streamer is closing")
         return Subscription(self.hub, state, cursor, reset)
 
-    def opened(self, subscription: Subscription) -> None:
+    def opened(self, subscription: Reader) -> None:
         """A subscription started being iterated (until :meth:`forget`): :meth:`end_readers` ends it."""
         self._subscriptions.add(subscription)
 
-    def forget(self, subscription: Subscription) -> None:
+    def forget(self, subscription: Reader) -> None:
         """A subscription ended."""
         self._subscriptions.discard(subscription)
 

@@ -187,6 +187,30 @@ class ResumableResponse(EventSourceResponse):
     async def write_eof(self, data: bytes = b"") -> None:
         await self._bounded(super().write_eof(data))
 
+    def write_now(self, data: bytes) -> bool:
+        """Write ``data`` at once, without waiting, or refuse: True when it was handed to the connection, False when
+        it could wait for the client (no write of this response may be in progress, the socket's buffer must be
+        empty and ``data`` within its high-water mark), so that the caller uses :meth:`write`, which waits and is
+        bounded by ``send_timeout``. A reader that keeps up with a paced stream is written to this way in the step
+        that appended its event: no task wakes, and no turn of the event loop passes, for it."""
+        transport = self._transport
+        if self.started or self.stalled or self.compression or transport is None or transport.is_closing():
+            return False
+        if transport.get_write_buffer_size() or len(data) > transport.get_write_buffer_limits()[1]:
+            return False
+        # aiohttp's write is a coroutine, but one that waits only to drain a socket buffer over its high-water
+        # mark, which the checks above rule out: run here, it completes in this very step.
+        write = super().write(data)
+        try:
+            write.send(None)
+        except StopIteration:
+            return True
+        except Exception:  # nothing was written (the connection closed under it): write() reports it
+            return False
+        # It waited after all (for a drain of what it wrote: the data is in the transport): no need to wait here.
+        write.close()
+        return True
+
 
 def _heartbeat_ended(subscription: Subscription, task: asyncio.Future[None]) -> None:
     """The heartbeat stopped: a write failed (the client is gone), so stop waiting for events at once."""
@@ -304,7 +328,9 @@ def resumable_handler(
             gone = functools.partial(_heartbeat_ended, subscription)
             pinger.add_done_callback(gone)
             try:
-                await relay(subscription, options, response.write, functools.partial(_end, response))
+                await relay(
+                    subscription, options, response.write, functools.partial(_end, response), response.write_now
+                )
             finally:
                 pinger.remove_done_callback(gone)
                 response.stop_streaming()
