@@ -222,3 +222,31 @@ async def test_write_now_writes_at_once_or_refuses_and_write_still_works() -> No
         "while another write is in progress": False,
         "after the end": False,
     }
+
+
+async def test_readers_that_come_and_go_on_a_quiet_stream_are_not_collected(make_store: StoreFactory) -> None:
+    async with Streamer(await make_store()) as streamer:
+        gate: asyncio.Queue[str | None] = asyncio.Queue()
+
+        async def quiet() -> AsyncIterator[str]:
+            while (token := await gate.get()) is not None:
+                yield token
+
+        await streamer.start("s", quiet)
+        await gate.put("first")
+        tail = None
+        for _ in range(40):
+            subscription = await streamer.subscribe("s")
+            batches = subscription.batches()
+            assert [entry.data for entry in await batches.__anext__()] == ["first"]
+            subscription.write_directly(Writes())
+            waiting = asyncio.ensure_future(batches.__anext__())
+            await wait_until(lambda subscription=subscription: subscription.waiting)
+            tail = streamer.hub.tails["s"]
+            subscription.close()
+            with contextlib.suppress(StopAsyncIteration):
+                await asyncio.wait_for(waiting, 5)
+            await batches.aclose()
+        assert tail is not None
+        assert len(tail.direct) <= 5, "closed readers are dropped while the stream stays quiet (40 came and went)"
+        await gate.put(None)

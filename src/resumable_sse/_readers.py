@@ -124,45 +124,59 @@ class Tail:
         same_epoch = old is not None and old.epoch == state.epoch
         if state == old and not entries:
             return  # nothing new
-        served = self.deliver(state, entries) if entries and self.direct and same_epoch and not state.finished else []
+        direct = bool(entries and self.direct and same_epoch and not state.finished)
+        if direct:
+            self.deliver(state, entries)
         if entries and self.readers > self.producing:  # a producer alone needs no window
             follows = same_epoch and self.window and self.window[-1].seq + 1 == entries[0].seq
-            if follows and not self._all_waiting(len(served)):
+            if follows and not self._all_waiting():
                 self.window.extend(entries)
                 excess = len(self.window) - window
                 if excess > 0:
                     del self.window[:excess]
             else:
-                self.window = list(entries[-window:])
+                # In place: a list made at every token would outlive a young collection and be promoted, and the
+                # promoted garbage of a thousand paced streams is what makes full collections come often.
+                self.window[:] = entries[-window:]
         else:
-            self.window = []
-        self.changed(state)
-        self.direct = served  # still waiting: what came was written for them
+            self.window.clear()
+        self.changed(state, wake_direct=not direct)
 
-    def deliver(self, state: StreamState, entries: Sequence[Entry]) -> list[Reader]:
-        """Write ``entries`` for each waiting reader that takes them (:meth:`Reader.deliver`), in the
-        step that appended them, encoded once for all of them; returns those readers (they go on waiting), and
-        leaves the others to be woken."""
+    def deliver(self, state: StreamState, entries: Sequence[Entry]) -> None:
+        """Write ``entries`` for each waiting reader that takes them (:meth:`Reader.deliver`), in the step that
+        appended them, encoded once for all of them. Those go on waiting; the others are woken now."""
         chunk = b"".join([entry.wire() for entry in entries])
         after, last = entries[0].seq - 1, entries[-1].seq
-        served: list[Reader] = []
-        rest: list[Reader] = []
-        for subscription in self.direct:
-            (served if subscription.deliver(state, after, last, chunk) else rest).append(subscription)
-        self.direct = rest
-        return served
+        direct = self.direct
+        refused = [reader for reader in direct if not reader.deliver(state, after, last, chunk)]
+        if refused:
+            taken = {id(reader) for reader in refused}
+            self.direct = [reader for reader in direct if id(reader) not in taken]
+            for reader in refused:
+                reader.wake()
 
-    def _all_waiting(self, served: int) -> bool:
+    def park(self, reader: Reader, waiter: asyncio.Future[None], *, direct: bool) -> None:
+        """A reader waits for the stream's next change: written for directly (``direct``), or woken through
+        ``waiter``. Readers that stopped waiting for another reason (closed) are dropped from time to time, so a
+        quiet stream whose readers come and go does not collect them."""
+        if direct:
+            if len(self.direct) > 2 * self.readers:
+                self.direct = [other for other in self.direct if other.waiting]
+            self.direct.append(reader)
+        else:
+            if len(self.waiters) > 2 * self.readers:
+                self.waiters = [other for other in self.waiters if not other.done()]
+            self.waiters.append(waiter)
+
+    def _all_waiting(self) -> bool:
         """True when every reader waits for what comes next: each has had all the window holds, so the window need
         keep only what comes now. Readers that keep up (paced streams, the common case) then hold a window of one
         page, not thousands of entries per stream that the garbage collector would walk again and again; a reader
         that falls behind keeps the window growing (up to ``window``) until it catches up."""
-        waiting = served  # written for directly: they wait still
+        waiting = len(self.direct)  # readers written for directly wait still
         for waiter in self.waiters:
             if not waiter.done():
                 waiting += 1
-        for subscription in self.direct:
-            waiting += subscription.waiting
         return waiting >= self.readers - self.producing
 
     def audited(self, state: StreamState | None, *, heard: bool = True) -> None:
@@ -174,20 +188,23 @@ class Tail:
         if state == old:
             return
         if state is None or old is None or state.epoch != old.epoch or state.last_seq < old.last_seq:
-            self.window = []  # gone, recreated or rewound: readers go to the store, which tells them why
+            self.window.clear()  # gone, recreated or rewound: readers go to the store, which tells them why
         self.changed(state)
 
-    def changed(self, state: StreamState | None) -> None:
+    def changed(self, state: StreamState | None, *, wake_direct: bool = True) -> None:
+        """Take the stream's new shape and wake its readers (but those just written for directly)."""
         self.state = state
         self.version += 1
         self.heard = time.monotonic()
-        waiters, self.waiters = self.waiters, []
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(None)
-        direct, self.direct = self.direct, []
-        for subscription in direct:
-            subscription.wake()
+        if self.waiters:
+            waiters, self.waiters = self.waiters, []
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+        if wake_direct and self.direct:
+            direct, self.direct = self.direct, []
+            for reader in direct:
+                reader.wake()
 
 
 class Hub:

@@ -172,10 +172,7 @@ class Subscription:
                     return  # the terminal entry was delivered before
                 if tail.version == version and not self._closed:
                     waiter = self._waiter = asyncio.get_running_loop().create_future()
-                    if self._write_now is None:
-                        tail.waiters.append(waiter)
-                    else:
-                        tail.direct.append(self)
+                    tail.park(self, waiter, direct=self._write_now is not None)
                     try:
                         await waiter
                     finally:
