@@ -388,3 +388,24 @@ async def test_cluster_watch_follows_streams_of_many_slots_at_once(caplog: pytes
     await watch.close()
     await reader.close()
     await writer.close()
+
+
+async def test_a_burst_of_requests_shares_a_few_connections_to_redis(client: redis.asyncio.Redis) -> None:
+    # 400 streams started and subscribed at once (a reconnect storm after a deploy, say): every call succeeds, on a
+    # pool of at most 64 connections, not one connection per request in flight.
+    name = f"burst-{unique_prefix()}"
+    store = RedisStore.from_url(shared_server().url, key_prefix=unique_prefix(), client_name=name)
+
+    async def one_token() -> AsyncIterator[str]:
+        yield "t"
+
+    async def open_one(i: int) -> list[str]:
+        await streamer.start(f"s{i}", one_token)
+        subscription = await streamer.subscribe(f"s{i}")
+        return [entry.data async for entry in subscription if not entry.terminal]
+
+    async with Streamer(store) as streamer:
+        results = await asyncio.gather(*(open_one(i) for i in range(400)))
+        clients = [c for c in await client.client_list() if c.get("name") == name]
+    assert results == [["t"]] * 400
+    assert 1 <= len(clients) <= 64 + 1  # the pool, and the pub/sub connection of the live tail

@@ -125,20 +125,24 @@ class RedisStore:
 
         ``options`` are the store's (``key_prefix``, ``max_events``, ``ttl``) plus ``cluster=True`` for a Redis
         Cluster; any other option goes to redis-py's ``BlockingConnectionPool.from_url`` (or ``RedisCluster.from_url``),
-        e.g. ``max_connections`` (default 1000), ``socket_timeout`` (default 10 s), ``socket_connect_timeout``
-        (default 5 s) or ``decode_responses``.
+        e.g. ``max_connections`` (default 64; on a cluster 1000 per node), ``socket_timeout`` (default 10 s),
+        ``socket_connect_timeout`` (default 5 s) or ``decode_responses``.
         """
         redis = _redis_module()
         store_options = {key: options.pop(key) for key in ("key_prefix", "max_events", "ttl") if key in options}
-        # Bursts of requests each need a connection: the pool is larger than redis-py's default (100, beyond which
-        # commands fail at once), and on a single node a command that finds it exhausted waits up to 10 s for a
-        # free connection instead of failing. Live tails need none of it: they share one pub/sub connection.
-        options.setdefault("max_connections", 1000)
+        # Live tails need no pooled connection (they share one pub/sub connection per node) and every producer's
+        # appends share one group commit, so commands are brief: on a single node a small pool that makes a burst of
+        # requests wait for a free connection (up to 10 s) keeps a process's connections to Redis few, whatever the
+        # number of streams (a pool that grew to a burst's size held 1,000 connections per process, and their
+        # memory). A cluster client's pools do not wait (a command that finds its node's pool exhausted fails at
+        # once), so there each node's pool is large enough for bursts.
+        cluster = options.pop("cluster", False)
+        options.setdefault("max_connections", 1000 if cluster else 64)
         # A Redis that stops answering (a dropped network, a host that vanished) must fail calls, not hang them:
         # requests then get 503 and producers retry. The watch connection pings instead of timing out.
         options.setdefault("socket_connect_timeout", 5.0)
         options.setdefault("socket_timeout", 10.0)
-        if options.pop("cluster", False):
+        if cluster:
             from redis.asyncio.cluster import RedisCluster
 
             client: RedisClient = RedisCluster.from_url(url, **options)
