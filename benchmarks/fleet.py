@@ -47,6 +47,13 @@ was delivered and producers kept their pace (lag p99 under one period); the goal
 
 ``--shared`` (idle): every reader reads the same quiet stream instead of one each.
 
+``--gc-threshold N [N N]`` runs every server (each row's, the baseline's included) with ``gc.set_threshold(...)``
+set at its start: what a deployment that tunes the garbage collector gets. With the defaults (700, 10, 10), a
+thousand concurrent streams hold a few hundred thousand objects, and the full collections that walk all of them
+pause the event loop for 50 to 150 ms: those pauses, not the library's work, decide the p99 there.
+
+    python benchmarks/fleet.py --streams 1000 1250 --gc-threshold 20000 50 50
+
 ``--json`` prints every figure as one JSON document on stdout (the table then goes to stderr). Linux only (/proc).
 One reader process holds all S connections, so S is bounded by its file descriptor limit (raised to the hard limit).
 """
@@ -180,10 +187,20 @@ def _baseline(source: Callable[[web.Request], AsyncIterator[str]]) -> Handler:
 
 
 async def serve(
-    row: str, idle: bool, streams: int, tokens: int, rate: float, stagger: float, redis_url: str, cluster: bool = False
+    row: str,
+    idle: bool,
+    streams: int,
+    tokens: int,
+    rate: float,
+    stagger: float,
+    redis_url: str,
+    cluster: bool = False,
+    gc_threshold: list[int] | None = None,
 ) -> None:
     """The server: prints ``PORT <n>``, serves ``/s/{stream_id}``, ends when stdin closes (or after a bound)."""
     raise_fd_limit()
+    if gc_threshold:
+        gc.set_threshold(*gc_threshold)
     loop = asyncio.get_running_loop()
     fleet = Fleet(streams, tokens, rate, stagger)
     source = fleet.quiet if idle else fleet.paced
@@ -545,6 +562,7 @@ class Driver:
             f"{row} server", "--serve", row, "--streams", str(streams), "--tokens", str(args.tokens),
             "--rate", str(args.rate), "--stagger", str(args.stagger), "--redis-url", url,
             *(["--idle"] if args.idle else []),
+            *(["--gc-threshold", *map(str, args.gc_threshold)] if args.gc_threshold else []),
         )  # fmt: skip
         line = await server.line(30)
         if not line.startswith("PORT "):
@@ -782,7 +800,10 @@ async def main(args: argparse.Namespace) -> None:
         else f"{args.tokens} tokens at {args.rate:g}/s, starts spread over {args.stagger:g} s"
     )
     python = sys.version.split()[0]
-    print(f"fleet: {mode}; rows {' '.join(rows)}; Python {python}, {os.cpu_count()} CPUs", file=table, flush=True)
+    tuned = f"; gc.set_threshold{tuple(args.gc_threshold)}" if args.gc_threshold else ""
+    print(
+        f"fleet: {mode}; rows {' '.join(rows)}; Python {python}, {os.cpu_count()} CPUs{tuned}", file=table, flush=True
+    )
     token_results: list[TokenResult] = []
     idle_results: list[IdleResult] = []
     try:
@@ -827,6 +848,7 @@ async def main(args: argparse.Namespace) -> None:
             "rate": args.rate,
             "stagger": args.stagger,
             "window": args.window,
+            "gc_threshold": args.gc_threshold,
             "python": sys.version.split()[0],
             "results": [asdict(r) for r in (idle_results if args.idle else token_results)],
         }
@@ -846,6 +868,9 @@ if __name__ == "__main__":
     parser.add_argument("--window", type=float, default=15.0, help="idle: seconds of quiet measured")
     parser.add_argument("--json", action="store_true", help="every figure as JSON on stdout (the table to stderr)")
     parser.add_argument("--shared", action="store_true", help="idle: every reader reads one quiet stream")
+    parser.add_argument(
+        "--gc-threshold", type=int, nargs="+", metavar="N", help="gc.set_threshold(...) in every server process"
+    )
     parser.add_argument("--serve", choices=ROWS, help=argparse.SUPPRESS)
     parser.add_argument("--cluster", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--redis-url", default="", help=argparse.SUPPRESS)
@@ -855,7 +880,17 @@ if __name__ == "__main__":
     args = parser.parse_args()
     if args.serve:
         size = args.streams[0] if args.streams else 1
-        serving = serve(args.serve, args.idle, size, args.tokens, args.rate, args.stagger, args.redis_url, args.cluster)
+        serving = serve(
+            args.serve,
+            args.idle,
+            size,
+            args.tokens,
+            args.rate,
+            args.stagger,
+            args.redis_url,
+            args.cluster,
+            args.gc_threshold,
+        )
         asyncio.run(serving)
     elif args.client:
         size = args.streams[0] if args.streams else 1

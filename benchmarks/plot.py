@@ -51,16 +51,20 @@ def table(docs: dict[str, dict[str, Any]]) -> str:
                 baseline = f"aiohttp-sse {base['median_ms']:.2f} ms" if base else "-"
                 value = f"{r['median_ms']:.2f} ms (p99 {r['p99_ms']:.2f})"
                 add(f"first event, {row}", value, baseline, "median <= 2 ms", r["met"], "first_event")
-    if "fleet" in docs:
-        d = docs["fleet"]
+    for name in ("fleet", "fleet_gc"):
+        if name not in docs:
+            continue
+        d = docs[name]
         capacity = d.get("capacity", {})
         base = capacity.get("baseline", {}).get("streams")
+        tuned = f", gc.set_threshold{tuple(d['gc_threshold'])}" if d.get("gc_threshold") else ""
         for row in ("memory", "redis"):
             c = capacity.get(row)
             if c:
                 sizes = "/".join(str(s) for s in c["sizes_run"])
                 value = f"{c['streams']} streams (of {sizes})"
-                add(f"fleet capacity, {row}", value, f"aiohttp-sse {base}", "= aiohttp-sse", c.get("met"), "fleet")
+                figure = f"fleet capacity, {row}{tuned}"
+                add(figure, value, f"aiohttp-sse {base}", "= aiohttp-sse", c.get("met"), name)
     if "readers" in docs:
         d = docs["readers"]
         for row, r in d["rows"].items():
@@ -166,9 +170,15 @@ def chart(docs: dict[str, dict[str, Any]], png: Path) -> None:
             ax.set_title("First event after the request (ms)")
             ax.legend()
         elif name == "fleet":
-            for row in dict.fromkeys(r["row"] for r in d["results"]):
-                points = sorted((r["streams"], r["p99_ms"]) for r in d["results"] if r["row"] == row)
-                ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=row)
+            colors = {"baseline": "C0", "memory": "C1", "redis": "C2"}
+            tuned = docs.get("fleet_gc")  # the same rows with the garbage collector tuned: dashed
+            for doc, style, suffix in ((d, "-", ""), (tuned, "--", ", GC tuned")):
+                if doc is None:
+                    continue
+                for row in dict.fromkeys(r["row"] for r in doc["results"]):
+                    points = sorted((r["streams"], r["p99_ms"]) for r in doc["results"] if r["row"] == row)
+                    xs, ys = [p[0] for p in points], [p[1] for p in points]
+                    ax.plot(xs, ys, style, marker="o", color=colors.get(row), label=row + suffix)
             ax.axhline(50, color="black", linestyle=":", linewidth=1, label="50 ms")
             ax.set_xscale("log")
             ax.set_yscale("log")

@@ -87,9 +87,9 @@ class Subscription:
         True, or takes none of it and returns False (it would have to wait: the client is behind, another write is
         in progress); what it refuses is yielded by the iteration as usual, and the cursor moves past what it took.
         It is called in the step that appended the entries (the producer's, or the store's notification), so a
-        reader that keeps up gets a token without a turn of the event loop and without a task step of its own:
-        that is what lets one process carry as many paced streams as a plain SSE handler does. Only a caller that
-        writes every batch it iterates to the same connection, as the HTTP adapters do, may use it.
+        reader that keeps up gets a token without a turn of the event loop and without a task step of its own,
+        which is most of what a process that carries many paced streams spends per token. Only a caller that writes
+        every batch it iterates to the same connection, as the HTTP adapters do, may use it.
         """
         self._write_now = write_now
 
