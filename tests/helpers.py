@@ -86,3 +86,12 @@ async def end_if_expired(store: EventLog, stream_id: str, data: str = '{"state":
     before = await store.state(stream_id)
     [after] = await store.audit([stream_id], data)
     return before is not None and not before.finished and after is not None and after.status == "lost"
+
+
+async def serve(app: web.Application) -> tuple[web.AppRunner, int]:
+    """Serve ``app`` on a free port of 127.0.0.1: its runner (clean it up) and the port."""
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    return runner, runner.addresses[0][1]

@@ -20,7 +20,7 @@ from resumable_sse import Streamer, resumable_handler, setup
 from resumable_sse.aiohttp import ResumableResponse
 
 from .conftest import StoreFactory
-from .helpers import parse
+from .helpers import parse, serve
 
 
 class Writes:
@@ -37,6 +37,18 @@ class Writes:
         return True
 
 
+async def gated(streamer: Streamer, stream_id: str) -> asyncio.Queue[str | None]:
+    """Start ``stream_id`` with a producer that yields what the returned queue gets, until None."""
+    gate: asyncio.Queue[str | None] = asyncio.Queue()
+
+    async def produce() -> AsyncIterator[str]:
+        while (token := await gate.get()) is not None:
+            yield token
+
+    await streamer.start(stream_id, produce)
+    return gate
+
+
 async def wait_until(predicate: Any, timeout: float = 10.0) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
@@ -49,13 +61,7 @@ async def test_a_waiting_reader_takes_appended_entries_through_its_writer_and_th
     make_store: StoreFactory,
 ) -> None:
     async with Streamer(await make_store()) as streamer:
-        gate: asyncio.Queue[str | None] = asyncio.Queue()
-
-        async def paced() -> AsyncIterator[str]:
-            while (token := await gate.get()) is not None:
-                yield token
-
-        await streamer.start("s", paced)
+        gate = await gated(streamer, "s")
         subscription = await streamer.subscribe("s")
         writes = Writes()
         iterated: list[list[Any]] = []
@@ -93,13 +99,7 @@ async def test_a_waiting_reader_takes_appended_entries_through_its_writer_and_th
 async def test_a_writer_is_not_used_for_what_does_not_continue_the_reader(make_store: StoreFactory) -> None:
     # A reader whose writer took nothing, a closed reader, and a reader of another epoch are never written to.
     async with Streamer(await make_store()) as streamer:
-        gate: asyncio.Queue[str | None] = asyncio.Queue()
-
-        async def paced() -> AsyncIterator[str]:
-            while (token := await gate.get()) is not None:
-                yield token
-
-        await streamer.start("s", paced)
+        gate = await gated(streamer, "s")
         await gate.put("first")
         subscription = await streamer.subscribe("s")
         state = subscription.state
@@ -121,14 +121,6 @@ async def test_a_writer_is_not_used_for_what_does_not_continue_the_reader(make_s
             await asyncio.wait_for(waiting, 5)
         await batches.aclose()
         await gate.put(None)
-
-
-async def serve(app: web.Application) -> tuple[web.AppRunner, int]:
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    return runner, runner.addresses[0][1]
 
 
 async def test_fast_and_stalled_readers_of_one_stream_get_every_event_once_in_order(
@@ -226,13 +218,7 @@ async def test_write_now_writes_at_once_or_refuses_and_write_still_works() -> No
 
 async def test_readers_that_come_and_go_on_a_quiet_stream_are_not_collected(make_store: StoreFactory) -> None:
     async with Streamer(await make_store()) as streamer:
-        gate: asyncio.Queue[str | None] = asyncio.Queue()
-
-        async def quiet() -> AsyncIterator[str]:
-            while (token := await gate.get()) is not None:
-                yield token
-
-        await streamer.start("s", quiet)
+        gate = await gated(streamer, "s")
         await gate.put("first")
         tail = None
         for _ in range(40):

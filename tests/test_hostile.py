@@ -25,19 +25,12 @@ from aiohttp.http_exceptions import HttpProcessingError
 from resumable_sse import Streamer, resumable_handler, setup
 
 from .conftest import StoreFactory
+from .helpers import serve
 
 
 async def hello(_request: web.Request) -> AsyncIterator[str]:
     for token in ["Hello", ", ", "world"]:
         yield token
-
-
-async def serve(app: web.Application) -> tuple[web.AppRunner, int]:
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    return runner, runner.addresses[0][1]
 
 
 def open_subscriptions(streamer: Streamer) -> list[Any]:
