@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from resumable_sse import Streamer, resumable_handler, setup
+from resumable_sse import Entry, Streamer, resumable_handler, setup
 from resumable_sse.aiohttp import ResumableResponse
 
 from .conftest import StoreFactory
@@ -121,6 +121,40 @@ async def test_a_writer_is_not_used_for_what_does_not_continue_the_reader(make_s
             await asyncio.wait_for(waiting, 5)
         await batches.aclose()
         await gate.put(None)
+
+
+async def test_a_writer_that_raises_fails_neither_the_producer_nor_the_reader(
+    make_store: StoreFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with Streamer(await make_store()) as streamer:
+        gate = await gated(streamer, "s")
+        await gate.put("first")
+        subscription = await streamer.subscribe("s")
+        calls: list[bytes] = []
+
+        def broken(chunk: bytes) -> bool:
+            calls.append(chunk)
+            raise OSError("the adapter has a bug")
+
+        got: list[str] = []
+
+        async def iterate() -> None:
+            async for batch in subscription.batches():
+                got.extend(item.data for item in batch if isinstance(item, Entry) and not item.terminal)
+                subscription.write_directly(broken)
+
+        reader = asyncio.create_task(iterate())
+        await wait_until(lambda: got == ["first"] and subscription.waiting)
+        for token in ("a", "b", "c"):
+            await gate.put(token)
+        await gate.put(None)
+        await asyncio.wait_for(reader, 10)
+        state = await streamer.status("s")
+    assert got == ["first", "a", "b", "c"]  # each exactly once, by the iteration
+    assert state is not None and state.status == "done"  # the producer never saw the failure
+    assert len(calls) == 1  # tried once, then the reader writes for itself
+    failures = [r for r in caplog.records if "writing directly to a reader" in r.getMessage()]
+    assert len(failures) == 1 and failures[0].exc_info is not None
 
 
 async def test_fast_and_stalled_readers_of_one_stream_get_every_event_once_in_order(

@@ -9,6 +9,7 @@ stream's shape with what the reader holds; any discontinuity becomes the answer 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from typing import ClassVar, Final
 
@@ -17,6 +18,8 @@ from ._log import Page, StreamState
 from ._readers import Hub, judge, terminal_data
 
 __all__ = ["Gone", "Item", "Reset", "Subscription"]
+
+logger = logging.getLogger("resumable_sse")
 
 
 class Gone:
@@ -107,14 +110,20 @@ class Subscription:
         """Write the entries ``after`` + 1 .. ``last`` of ``state`` (``chunk``) through :meth:`write_directly`'s
         writer when the iteration waits right after them; True when written (the cursor is moved past them)."""
         write_now = self._write_now
-        if (
-            write_now is None
-            or self._closed
-            or self.cursor != after
-            or self._epoch != state.epoch
-            or not self.waiting
-            or not write_now(chunk)
-        ):
+        if write_now is None or self._closed or self.cursor != after or self._epoch != state.epoch or not self.waiting:
+            return False
+        try:
+            if not write_now(chunk):
+                return False
+        except Exception:
+            # A writer's failure is the reader's alone: never the producer's, in whose step it runs. The reader
+            # writes for itself from now on (its own write reports what is wrong with the connection).
+            self._write_now = None
+            logger.exception(
+                "writing directly to a reader of %r failed; it writes for itself from now on",
+                self.stream_id,
+                extra={"stream_id": self.stream_id},
+            )
             return False
         self.cursor = last
         observer = self._hub.streamer.observer

@@ -196,7 +196,10 @@ class ResumableResponse(EventSourceResponse):
         transport = self._transport
         if self.started or self.stalled or self.compression or transport is None or transport.is_closing():
             return False
-        if transport.get_write_buffer_size() or len(data) > transport.get_write_buffer_limits()[1]:
+        try:
+            if transport.get_write_buffer_size() or len(data) > transport.get_write_buffer_limits()[1]:
+                return False
+        except NotImplementedError:  # a transport that cannot tell: every write goes the way that may wait
             return False
         # aiohttp's write is a coroutine, but one that waits only to drain a socket buffer over its high-water
         # mark, which the checks above rule out: run here, it completes in this very step.
