@@ -268,5 +268,5 @@ async def test_readers_that_come_and_go_on_a_quiet_stream_are_not_collected(make
                 await asyncio.wait_for(waiting, 5)
             await batches.aclose()
         assert tail is not None
-        assert len(tail.direct) <= 5, "closed readers are dropped while the stream stays quiet (40 came and went)"
+        assert len(tail.parked) <= 5, "closed readers are dropped while the stream stays quiet (40 came and went)"
         await gate.put(None)

@@ -90,7 +90,7 @@ def judge(state: StreamState, epoch: str, cursor: int, entries: Sequence[Entry] 
 class Tail:
     """What this process knows of one followed stream: its latest shape and a window of recent entries."""
 
-    __slots__ = ("direct", "heard", "producing", "readers", "state", "stream_id", "version", "waiters", "window")
+    __slots__ = ("heard", "parked", "producing", "readers", "state", "stream_id", "version", "window")
 
     def __init__(self, stream_id: str, state: StreamState) -> None:
         self.stream_id = stream_id
@@ -99,8 +99,7 @@ class Tail:
         self.version = 0  # bumped at every change; a reader that saw no change since it looked waits
         self.readers = 0  # readers and local producers following the stream
         self.producing = 0  # of them, local producers: their appends come as local notifications
-        self.waiters: list[asyncio.Future[None]] = []
-        self.direct: list[Reader] = []  # waiting readers that may take entries written for them
+        self.parked: list[Reader] = []  # readers waiting for the next change (some take entries written for them)
         self.heard = time.monotonic()
 
     def take(self, epoch: str, after: int, limit: int) -> Page | None:
@@ -124,8 +123,8 @@ class Tail:
         same_epoch = old is not None and old.epoch == state.epoch
         if state == old and not entries:
             return  # nothing new
-        direct = bool(entries and self.direct and same_epoch and not state.finished)
-        if direct:
+        written = bool(entries and self.parked and same_epoch and not state.finished)
+        if written:
             self.deliver(state, entries)
         if entries and self.readers > self.producing:  # a producer alone needs no window
             follows = same_epoch and self.window and self.window[-1].seq + 1 == entries[0].seq
@@ -140,43 +139,39 @@ class Tail:
                 self.window[:] = entries[-window:]
         else:
             self.window.clear()
-        self.changed(state, wake_direct=not direct)
+        self.changed(state, wake=not written)
 
     def deliver(self, state: StreamState, entries: Sequence[Entry]) -> None:
         """Write ``entries`` for each waiting reader that takes them (:meth:`Reader.deliver`), in the step that
         appended them, encoded once for all of them. Those go on waiting; the others are woken now."""
         chunk = b"".join([entry.wire() for entry in entries])
         after, last = entries[0].seq - 1, entries[-1].seq
-        direct = self.direct
-        refused = [reader for reader in direct if not reader.deliver(state, after, last, chunk)]
+        parked = self.parked
+        refused = [reader for reader in parked if not reader.deliver(state, after, last, chunk)]
         if refused:
-            taken = {id(reader) for reader in refused}
-            self.direct = [reader for reader in direct if id(reader) not in taken]
+            if len(refused) == len(parked):  # none takes written entries (an ASGI server's readers, say)
+                self.parked = []
+            else:
+                taken = {id(reader) for reader in refused}
+                self.parked = [reader for reader in parked if id(reader) not in taken]
             for reader in refused:
                 reader.wake()
 
-    def park(self, reader: Reader, waiter: asyncio.Future[None], *, direct: bool) -> None:
-        """A reader waits for the stream's next change: written for directly (``direct``), or woken through
-        ``waiter``. Readers that stopped waiting for another reason (closed) are dropped from time to time, so a
-        quiet stream whose readers come and go does not collect them."""
-        if direct:
-            if len(self.direct) > 2 * self.readers:
-                self.direct = [other for other in self.direct if other.waiting]
-            self.direct.append(reader)
-        else:
-            if len(self.waiters) > 2 * self.readers:
-                self.waiters = [other for other in self.waiters if not other.done()]
-            self.waiters.append(waiter)
+    def park(self, reader: Reader) -> None:
+        """A reader waits for the stream's next change. Readers that stopped waiting for another reason (closed)
+        are dropped from time to time, so a quiet stream whose readers come and go does not collect them."""
+        if len(self.parked) > 2 * self.readers:
+            self.parked = [other for other in self.parked if other.waiting]
+        self.parked.append(reader)
 
     def _all_waiting(self) -> bool:
         """True when every reader waits for what comes next: each has had all the window holds, so the window need
         keep only what comes now. Readers that keep up (paced streams, the common case) then hold a window of one
         page, not thousands of entries per stream that the garbage collector would walk again and again; a reader
         that falls behind keeps the window growing (up to ``window``) until it catches up."""
-        waiting = len(self.direct)  # readers written for directly wait still
-        for waiter in self.waiters:
-            if not waiter.done():
-                waiting += 1
+        waiting = 0
+        for reader in self.parked:
+            waiting += reader.waiting
         return waiting >= self.readers - self.producing
 
     def audited(self, state: StreamState | None, *, heard: bool = True) -> None:
@@ -191,19 +186,15 @@ class Tail:
             self.window.clear()  # gone, recreated or rewound: readers go to the store, which tells them why
         self.changed(state)
 
-    def changed(self, state: StreamState | None, *, wake_direct: bool = True) -> None:
-        """Take the stream's new shape and wake its readers (but those just written for directly)."""
+    def changed(self, state: StreamState | None, *, wake: bool = True) -> None:
+        """Take the stream's new shape and wake its waiting readers (``wake=False``: they were dealt with already,
+        by :meth:`deliver`)."""
         self.state = state
         self.version += 1
         self.heard = time.monotonic()
-        if self.waiters:
-            waiters, self.waiters = self.waiters, []
-            for waiter in waiters:
-                if not waiter.done():
-                    waiter.set_result(None)
-        if wake_direct and self.direct:
-            direct, self.direct = self.direct, []
-            for reader in direct:
+        if wake and self.parked:
+            parked, self.parked = self.parked, []
+            for reader in parked:
                 reader.wake()
 
 

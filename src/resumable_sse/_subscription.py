@@ -181,7 +181,7 @@ class Subscription:
                     return  # the terminal entry was delivered before
                 if tail.version == version and not self._closed:
                     waiter = self._waiter = asyncio.get_running_loop().create_future()
-                    tail.park(self, waiter, direct=self._write_now is not None)
+                    tail.park(self)
                     try:
                         await waiter
                     finally:
