@@ -92,7 +92,7 @@ class Subscription:
         It is called in the step that appended the entries (the producer's, or the store's notification), so a
         reader that keeps up gets a token without a turn of the event loop and without a task step of its own,
         which is most of what a process that carries many paced streams spends per token. Only a caller that writes
-        every batch it iterates to the same connection, as the HTTP adapters do, may use it.
+        every batch it iterates to the same connection, as the aiohttp adapter does, may use it.
         """
         self._write_now = write_now
 
