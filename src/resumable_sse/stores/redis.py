@@ -18,7 +18,8 @@ appends (fenced by token and by the ``after`` sequence number), trims, endings a
 with no read-then-write race. Leases are counted on the Redis server's clock, so process clocks do not matter.
 
 Appends from many producers in one process are sent together: while one round trip is in flight, the appends that
-arrive queue and go in the next one as a single pipeline (group commit). The live tail is pushed, not polled: each
+arrive queue and go in the next one as a single pipeline (group commit; a burst goes as a few groups in flight at
+once, see ``_redis_commit.py``). The live tail is pushed, not polled: each
 change is published with its entries, and one pub/sub connection per node carries every stream a process follows.
 Leases of all of a process's producers are renewed in one command; quiet streams are audited in one pipeline.
 
