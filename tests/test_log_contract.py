@@ -330,6 +330,14 @@ async def test_renew_many_at_once(store: EventLog) -> None:
     assert await store.renew([], LEASE) == []
 
 
+async def test_renew_many_tells_each_token_apart_whatever_its_text(store: EventLog) -> None:
+    tokens = {"a": "tok é 世界", "b": "line\nbreak", "c": "t", "d": "tt"}
+    for stream_id, token in tokens.items():
+        await claimed(store, stream_id, token)
+    leases = [*tokens.items(), ("c", "tt"), ("d", "t"), ("a", "tok é")]
+    assert await store.renew(leases, LEASE) == [0, 0, 0, 0, -1, -1, -1]
+
+
 async def test_streams_are_independent(store: EventLog) -> None:
     await claimed(store, "a", "ta")
     await claimed(store, "b", "tb")
