@@ -236,15 +236,22 @@ async def relay(
     # some clients (httpx-sse) hand a block without data to the application as an empty event.
     prelude = options.retry_field
     try:
-        async with contextlib.aclosing(subscription.batches()) as batches:
+        # (No ``contextlib.aclosing`` and no names left bound to the last batch: a quiet connection holds this
+        # frame, and whatever it references, for as long as its stream runs.)
+        batches = subscription.batches()
+        try:
             async for batch in batches:
-                chunk = b"".join([item.wire() for item in batch])
                 if prelude:
-                    chunk, prelude = prelude + chunk, b""
-                await write(chunk)
+                    await write(prelude + b"".join([item.wire() for item in batch]))
+                    prelude = b""
+                else:
+                    await write(b"".join([item.wire() for item in batch]))
+                del batch
                 if write_now is not None:  # after the first batch (the prelude and any reset are out)
                     subscription.write_directly(write_now)
                     write_now = None
+        finally:
+            await batches.aclose()
         await end()
         return True
     except ConnectionError:

@@ -18,7 +18,7 @@ import contextlib
 import inspect
 import logging
 import time
-from collections.abc import AsyncIterable, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Sequence
 from typing import Any, Protocol, Union
 
 from ._event import Status, normalize
@@ -68,7 +68,7 @@ class Settings(Protocol):
     def store_retry_timeout(self) -> float: ...
 
     async def append(
-        self, stream_id: str, token: str, events: list[NewEvent], after: int, *, final: Status | None = None
+        self, stream_id: str, token: str, events: Sequence[NewEvent], after: int, *, final: Status | None = None
     ) -> int:
         """A producer's append, retried while the store is unreachable."""
 
@@ -135,7 +135,7 @@ class Run:
         self.space: asyncio.Future[None] | None = None
         self.limit = min(16, streamer.batch_size)  # how far the pump may run ahead of the appends
         self.writing: asyncio.Future[int] | None = None  # the append in flight
-        self.written: list[NewEvent] = []  # its events (sent again by a retry)
+        self.written: Sequence[NewEvent] = ()  # its events (sent again by a retry); let go once appended
         self.retrying = False  # the append in flight is the retry of one that met an unreachable store
         self.failure: BaseException | None = None  # why appends cannot go on (the store's verdict)
         self.stop_reason: tuple[Status, str] | None = None  # why we stopped the pump ourselves
@@ -198,7 +198,7 @@ class Run:
                 return
             self.settle(future)  # appended synchronously: go on with what is pending
 
-    def append_in_task(self, events: list[NewEvent]) -> asyncio.Future[int]:
+    def append_in_task(self, events: Sequence[NewEvent]) -> asyncio.Future[int]:
         """The append of ``events`` after :attr:`last_seq` through :meth:`Streamer.append` (retried while the store is
         unreachable, reported to the observer), in a task of its own."""
         return asyncio.ensure_future(self.streamer.append(self.stream_id, self.token, events, self.last_seq))
@@ -216,6 +216,7 @@ class Run:
             return
         error = future.exception()
         if error is None:
+            self.written = ()  # (a quiet stream would hold its last batch for as long as it runs)
             self.last_seq = future.result()
             self.last_progress = time.monotonic()
             return

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import re
 import secrets
+from collections.abc import Sequence
 from typing import Final
 
 from ._event import EventId, Status
@@ -203,7 +204,7 @@ class Streamer:
             run.fence("cancelled", "the stream was ended elsewhere")
 
     async def append(
-        self, stream_id: str, token: str, events: list[NewEvent], after: int, *, final: Status | None = None
+        self, stream_id: str, token: str, events: Sequence[NewEvent], after: int, *, final: Status | None = None
     ) -> int:
         """Append for a producer, retrying while the store is unreachable (the append is idempotent: it names
         the sequence number it follows). Gives up after ``store_retry_timeout`` seconds."""

@@ -179,6 +179,7 @@ class Subscription:
                     continue
                 if page.state.finished:
                     return  # the terminal entry was delivered before
+                del page, batch  # (a quiet reader waits here: it holds nothing of what it looked at)
                 if tail.version == version and not self._closed:
                     waiter = self._waiter = asyncio.get_running_loop().create_future()
                     tail.park(self)

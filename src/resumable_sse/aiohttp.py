@@ -80,6 +80,12 @@ def _streamer_for(request: web.Request) -> Streamer:
     return streamer
 
 
+def _query(request: web.Request, name: str) -> str | None:
+    """A query parameter, without parsing an empty query string (the parsed query is kept with the request's URL,
+    which a quiet connection holds for as long as its stream runs)."""
+    return request.query.get(name) if request.query_string else None
+
+
 class _Watchdog:
     """One timer for every response of a loop that is in a write: each write records when it began (no timer of its
     own: most writes never wait), and a check every quarter of the shortest ``send_timeout`` aborts the responses
@@ -294,7 +300,7 @@ def resumable_handler(
     def resolve_stream_id(request: web.Request) -> str:
         if stream_id is not None:
             return stream_id(request)
-        value = request.match_info.get("stream_id") or request.query.get("stream_id")
+        value = request.match_info.get("stream_id") or _query(request, "stream_id")
         if value is None:
             raise InvalidStreamId("no stream id: route {stream_id} and query parameter stream_id are both missing")
         return value
@@ -307,7 +313,7 @@ def resumable_handler(
             options,
             method=request.method,
             stream_id=functools.partial(resolve_stream_id, request),
-            position=position_of(request.headers.get("Last-Event-ID"), request.query.get("last_event_id")),
+            position=position_of(request.headers.get("Last-Event-ID"), _query(request, "last_event_id")),
             authorize=None if authorize is None else functools.partial(authorize, request),
             # A partial keeps what producer is: an async generator function runs on the loop, a plain function
             # in a thread of its own (it may block before it returns).

@@ -376,7 +376,7 @@ class RedisStore:
         if not self._is_cluster:
             # Every argument costs redis-py's packing ~0.6 us: the tokens travel as one ("\xff" never occurs in
             # UTF-8), the keys as bytes (nothing for redis-py to encode). 10,000 leases: 21 -> 11 ms of CPU.
-            keys = []
+            keys: list[bytes] = []
             for stream_id, _ in leases:
                 tag = f"{{{prefix}:{stream_id}}}".encode()
                 keys += (tag + b":m", tag + b":e")
