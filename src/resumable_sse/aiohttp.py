@@ -188,6 +188,10 @@ class ResumableResponse(EventSourceResponse):
     async def write(self, data: bytes | bytearray | memoryview) -> None:
         if self.stalled:
             raise ConnectionResetError("the connection was aborted: the client stopped reading")
+        # A write that cannot wait (most: heartbeats of quiet connections, batches to readers that keep up) needs no
+        # bound: it goes at once, without the watchdog's bookkeeping.
+        if isinstance(data, bytes) and self.write_now(data):
+            return
         await self._bounded(super().write(data))
 
     async def write_eof(self, data: bytes = b"") -> None:
