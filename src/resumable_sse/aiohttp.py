@@ -25,6 +25,8 @@ from aiohttp.abc import AbstractStreamWriter
 from aiohttp.web_request import BaseRequest
 from aiohttp_sse import EventSourceResponse
 
+from ._heartbeats import MESSAGE as HEARTBEAT
+from ._heartbeats import heartbeats
 from ._http import Refusal, StreamOptions, open_stream, position_of, relay
 from ._streamer import Source, Streamer, Subscription
 from ._tasks import spawn
@@ -136,6 +138,11 @@ class ResumableResponse(EventSourceResponse):
         super().__init__(**options)
         if not _PING_IN_INIT:  # aiohttp-sse < 3 takes it through a property
             self.ping_interval = heartbeat
+        self.heartbeat = heartbeat
+        self.heartbeat_at = 0.0  # when the next heartbeat is due (kept by the loop's heartbeat timer)
+        self.heartbeat_ref: weakref.ReferenceType[Any] | None = None  # (the timer's, made once)
+        self._heartbeat_due: asyncio.Future[None] | None = None  # set when that timer leaves a heartbeat to us
+        self._ended = False
         self.send_timeout = send_timeout or 0.0
         self._write_timeout = send_timeout
         self.started: list[float] = []  # when each write in progress began, oldest first (a heartbeat may run
@@ -157,6 +164,32 @@ class ResumableResponse(EventSourceResponse):
         if isinstance(task, asyncio.Future):
             return task
         return asyncio.ensure_future(self.wait())
+
+    async def _ping(self) -> None:
+        """aiohttp-sse's heartbeat task (started by ``prepare``). It waits: the loop's one heartbeat timer sends the
+        heartbeats (see ``_heartbeats.py``) and leaves here only those that could wait, written the bounded way; a
+        write that fails ends the task, as aiohttp-sse's own does."""
+        beats = heartbeats()
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                due = self._heartbeat_due = loop.create_future()
+                beats.add(self)
+                await due
+                await self.write(HEARTBEAT)
+        finally:
+            self._heartbeat_due = None
+
+    def beat(self) -> bool:
+        """The heartbeat timer's call when a heartbeat is due: sent at once if that cannot wait (True), else left to
+        the heartbeat task, or dropped when that task has ended (False)."""
+        due = self._heartbeat_due
+        if due is None or due.done():
+            return False
+        if self.write_now(HEARTBEAT):
+            return True
+        due.set_result(None)
+        return False
 
     def stall(self) -> None:
         """The client read nothing for ``send_timeout``: abort the connection (a graceful close would wait for the
@@ -195,6 +228,7 @@ class ResumableResponse(EventSourceResponse):
         await self._bounded(super().write(data))
 
     async def write_eof(self, data: bytes = b"") -> None:
+        self._ended = True
         await self._bounded(super().write_eof(data))
 
     def write_now(self, data: bytes) -> bool:
@@ -204,7 +238,9 @@ class ResumableResponse(EventSourceResponse):
         bounded by ``send_timeout``. A reader that keeps up with a paced stream is written to this way in the step
         that appended its event: no task wakes, and no turn of the event loop passes, for it."""
         transport = self._transport
-        if self.started or self.stalled or self.compression or transport is None or transport.is_closing():
+        if self.started or self.stalled or self._ended or self.compression or transport is None:
+            return False
+        if transport.is_closing():
             return False
         try:
             if transport.get_write_buffer_size() or len(data) > transport.get_write_buffer_limits()[1]:

@@ -1,0 +1,120 @@
+"""Heartbeats of every response of an event loop, on one timer per heartbeat interval.
+
+aiohttp-sse sends each response's heartbeat from a task of its own that sleeps for the interval: for 10,000 quiet
+connections that is 10,000 sleeps a period, each a timer, a future, a coroutine and a context that live for the
+whole interval. Living that long, the garbage collector moves them to its oldest generation every time, where they
+pile up until a full collection walks the whole process (a million objects at 10,000 connections, most of a second
+on this kind of machine): measured idle, those collections were the largest part of the CPU the process spent.
+
+Here the responses due for a heartbeat wait in one queue per interval (in due order: every response of an interval
+joins at the back), and one timer writes the heartbeats of all those due, each through its response's write that
+never waits. A response whose heartbeat could wait (a write in progress, a full socket buffer, a closing
+connection) is woken instead, and its own task writes it the usual way, bounded by ``send_timeout``, and fails the
+way aiohttp-sse's heartbeat does when the client is gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import weakref
+from typing import Any, Protocol
+
+__all__ = ["MESSAGE", "Beating", "Heartbeats", "heartbeats"]
+
+MESSAGE = b": ping\n\n"
+"""The heartbeat: an SSE comment, which clients ignore."""
+
+SLACK = 1 / 64
+"""A heartbeat is sent at most this share of the interval late (0.23 s of the default 15 s), so that one timer
+serves the many due together."""
+
+
+class Beating(Protocol):
+    """What a response offers its heartbeats."""
+
+    heartbeat: float
+    """Seconds between heartbeats."""
+
+    heartbeat_at: float
+    """When its next heartbeat is due (the loop's clock); kept by :class:`Heartbeats`."""
+
+    heartbeat_ref: weakref.ReferenceType[Any] | None
+    """A weak reference to the response itself, made by :class:`Heartbeats` once."""
+
+    def beat(self) -> bool:
+        """Send the heartbeat now if that cannot wait; else wake the response's own heartbeat task to write it (it
+        joins the queue again when done), or do nothing when the response stopped. True when it was sent."""
+
+
+class _Interval:
+    """The responses of one heartbeat interval, in due order, and the timer for the first of them."""
+
+    __slots__ = ("interval", "queue", "timer")
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        # Weak references (one a response, made once): an ended response is not kept until its turn comes.
+        self.queue: collections.deque[weakref.ReferenceType[Any]] = collections.deque()
+        self.timer: asyncio.TimerHandle | None = None
+
+
+class Heartbeats:
+    """The heartbeat timers of one event loop (see the module's docstring)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.intervals: dict[float, _Interval] = {}
+
+    def add(self, response: Beating) -> None:
+        """Send ``response`` a heartbeat one interval from now (and every interval after, while it can be sent at
+        once)."""
+        interval = response.heartbeat
+        group = self.intervals.get(interval)
+        if group is None:
+            group = self.intervals[interval] = _Interval(interval)
+        response.heartbeat_at = self.loop.time() + interval
+        ref = response.heartbeat_ref
+        if ref is None:
+            ref = response.heartbeat_ref = weakref.ref(response)
+        group.queue.append(ref)
+        if group.timer is None:
+            self._arm(group)
+
+    def _arm(self, group: _Interval) -> None:
+        """Set the timer for the first live response of ``group``, or forget the group when none is left."""
+        queue = group.queue
+        while queue:
+            first: Beating | None = queue[0]()
+            if first is not None:
+                group.timer = self.loop.call_at(first.heartbeat_at + group.interval * SLACK, self._beat, group)
+                return
+            queue.popleft()
+        if self.intervals.get(group.interval) is group:
+            del self.intervals[group.interval]
+
+    def _beat(self, group: _Interval) -> None:
+        group.timer = None
+        queue, now = group.queue, self.loop.time()
+        again = now + group.interval
+        while queue:
+            response: Beating | None = queue[0]()
+            if response is not None and response.heartbeat_at > now:
+                break
+            ref = queue.popleft()
+            if response is not None and response.beat():
+                response.heartbeat_at = again
+                queue.append(ref)
+        self._arm(group)
+
+
+_HEARTBEATS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Heartbeats] = weakref.WeakKeyDictionary()
+
+
+def heartbeats() -> Heartbeats:
+    """The running loop's heartbeats."""
+    loop = asyncio.get_running_loop()
+    found = _HEARTBEATS.get(loop)
+    if found is None:
+        found = _HEARTBEATS[loop] = Heartbeats(loop)
+    return found

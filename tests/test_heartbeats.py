@@ -1,0 +1,154 @@
+"""Heartbeats: one timer per loop and interval writes every quiet connection's ``: ping``; a heartbeat that could
+wait goes through the connection's own task, bounded like any write; an ended response is never written to or kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import itertools
+import time
+import weakref
+from collections.abc import AsyncIterator
+
+import aiohttp
+from aiohttp import web
+
+from resumable_sse import resumable_handler
+from resumable_sse._heartbeats import heartbeats
+from resumable_sse.aiohttp import ResumableResponse
+
+from .helpers import serve
+
+INTERVAL = 0.2
+
+
+async def quiet(_request: web.Request) -> AsyncIterator[str]:
+    await asyncio.sleep(3600)
+    yield "never"
+
+
+async def test_many_quiet_connections_each_get_a_ping_every_interval_from_one_timer() -> None:
+    app = web.Application()
+    app.router.add_get("/stream/{stream_id}", resumable_handler(quiet, heartbeat=INTERVAL))
+    runner, port = await serve(app)
+    pings: dict[int, list[float]] = {}
+
+    async def read(index: int, session: aiohttp.ClientSession) -> None:
+        async with session.get(f"http://127.0.0.1:{port}/stream/q{index}") as response:
+            buffer = b""
+            while True:
+                buffer += await response.content.readany()
+                while b"\n\n" in buffer:
+                    block, buffer = buffer.split(b"\n\n", 1)
+                    assert block == b": ping"  # exact bytes, nothing else on a quiet stream
+                    pings.setdefault(index, []).append(time.monotonic())
+
+    try:
+        async with aiohttp.ClientSession() as session:
+            readers = [asyncio.ensure_future(read(i, session)) for i in range(50)]
+            await asyncio.sleep(INTERVAL * 6.5)
+            # One timer for all of them: the loop's heartbeats hold one interval with every connection queued.
+            group = heartbeats().intervals[INTERVAL]
+            assert len(group.queue) == 50 and group.timer is not None
+            for reader in readers:
+                reader.cancel()
+            await asyncio.gather(*readers, return_exceptions=True)
+    finally:
+        await runner.cleanup()
+    assert sorted(pings) == list(range(50))
+    for times in pings.values():
+        assert 4 <= len(times) <= 7
+        gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
+        # Never more often than the interval; late by at most a 64th of it, give or take a busy machine.
+        assert all(INTERVAL * 0.9 <= gap <= INTERVAL * 2 for gap in gaps), gaps
+
+
+async def test_a_quiet_connections_heartbeat_task_stays_asleep_between_heartbeats() -> None:
+    """What makes a heartbeat cheap: its task waits on one future for as long as heartbeats go out at once (a task
+    that slept a period per heartbeat made a timer, a future and a coroutine each time)."""
+    seen: dict[str, object] = {}
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        response = ResumableResponse(heartbeat=0.05)
+        await response.prepare(request)
+        await asyncio.sleep(0.01)
+        seen["first"] = response._heartbeat_due
+        await asyncio.sleep(0.4)
+        seen["later"] = response._heartbeat_due
+        response.stop_streaming()
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_get("/", handler)
+    runner, port = await serve(app)
+    try:
+        async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{port}/") as response:
+            body = await response.read()
+    finally:
+        await runner.cleanup()
+    assert body.count(b": ping\n\n") >= 5 and body == b": ping\n\n" * body.count(b": ping\n\n")
+    assert seen["first"] is not None and seen["first"] is seen["later"]
+
+
+async def test_a_heartbeat_that_could_wait_is_written_by_the_connections_own_task() -> None:
+    events: list[str] = []
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        response = ResumableResponse(heartbeat=0.05)
+        await response.prepare(request)
+        await asyncio.sleep(0.01)  # its heartbeat task has joined the timer's queue
+        await response.write(b"data: 0\n\n")
+        response.started.append(asyncio.get_running_loop().time())  # a write in progress: the timer must not write
+        first = response._heartbeat_due
+        await asyncio.sleep(0.12)
+        events.append("woken" if first is not None and first.done() else "not woken")
+        response.started.pop()  # the write "ends": the task's own (bounded) write goes ahead
+        await asyncio.sleep(0.12)
+        response.stop_streaming()
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_get("/", handler)
+    runner, port = await serve(app)
+    try:
+        async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{port}/") as response:
+            body = await response.read()
+    finally:
+        await runner.cleanup()
+    assert events == ["woken"]
+    assert body.startswith(b"data: 0\n\n: ping\n\n")
+    assert body.replace(b": ping\n\n", b"") == b"data: 0\n\n"
+
+
+async def test_an_ended_response_gets_no_heartbeat_and_is_not_kept() -> None:
+    kept: list[weakref.ReferenceType[ResumableResponse]] = []
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        response = ResumableResponse(heartbeat=0.05)
+        await response.prepare(request)
+        await asyncio.sleep(0.01)  # its heartbeat task has joined the timer's queue
+        assert response.heartbeat_ref is not None
+        await response.write(b"data: 0\n\n")
+        await response.write_eof()
+        assert not response.beat()  # ended: never written to again (the connection may serve another request)
+        response.stop_streaming()
+        kept.append(weakref.ref(response))
+        return response
+
+    app = web.Application()
+    app.router.add_get("/", handler)
+    runner, port = await serve(app)
+    try:
+        async with aiohttp.ClientSession() as session:
+            for _ in range(3):  # one keep-alive connection, reused
+                async with session.get(f"http://127.0.0.1:{port}/") as response:
+                    assert await response.read() == b"data: 0\n\n"
+            await asyncio.sleep(0.15)
+    finally:
+        await runner.cleanup()
+    gc.collect()
+    assert len(kept) == 3 and all(ref() is None for ref in kept)
+    assert 0.05 not in heartbeats().intervals
