@@ -16,7 +16,19 @@ from typing import Any, Final
 from .._event import Entry, Status
 from .._log import NewEvent, Page, StreamState
 
-__all__ = ["Call", "Pending", "Script", "bounded", "ms", "pack", "parse_change", "status_of", "text", "unpack"]
+__all__ = [
+    "Call",
+    "Pending",
+    "Script",
+    "bounded",
+    "ms",
+    "pack",
+    "parse_change",
+    "renewal",
+    "status_of",
+    "text",
+    "unpack",
+]
 
 Call = tuple[Sequence[str | bytes], Sequence[Any]]
 """One script call: its keys and its arguments."""
@@ -112,6 +124,17 @@ def bounded(items: list[Pending]) -> list[list[Pending]]:
         runs[-1].append(item)
         size += len(item.arg)
     return runs
+
+
+def renewal(key_prefix: str, leases: Sequence[tuple[str, str]]) -> tuple[list[bytes], bytes]:
+    """The keys (state hash and entries of each stream) and the one argument of a renewal of many leases on a single
+    server. Every argument costs redis-py's packing ~0.6 us: the tokens travel joined by ``\xff`` (a byte UTF-8
+    never holds), the keys as bytes (nothing for redis-py to encode). 10,000 leases: 21 -> 12 ms of CPU."""
+    keys: list[bytes] = []
+    for stream_id, _ in leases:
+        tag = f"{{{key_prefix}:{stream_id}}}".encode()
+        keys += (tag + b":m", tag + b":e")
+    return keys, b"\xff".join([token.encode() for _, token in leases])
 
 
 def pack(events: Sequence[NewEvent]) -> bytes:

@@ -38,7 +38,7 @@ from .._event import Entry, Status, new_epoch
 from .._log import Claim, NewEvent, OnChange, Page, StreamState
 from ..exceptions import StoreUnavailable, StreamFenced, StreamNotFound
 from ._redis_commit import GroupCommit
-from ._redis_format import Call, Pending, Script, bounded, ms, pack, status_of, text, unpack
+from ._redis_format import Call, Pending, Script, bounded, ms, pack, renewal, status_of, text, unpack
 from ._redis_watch import RedisWatch
 
 if TYPE_CHECKING:
@@ -372,15 +372,8 @@ class RedisStore:
         if not leases:
             return []
         head = [ms(lease), self._ttl_ms]
-        prefix = self.key_prefix
         if not self._is_cluster:
-            # Every argument costs redis-py's packing ~0.6 us: the tokens travel as one ("\xff" never occurs in
-            # UTF-8), the keys as bytes (nothing for redis-py to encode). 10,000 leases: 21 -> 11 ms of CPU.
-            keys: list[bytes] = []
-            for stream_id, _ in leases:
-                tag = f"{{{prefix}:{stream_id}}}".encode()
-                keys += (tag + b":m", tag + b":e")
-            tokens = b"\xff".join([token.encode() for _, token in leases])
+            keys, tokens = renewal(self.key_prefix, leases)
             return [int(kept) for kept in await self._eval("renew", keys, [*head, tokens])]
         replies = await self._pipelined(
             "renew", [(self.keys(stream_id)[:2], [*head, token]) for stream_id, token in leases]
