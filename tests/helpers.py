@@ -95,3 +95,17 @@ async def serve(app: web.Application) -> tuple[web.AppRunner, int]:
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     return runner, runner.addresses[0][1]
+
+
+async def body_of(handler: Any) -> bytes:
+    """Serve ``handler`` at ``/`` on a free port, GET it once and return the whole body."""
+    import aiohttp
+
+    app = web.Application()
+    app.router.add_get("/", handler)
+    runner, port = await serve(app)
+    try:
+        async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{port}/") as response:
+            return await response.read()
+    finally:
+        await runner.cleanup()

@@ -20,7 +20,7 @@ from resumable_sse import Entry, Streamer, resumable_handler, setup
 from resumable_sse.aiohttp import ResumableResponse
 
 from .conftest import StoreFactory
-from .helpers import parse, serve
+from .helpers import body_of, parse, serve
 
 
 class Writes:
@@ -233,14 +233,7 @@ async def test_write_now_writes_at_once_or_refuses_and_write_still_works() -> No
         outcomes["after the end"] = response.write_now(b"data: y\n\n")
         return response
 
-    app = web.Application()
-    app.router.add_get("/", handler)
-    runner, port = await serve(app)
-    try:
-        async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{port}/") as response:
-            body = await response.read()
-    finally:
-        await runner.cleanup()
+    body = await body_of(handler)
     assert body == b"data: 0\n\ndata: 1\n\ndata: 2\n\n"
     assert outcomes == {
         "small": True,

@@ -18,7 +18,7 @@ from resumable_sse import resumable_handler
 from resumable_sse._heartbeats import heartbeats
 from resumable_sse.aiohttp import ResumableResponse
 
-from .helpers import serve
+from .helpers import body_of, serve
 
 INTERVAL = 0.2
 
@@ -80,14 +80,7 @@ async def test_a_quiet_connections_heartbeat_task_stays_asleep_between_heartbeat
         await response.write_eof()
         return response
 
-    app = web.Application()
-    app.router.add_get("/", handler)
-    runner, port = await serve(app)
-    try:
-        async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{port}/") as response:
-            body = await response.read()
-    finally:
-        await runner.cleanup()
+    body = await body_of(handler)
     assert body.count(b": ping\n\n") >= 5 and body == b": ping\n\n" * body.count(b": ping\n\n")
     assert seen["first"] is not None and seen["first"] is seen["later"]
 
@@ -110,14 +103,7 @@ async def test_a_heartbeat_that_could_wait_is_written_by_the_connections_own_tas
         await response.write_eof()
         return response
 
-    app = web.Application()
-    app.router.add_get("/", handler)
-    runner, port = await serve(app)
-    try:
-        async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{port}/") as response:
-            body = await response.read()
-    finally:
-        await runner.cleanup()
+    body = await body_of(handler)
     assert events == ["woken"]
     assert body.startswith(b"data: 0\n\n: ping\n\n")
     assert body.replace(b": ping\n\n", b"") == b"data: 0\n\n"
