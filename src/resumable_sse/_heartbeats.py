@@ -33,8 +33,9 @@ serves the many due together."""
 class Beating(Protocol):
     """What a response offers its heartbeats."""
 
-    heartbeat: float
-    """Seconds between heartbeats."""
+    @property
+    def heartbeat(self) -> float:
+        """Seconds between heartbeats."""
 
     heartbeat_at: float
     """When its next heartbeat is due (the loop's clock); kept by :class:`Heartbeats`."""

@@ -138,7 +138,6 @@ class ResumableResponse(EventSourceResponse):
         super().__init__(**options)
         if not _PING_IN_INIT:  # aiohttp-sse < 3 takes it through a property
             self.ping_interval = heartbeat
-        self.heartbeat = heartbeat
         self.heartbeat_at = 0.0  # when the next heartbeat is due (kept by the loop's heartbeat timer)
         self.heartbeat_ref: weakref.ReferenceType[Any] | None = None  # (the timer's, made once)
         self._heartbeat_due: asyncio.Future[None] | None = None  # set when that timer leaves a heartbeat to us
@@ -164,6 +163,11 @@ class ResumableResponse(EventSourceResponse):
         if isinstance(task, asyncio.Future):
             return task
         return asyncio.ensure_future(self.wait())
+
+    @property
+    def heartbeat(self) -> float:
+        """Seconds between heartbeats: aiohttp-sse's ping interval (which aiohttp-sse 2.x lets one change later)."""
+        return float(self._ping_interval)
 
     async def _ping(self) -> None:
         """aiohttp-sse's heartbeat task (started by ``prepare``). It waits: the loop's one heartbeat timer sends the
