@@ -39,8 +39,9 @@ class GroupCommit:
     def __init__(self, send: Callable[[list[Pending]], Awaitable[None]]) -> None:
         self.send = send
         self.queue: list[Pending] = []
-        self.senders: set[asyncio.Task[None]] = set()  # (for close)
-        self.running = 0  # senders that have not returned; updated in step with the queue, unlike the set
+        # Senders that have not returned: each leaves the set itself as it returns (in step with the queue, which a
+        # done callback, a turn later, would not be), or through never_ran() when it never started.
+        self.senders: set[asyncio.Task[None]] = set()
         self.in_flight: dict[str, int] = {}  # stream id -> its appends in groups in flight
         self.round_trips = 0
 
@@ -49,18 +50,15 @@ class GroupCommit:
         or at once on another connection when the queue holds more than a group)."""
         queue = self.queue
         queue.append(item)
-        running = self.running
+        running = len(self.senders)
         if running == 0 or (running < SENDERS and len(queue) > running * GROUP_SIZE):
-            self.running += 1  # counted at once, so the appends of this very turn do not start a sender each
             task = spawn(self.run(), "resumable-sse redis group commit")
-            self.senders.add(task)
+            self.senders.add(task)  # at once, so the appends of this very turn do not start a sender each
             task.add_done_callback(self.never_ran)
 
     def never_ran(self, task: asyncio.Task[None]) -> None:
-        """A sender cancelled before its first step (a loop shutting down) did not count itself out: do it here."""
-        if task in self.senders:
-            self.senders.discard(task)
-            self.running -= 1
+        """A sender cancelled before its first step (a loop shutting down) did not leave the set: do it here."""
+        self.senders.discard(task)
 
     def take(self) -> list[Pending]:
         """The next group: the queue's first :data:`GROUP_SIZE` appends, leaving (in order) those of a stream with
@@ -105,7 +103,6 @@ class GroupCommit:
                         else:
                             del in_flight[item.stream_id]
         finally:
-            self.running -= 1
             task = asyncio.current_task()
             if task is not None:
                 self.senders.discard(task)
