@@ -152,8 +152,8 @@ class Tail:
             if len(refused) == len(parked):  # none takes written entries (an ASGI server's readers, say)
                 self.parked = []
             else:
-                taken = {id(reader) for reader in refused}
-                self.parked = [reader for reader in parked if id(reader) not in taken]
+                refusing = {id(reader) for reader in refused}
+                self.parked = [reader for reader in parked if id(reader) not in refusing]
             for reader in refused:
                 reader.wake()
 
