@@ -226,9 +226,9 @@ async def test_write_now_writes_at_once_or_refuses_and_write_still_works() -> No
         big = b"data: " + b"z" * (high + 1) + b"\n\n"
         outcomes["over the high-water mark"] = response.write_now(big)
         await response.write(b"data: 2\n\n")
-        response.started.append(asyncio.get_running_loop().time())  # a write in progress (a heartbeat, say)
+        response.started = [asyncio.get_running_loop().time()]  # a write in progress (a heartbeat, say)
         outcomes["while another write is in progress"] = response.write_now(b"data: x\n\n")
-        response.started.clear()
+        response.started = None
         await response.write_eof()
         outcomes["after the end"] = response.write_now(b"data: y\n\n")
         return response

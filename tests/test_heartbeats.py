@@ -93,11 +93,11 @@ async def test_a_heartbeat_that_could_wait_is_written_by_the_connections_own_tas
         await response.prepare(request)
         await asyncio.sleep(0.01)  # its heartbeat task has joined the timer's queue
         await response.write(b"data: 0\n\n")
-        response.started.append(asyncio.get_running_loop().time())  # a write in progress: the timer must not write
+        response.started = [asyncio.get_running_loop().time()]  # a write in progress: the timer must not write
         first = response._heartbeat_due
         await asyncio.sleep(0.12)
         events.append("woken" if first is not None and first.done() else "not woken")
-        response.started.pop()  # the write "ends": the task's own (bounded) write goes ahead
+        response.started = None  # the write "ends": the task's own (bounded) write goes ahead
         await asyncio.sleep(0.12)
         response.stop_streaming()
         await response.write_eof()

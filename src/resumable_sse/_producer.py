@@ -2,13 +2,11 @@
 
 A :class:`Run` is one task: it pulls the user's source and starts each append itself, without waiting for it. While
 one append is in flight the next events queue and go in the next append; a slow producer's event is appended at once,
-in the step that yielded it (a store that offers :class:`~._log.SubmitsAppends` needs no task per append: the memory
-store appends synchronously, the Redis store queues it for the next group commit). What a producer yields without
-waiting, after the first event of a turn of the event loop, goes in appends of up to ``limit`` events, with the loop
-run between them: a producer that never waits is batched and cannot hold the loop.
-Every run ends exactly once (the registry, :mod:`._producers`, keeps it until then), and its outcome is always
-retrieved: a failure is logged by the ``resumable_sse`` logger with the stream id, never left to asyncio's "exception
-was never retrieved".
+in the step that yielded it (a store that offers :class:`~._log.SubmitsAppends` needs no task per append: memory
+appends synchronously, Redis queues it for the next group commit). What a producer yields without waiting, after the
+first event of a loop turn, goes in appends of up to ``limit`` events, with the loop run between them: a producer that
+never waits is batched and cannot hold the loop. Every run ends exactly once (the registry, :mod:`._producers`, keeps
+it until then), and its outcome is always retrieved: a failure is logged with the stream id.
 """
 
 from __future__ import annotations
@@ -93,8 +91,7 @@ class Run:
     The pump puts each event in :attr:`pending`; when no append is in flight it starts one with everything pending
     (:meth:`kick`), in its own step, and goes on pulling the source while the append travels; the append's
     completion starts the next one. A store that appends synchronously (memory) is written before the pump's next
-    ``await``, so a paced token reaches its readers one loop turn after the producer yielded it, not three.
-    """
+    ``await``, so a paced token reaches its readers one loop turn after the producer yielded it, not three."""
 
     __slots__ = (
         "ending",
@@ -116,7 +113,7 @@ class Run:
         "stop_reason",
         "stream_id",
         "streamer",
-        "submit",
+        "submitter",
         "tail",
         "task",
         "token",
@@ -130,7 +127,7 @@ class Run:
         self.stream_id = state.stream_id
         self.token = token
         self.epoch = state.epoch
-        self.factory = factory
+        self.factory: Factory | None = factory
         self.pending: list[NewEvent] = []
         self.space: asyncio.Future[None] | None = None
         self.limit = min(16, streamer.batch_size)  # how far the pump may run ahead of the appends
@@ -150,7 +147,7 @@ class Run:
         log = streamer.log
         # Direct submission when the store offers it and nothing is observed (an observer times appends, and counts
         # them, through Streamer.append).
-        self.submit = log.submit_append if streamer.observer is None and isinstance(log, SubmitsAppends) else None
+        self.submitter = log if streamer.observer is None and isinstance(log, SubmitsAppends) else None
         # The run follows its stream, like a reader would, until it ends: an end written by another process (cancel)
         # then stops the producer at once instead of at its next append or lease renewal.
         self.tail = streamer.hub.attach(state, producer=True)
@@ -188,11 +185,11 @@ class Run:
             space = self.space
             if space is not None and not space.done():
                 space.set_result(None)
-            if self.submit is not None:
-                future = self.submit(self.stream_id, self.token, batch, after=self.last_seq)
+            if self.submitter is not None:
+                future = self.submitter.submit_append(self.stream_id, self.token, batch, after=self.last_seq)
             else:
                 future = self.append_in_task(batch)
-            self.writing, self.written, self.retrying = future, batch, self.submit is None
+            self.writing, self.written, self.retrying = future, batch, self.submitter is None
             if not future.done():
                 future.add_done_callback(self.appended)
                 return
@@ -280,6 +277,19 @@ class Run:
         self.fenced = True
         self.stop(status, message)
 
+    async def open(self) -> object:
+        """Call the factory, once: the run lets go of it (and of what it binds: the request that claimed the stream)
+        rather than hold it for as long as it runs; the source holds whatever it needs."""
+        factory, self.factory = self.factory, None
+        assert factory is not None, "a producer run opens its source once"
+        if inspect.iscoroutinefunction(factory):
+            return await factory()
+        if inspect.isasyncgenfunction(factory):
+            return factory()
+        # A plain function may block before it returns (a legacy SDK's create(stream=True) connects first): it is
+        # called in a thread of its own, never on the event loop.
+        return await call_in_thread(factory, f"resumable-sse producer {self.stream_id}")
+
     async def main(self) -> Status:
         """The run's task: pull the source (in this very frame: a quiet stream holds its frames for as long as it
         runs), then write the end (:meth:`finish`)."""
@@ -288,15 +298,7 @@ class Run:
             if not self.halted:  # (halted: stopped before it started, by a shutdown right after the claim)
                 self.pumping = True
                 try:
-                    factory = self.factory
-                    if inspect.iscoroutinefunction(factory):
-                        source = await factory()
-                    elif inspect.isasyncgenfunction(factory):
-                        source = factory()
-                    else:
-                        # A plain function may block before it returns (a legacy SDK's create(stream=True) connects
-                        # first): it is called in a thread of its own, never on the event loop.
-                        source = await call_in_thread(factory, f"resumable-sse producer {self.stream_id}")
+                    source = await self.open()
                     if isinstance(source, AsyncIterable):
                         iterator = aiter(source)
                         try:

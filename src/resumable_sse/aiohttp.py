@@ -28,7 +28,7 @@ from aiohttp_sse import EventSourceResponse
 from ._heartbeats import MESSAGE as HEARTBEAT
 from ._heartbeats import heartbeats
 from ._http import Refusal, StreamOptions, open_stream, position_of, relay
-from ._streamer import Source, Streamer, Subscription
+from ._streamer import Source, Streamer
 from ._tasks import spawn
 from .exceptions import InvalidStreamId
 
@@ -144,11 +144,14 @@ class ResumableResponse(EventSourceResponse):
         self._ended = False
         self.send_timeout = send_timeout or 0.0
         self._write_timeout = send_timeout
-        self.started: list[float] = []  # when each write in progress began, oldest first (a heartbeat may run
-        # beside a batch)
+        # When each write in progress began, oldest first (a heartbeat may run beside a batch); None while none is
+        # (most of a quiet connection's life: no list kept for it).
+        self.started: list[float] | None = None
         self._transport: asyncio.Transport | None = None
         self.stalled = False
         """True once a write took longer than ``send_timeout`` and the connection was aborted."""
+        self.on_heartbeat_end: Callable[[], object] | None = None
+        """Called when the heartbeat stops (a write failed: the client is gone), by :meth:`heartbeat_ended`."""
 
     async def prepare(self, request: BaseRequest) -> AbstractStreamWriter | None:
         if self._transport is None:
@@ -195,6 +198,21 @@ class ResumableResponse(EventSourceResponse):
         due.set_result(None)
         return False
 
+    def heartbeat_ended(self, task: asyncio.Future[None]) -> None:
+        """A done callback for :meth:`heartbeat_task`: the heartbeat stopped, so whoever waits for events to write
+        here stops waiting at once (``on_heartbeat_end``). A method rather than a closure or a partial: a quiet
+        connection holds its callback for as long as it is open."""
+        if self.on_heartbeat_end is not None:
+            self.on_heartbeat_end()
+        if not task.cancelled():
+            task.exception()  # retrieved: a failed heartbeat only means the client is gone
+
+    async def end(self) -> None:
+        """End the body after the terminal event: bounded by ``send_timeout`` here, rather than unbounded by aiohttp
+        after the handler returns."""
+        self.stop_streaming()
+        await self.write_eof()
+
     def stall(self) -> None:
         """The client read nothing for ``send_timeout``: abort the connection (a graceful close would wait for the
         client to read, forever)."""
@@ -211,13 +229,17 @@ class ResumableResponse(EventSourceResponse):
         if watchdog is None:
             watchdog = _WATCHDOGS[loop] = _Watchdog()
         began = loop.time()
-        self.started.append(began)
+        started = self.started
+        if started is None:
+            started = self.started = []
+        started.append(began)
         watchdog.watch(self, self._write_timeout)
         try:
             await write
         finally:
-            self.started.remove(began)
-            if not self.started:
+            started.remove(began)
+            if not started:
+                self.started = None
                 watchdog.writing.discard(self)
         if self.stalled:
             raise ConnectionResetError(f"the client read nothing for {self._write_timeout} s")
@@ -263,19 +285,6 @@ class ResumableResponse(EventSourceResponse):
         # It waited after all (for a drain of what it wrote: the data is in the transport): no need to wait here.
         write.close()
         return True
-
-
-def _heartbeat_ended(subscription: Subscription, task: asyncio.Future[None]) -> None:
-    """The heartbeat stopped: a write failed (the client is gone), so stop waiting for events at once."""
-    subscription.close()
-    if not task.cancelled():
-        task.exception()  # retrieved: a failed heartbeat only means the client is gone
-
-
-async def _end(response: ResumableResponse) -> None:
-    """End the body after the terminal event: bounded here, rather than unbounded by aiohttp after the handler."""
-    response.stop_streaming()
-    await response.write_eof()
 
 
 def _refusal(refusal: Refusal) -> web.Response:
@@ -378,12 +387,11 @@ def resumable_handler(
             # All in this frame, with no task or closure of its own: a quiet connection is held for as long as its
             # stream runs, and holds all of this meanwhile.
             pinger = response.heartbeat_task()
-            gone = functools.partial(_heartbeat_ended, subscription)
+            response.on_heartbeat_end = subscription.close
+            gone = response.heartbeat_ended
             pinger.add_done_callback(gone)
             try:
-                await relay(
-                    subscription, options, response.write, functools.partial(_end, response), response.write_now
-                )
+                await relay(subscription, options, response.write, response.end, response.write_now)
             finally:
                 pinger.remove_done_callback(gone)
                 response.stop_streaming()
