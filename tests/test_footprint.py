@@ -5,7 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import gc
+import json
 import logging
+import subprocess
+import sys
+import textwrap
 import weakref
 from collections.abc import AsyncIterator
 
@@ -86,3 +90,64 @@ async def test_a_background_task_runs_in_its_callers_context_and_its_failure_is_
     assert len(failures) == 1 and getattr(failures[0], "stream_id", None) == "s1"
     assert failures[0].exc_info is not None and isinstance(failures[0].exc_info[1], ValueError)
     assert len(caplog.records) == 1
+
+
+# Run in an interpreter of its own: whether aiohttp's writer class already learned its attribute names depends on
+# what the process served before, so only a fresh process shows what a burst of first requests does to it.
+_BURST = textwrap.dedent(
+    """
+    import asyncio, gc, json
+    import aiohttp
+    from aiohttp import web
+    from aiohttp.http_writer import StreamWriter
+    from resumable_sse import resumable_handler
+
+    BURST = 60
+
+    async def main():
+        arrived = []
+        everyone = asyncio.Event()
+
+        async def authorize(request, stream_id):
+            # Every response of the burst waits until all its requests exist (as a claim waiting for Redis does).
+            arrived.append(stream_id)
+            if len(arrived) == BURST:
+                everyone.set()
+            await everyone.wait()
+            return True
+
+        async def quiet(request):
+            yield "first"
+            await asyncio.sleep(3600)
+
+        app = web.Application()
+        app.router.add_get("/stream/{stream_id}", resumable_handler(quiet, authorize=authorize))
+        runner = web.AppRunner(app, shutdown_timeout=0.5)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+            urls = [f"http://127.0.0.1:{port}/stream/s{i}" for i in range(BURST)]
+            responses = await asyncio.gather(*(session.get(url) for url in urls))
+            for response in responses:
+                assert b"first" in await response.content.readuntil(b"\\n\\n")
+            writers = [o for o in gc.get_objects() if type(o) is StreamWriter and o.length is None]
+            own_dicts = sum(any(type(r) is dict for r in gc.get_referents(w)) for w in writers)
+            print(json.dumps({"writers": len(writers), "own_dicts": own_dicts}))
+            for response in responses:
+                response.close()
+        await runner.cleanup()
+
+    asyncio.run(main())
+    """
+)
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="3.10 keeps every instance's attributes in a dict of its own")
+def test_a_burst_of_first_requests_leaves_no_writer_with_a_dict_of_its_own() -> None:
+    done = subprocess.run([sys.executable, "-c", _BURST], capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    counts = json.loads(done.stdout)
+    assert counts["writers"] >= 60  # the server's writers of the burst, each holding an open event stream
+    assert counts["own_dicts"] == 0
