@@ -144,9 +144,9 @@ class Run:
         self.ending = False  # the final append is on its way: its notification is no end from elsewhere
         self.last_seq = 0  # what the log holds of this run; appends name it so that a retry cannot duplicate
         self.last_progress = time.monotonic()
-        log = streamer.log
         # Direct submission when the store offers it and nothing is observed (an observer times appends, and counts
         # them, through Streamer.append).
+        log = streamer.log
         self.submitter = log if streamer.observer is None and isinstance(log, SubmitsAppends) else None
         # The run follows its stream, like a reader would, until it ends: an end written by another process (cancel)
         # then stops the producer at once instead of at its next append or lease renewal.
@@ -281,7 +281,8 @@ class Run:
         """Call the factory, once: the run lets go of it (and of what it binds: the request that claimed the stream)
         rather than hold it for as long as it runs; the source holds whatever it needs."""
         factory, self.factory = self.factory, None
-        assert factory is not None, "a producer run opens its source once"
+        if factory is None:
+            raise RuntimeError("a producer run opens its source once")
         if inspect.iscoroutinefunction(factory):
             return await factory()
         if inspect.isasyncgenfunction(factory):
@@ -302,8 +303,7 @@ class Run:
                     if isinstance(source, AsyncIterable):
                         iterator = aiter(source)
                         try:
-                            # The hot loop: a plain ASCII token skips normalize() (is_plain_token, inlined); anything
-                            # else is checked fully.
+                            # The hot loop: a plain ASCII token skips normalize(); anything else is checked fully.
                             pending, append = self.pending, self.pending.append
                             loop = asyncio.get_running_loop()
                             max_bytes = self.streamer.max_event_bytes
