@@ -32,6 +32,7 @@ from resumable_sse import (
     resumable_handler,
     setup,
 )
+from resumable_sse._event import Status
 from resumable_sse._readers import terminal_data
 from resumable_sse.prometheus import PrometheusMetrics
 
@@ -415,3 +416,26 @@ async def test_without_an_observer_the_store_is_called_directly() -> None:
     assert await run.wait() == "done"
     assert [e.data async for e in await observed.subscribe("s")][:3] == ["Hello", ", ", "world"]  # type: ignore[union-attr]
     await observed.close()
+
+
+async def test_when_wait_returns_the_observer_has_seen_the_end_even_of_a_producer_that_ended_before() -> None:
+    ended: list[tuple[str, str]] = []
+
+    class Ends(Observer):
+        def stream_ended(self, stream_id: str, status: Status) -> None:
+            ended.append((stream_id, status))
+
+    streamer = Streamer(MemoryStore(), observer=Ends())
+
+    async def quick() -> AsyncIterator[str]:
+        yield "a"
+
+    producer = await streamer.start("s", quick)
+    assert producer is not None
+    # Step by step until the task has ended: its done callbacks are then scheduled, not yet run (an Event would be
+    # set by one of them, which is the moment this must come before).
+    while not producer.done():  # noqa: ASYNC110
+        await asyncio.sleep(0)
+    assert await producer.wait() == "done"
+    assert ended == [("s", "done")]
+    await streamer.close()

@@ -65,8 +65,14 @@ class Producer:
         self._run.task.add_done_callback(lambda _task: callback(self))
 
     async def wait(self) -> Status:
-        """Wait until the stream ends; return its terminal state."""
-        return await asyncio.shield(self._run.task)
+        """Wait until the stream ends; return its terminal state. Everything told of the end (the observer's
+        ``stream_ended``, callbacks added before) has been told when it returns."""
+        task = self._run.task
+        if task.done():
+            # An ended task's callbacks run a step after it ended: yield once, so that they ran, as they do when the
+            # task ends while this waits (awaiting an ended task does not yield).
+            await asyncio.sleep(0)
+        return await asyncio.shield(task)
 
 
 def _status(task: asyncio.Task[Status]) -> Status:
