@@ -79,7 +79,10 @@ class Harness:
             app = web.Application()
             setup(app, streamer)
             for route in routes:
-                app.router.add_route("*" if route.any_method else "GET", route.path, route.endpoint)
+                if route.any_method:
+                    app.router.add_route("*", route.path, route.endpoint)
+                else:
+                    app.router.add_get(route.path, route.endpoint)  # as users route it: GET, and HEAD with it
             runner = web.AppRunner(app)
             await runner.setup()
             site = web.TCPSite(runner, "127.0.0.1", 0)

@@ -312,7 +312,7 @@ async def test_progress_resets_the_failure_count(scripted: tuple[Scripted, str])
         (500, {}, b""),
         (200, {}, b"id: s-1\ndata: a\n\n"),
         (500, {}, b""),
-        (200, {}, b": ping\n\n"),
+        (200, {}, b": ping\n"),  # a heartbeat as the server sends it: one comment line
         (500, {}, b""),
         (200, {}, b"id: s-2\nevent: done\ndata: {}\n\n"),
     ]

@@ -124,8 +124,8 @@ def test_retry_and_comment_bytes() -> None:
     assert encode_retry(0) == b"retry: 0\n"
     with pytest.raises(ValueError, match="negative"):
         encode_retry(-1)
-    assert encode_comment() == b":\n\n"
-    assert encode_comment("ping") == b": ping\n\n"
+    assert encode_comment() == b":\n"
+    assert encode_comment("ping") == b": ping\n"  # a line, not a block: no empty event
     with pytest.raises(ValueError, match="single line"):
         encode_comment("a\nb")
 

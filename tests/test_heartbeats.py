@@ -39,9 +39,9 @@ async def test_many_quiet_connections_each_get_a_ping_every_interval_from_one_ti
             buffer = b""
             while True:
                 buffer += await response.content.readany()
-                while b"\n\n" in buffer:
-                    block, buffer = buffer.split(b"\n\n", 1)
-                    assert block == b": ping"  # exact bytes, nothing else on a quiet stream
+                while b"\n" in buffer:
+                    line, buffer = buffer.split(b"\n", 1)
+                    assert line == b": ping"  # exact bytes (one comment line), nothing else on a quiet stream
                     pings.setdefault(index, []).append(time.monotonic())
 
     try:
@@ -81,7 +81,7 @@ async def test_a_quiet_connections_heartbeat_task_stays_asleep_between_heartbeat
         return response
 
     body = await body_of(handler)
-    assert body.count(b": ping\n\n") >= 5 and body == b": ping\n\n" * body.count(b": ping\n\n")
+    assert body.count(b": ping\n") >= 5 and body == b": ping\n" * body.count(b": ping\n")
     assert seen["first"] is not None and seen["first"] is seen["later"]
 
 
@@ -105,8 +105,8 @@ async def test_a_heartbeat_that_could_wait_is_written_by_the_connections_own_tas
 
     body = await body_of(handler)
     assert events == ["woken"]
-    assert body.startswith(b"data: 0\n\n: ping\n\n")
-    assert body.replace(b": ping\n\n", b"") == b"data: 0\n\n"
+    assert body.startswith(b"data: 0\n\n: ping\n")
+    assert body.replace(b": ping\n", b"") == b"data: 0\n\n"
 
 
 async def test_an_ended_response_gets_no_heartbeat_and_is_not_kept() -> None:

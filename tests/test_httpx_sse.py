@@ -11,12 +11,14 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import httpx
+import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 from httpx_sse import ServerSentEvent, aconnect_sse
 
 from resumable_sse import Event, MemoryStore, Streamer, resumable_handler, setup
 
+from ._adapters import ADAPTERS, Harness, Route
 from .helpers import Gate
 
 ClientFactory = Callable[[web.Application], Awaitable[TestClient[web.Request, web.Application]]]
@@ -82,3 +84,37 @@ async def test_heartbeats_before_the_first_event_are_not_events(aiohttp_client: 
         ("message", "late", 2000),
         ("done", '{"state":"done"}', None),
     ]
+
+
+@pytest.fixture(params=ADAPTERS)
+async def http(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
+    """One adapter (aiohttp, then Starlette under uvicorn), serving for real."""
+    harness = Harness(request.param)
+    yield harness
+    await harness.close()
+
+
+async def test_heartbeats_after_events_are_not_events(http: Harness) -> None:
+    # Once a stream has a last event id, httpx-sse dispatches any block that ends with a blank line, data or not: a
+    # heartbeat sent as a comment *block* became an empty message event on every beat. Sent as a comment line, none.
+    gate = Gate(["one", "two", "three"])
+    client = await http.serve([Route("/stream/{stream_id}", http.endpoint(gate.produce, heartbeat=0.05))])
+    url = f"http://127.0.0.1:{http.port}/stream/beats"
+    received: list[ServerSentEvent] = []
+    witness = await client.get("/stream/beats")  # a second reader: the raw bytes the first one was sent
+    async with httpx.AsyncClient(timeout=10) as session, aconnect_sse(session, "GET", url) as source:
+        gate.release()
+        async for sse in source.aiter_sse():
+            received.append(sse)
+            if sse.data in ("one", "two"):
+                await asyncio.sleep(0.4)  # several heartbeats after this event, before the next one
+                gate.release()
+    raw = await witness.read()
+    assert [(sse.event, sse.data) for sse in received] == [
+        ("message", "one"),
+        ("message", "two"),
+        ("message", "three"),
+        ("done", '{"state":"done"}'),
+    ]
+    after_first = raw.split(b"data: one\n\n", 1)[1]
+    assert after_first.count(b": ping\n") >= 4  # the heartbeats were sent, between the events

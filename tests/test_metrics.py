@@ -133,7 +133,9 @@ async def test_every_request_outcome_and_stream_fact_is_counted_once(
     app = web.Application()
     # A long lease: no lease renewal and no timed audit runs during the test (their counts would still match).
     streamer = setup(app, Streamer(log, observer=metrics.observer, lease=60.0))  # type: ignore[arg-type]
-    app.router.add_get("/stream/{stream_id}", resumable_handler(hello, authorize=refuse_secret))
+    handler = resumable_handler(hello, authorize=refuse_secret)
+    app.router.add_get("/stream/{stream_id}", handler)
+    app.router.add_route("*", "/any/{stream_id}", handler)  # every method reaches the handler
     client = await aiohttp_client(app)
 
     first = await client.get("/stream/s1")  # new: starts the producer
@@ -153,7 +155,9 @@ async def test_every_request_outcome_and_stream_fact_is_counted_once(
         (await client.get("/stream/bad$id"), 400),  # bad_request: the stream id
         (await client.get("/stream/s2", headers={"Last-Event-ID": "garbage"}), 400),  # bad_request: the position
         (await client.get("/stream/secret"), 403),  # forbidden
-        (await client.head("/stream/s1"), 405),  # method_not_allowed (add_get routes HEAD to the handler)
+        (await client.post("/any/s1"), 405),  # method_not_allowed
+        (await client.post("/stream/s1"), 405),  # the router's own answer: it never reaches the handler
+        (await client.head("/stream/s1"), 200),  # a HEAD reads nothing: not counted
     ]
     for response, status in answers:
         assert response.status == status, await response.text()

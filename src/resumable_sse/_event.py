@@ -207,10 +207,15 @@ def encode_retry(milliseconds: int) -> bytes:
 
 
 def encode_comment(text: str = "") -> bytes:
-    """An SSE comment line (ignored by clients; the heartbeat is one). Not an event."""
+    """An SSE comment line (ignored by clients; the heartbeat is one). Not an event.
+
+    One line and no blank line after it: a blank line ends a block, and some clients (httpx-sse) hand a block
+    without data to the application as an empty event once the stream has a last event id. A comment line between
+    two events is valid SSE and dispatches nothing in any parser.
+    """
     if "\n" in text or "\r" in text:
         raise ValueError("a comment must be a single line")
-    return f":{' ' + text if text else ''}\n\n".encode()
+    return f":{' ' + text if text else ''}\n".encode()
 
 
 class Entry:

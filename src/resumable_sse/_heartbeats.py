@@ -22,8 +22,8 @@ from typing import Any, Protocol
 
 __all__ = ["MESSAGE", "Beating", "Heartbeats", "heartbeats"]
 
-MESSAGE = b": ping\n\n"
-"""The heartbeat: an SSE comment, which clients ignore."""
+MESSAGE = b": ping\n"
+"""The heartbeat: one SSE comment line, which clients ignore (no blank line after it: see ``_http.HEARTBEAT``)."""
 
 SLACK = 1 / 64
 """A heartbeat is sent at most this share of the interval late (0.23 s of the default 15 s), so that one timer

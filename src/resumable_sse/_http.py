@@ -52,7 +52,8 @@ EVENT_STREAM_HEADERS: Final[Mapping[str, str]] = {
 """The headers of every ``200`` event stream; an application's own ``headers=`` cannot override them."""
 
 HEARTBEAT: Final = encode_comment("ping")
-"""The heartbeat comment, ``: ping`` and a blank line: clients ignore it, proxies see traffic."""
+"""The heartbeat: the comment line ``: ping`` with no blank line after it (which would end a block, and some
+clients, httpx-sse, report a block without data as an empty event). Clients ignore it; proxies see traffic."""
 
 OnUnknown = Literal["gone", "restart"]
 Authorize = Callable[[str], "bool | Awaitable[bool]"]
@@ -77,7 +78,10 @@ class Refusal:
 
 
 NO_CONTENT: Final = Refusal(204)
-METHOD_NOT_ALLOWED: Final = Refusal(405, "method not allowed: an event stream is read with GET", {"Allow": "GET"})
+ALLOW: Final = "GET,HEAD"
+"""The methods an endpoint serves, as aiohttp's router lists them for a route made with ``add_get`` (which routes
+HEAD too): the router's ``405`` and the endpoint's say the same."""
+METHOD_NOT_ALLOWED: Final = Refusal(405, "method not allowed: an event stream is read with GET", {"Allow": ALLOW})
 FORBIDDEN: Final = Refusal(403, "not allowed to read this stream")
 UNAVAILABLE: Final = Refusal(503, "the stream service is unavailable; try again shortly")
 
@@ -127,7 +131,9 @@ async def open_stream(
     source: Factory,
 ) -> Refusal | Subscription:
     """Decide what a request gets, in the order ``docs/protocol.md`` gives: the method (405), the stream id and the
-    position's syntax (400), ``authorize`` (403), then the store (410, 503, 204, or a subscription to serve).
+    position's syntax (400), ``authorize`` (403), then the store (410, 503, 204, or a subscription to serve). A
+    ``HEAD`` gets what a GET would, as a :class:`Refusal` with no body (``200`` with the event stream's headers),
+    and starts and reads nothing.
 
     :param stream_id: reads the request's stream id (raising :class:`InvalidStreamId` when there is none; a
         ``LookupError``, a missing parameter, counts the same); called only once the method is accepted.
@@ -140,7 +146,7 @@ async def open_stream(
     the one place where every adapter's requests are decided.
     """
     sid, outcome, opened = await _decide(engine, options, method, stream_id, position, authorize, source)
-    if engine.observer is not None:
+    if engine.observer is not None and outcome is not None:
         engine.observer.request(sid, outcome)
     return opened
 
@@ -153,11 +159,12 @@ async def _decide(
     position: str | None,
     authorize: Authorize | None,
     source: Factory,
-) -> tuple[str | None, RequestOutcome, Refusal | Subscription]:
-    """:func:`open_stream`'s decision, with the stream id (None when there is no valid one) and the outcome."""
+) -> tuple[str | None, RequestOutcome | None, Refusal | Subscription]:
+    """:func:`open_stream`'s decision, with the stream id (None when there is no valid one) and the outcome (None
+    for a HEAD that passed the checks: it reads nothing, so it is not counted as a reader's request)."""
     sid: str | None = None
-    if method != "GET":
-        # HEAD too: refused before anything is validated, started or read
+    if method not in ("GET", "HEAD"):
+        # refused before anything is validated, started or read
         return sid, "method_not_allowed", METHOD_NOT_ALLOWED
     try:
         try:
@@ -176,6 +183,8 @@ async def _decide(
         if not allowed:
             return sid, "forbidden", FORBIDDEN
     try:
+        if method == "HEAD":
+            return sid, None, await _head(engine, options, sid, position)
         subscription = await _subscribe(engine, options, sid, position, source)
     except StreamNotFound:
         return sid, "gone", _gone(sid, "")
@@ -190,6 +199,23 @@ async def _decide(
     if subscription.reset is not None:
         return sid, "reset", subscription
     return sid, "new" if position is None else "resumed", subscription
+
+
+async def _head(engine: Streamer, options: StreamOptions, sid: str, position: str | None) -> Refusal:
+    """What a GET would get, its status and headers, with no body; nothing is started (a GET that would claim the
+    stream gets ``200`` here, and the stream stays unknown) and no reader is left open."""
+    if position is None:
+        await engine.status(sid)  # only for its 503 when the store cannot answer
+        return Refusal(200, headers=options.response_headers())
+    try:
+        subscription = await engine.subscribe(sid, position)
+    except StreamNotFound:
+        if options.on_unknown == "gone":
+            return _gone(sid, "; it is not generated again")
+        return Refusal(200, headers=options.response_headers())
+    at_end = subscription.at_end
+    subscription.close()
+    return NO_CONTENT if at_end else Refusal(200, headers=options.response_headers())
 
 
 def _gone(sid: str, more: str) -> Refusal:

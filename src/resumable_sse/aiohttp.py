@@ -312,9 +312,12 @@ class ResumableResponse(EventSourceResponse):
 
 
 def _refusal(refusal: Refusal) -> web.Response:
-    """A refusal as aiohttp sends it: plain text with its message, or an empty ``204``."""
+    """A refusal as aiohttp sends it: plain text with its message, an empty ``204``, or a HEAD's ``200`` (the event
+    stream's headers, no body)."""
     if refusal.status == 204:
         return web.Response(status=204)
+    if refusal.status == 200:
+        return web.Response(status=200, headers=refusal.headers)
     return web.Response(status=refusal.status, text=refusal.message + "\n", headers=refusal.headers)
 
 

@@ -171,6 +171,8 @@ class EventStreamResponse(Response):
 def _refusal(refusal: Refusal) -> Response:
     if refusal.status == 204:
         return Response(status_code=204)
+    if refusal.status == 200:  # a HEAD: the event stream's headers, no body
+        return Response(status_code=200, headers=dict(refusal.headers))
     return Response(refusal.body, refusal.status, dict(refusal.headers), media_type="text/plain")
 
 
