@@ -4,9 +4,10 @@ Rows (each a server process of its own, ``_alt_server.py``; the Redis rows share
   aiohttp-sse         plain aiohttp-sse: ``send`` per token (with an id), no log
   sse-starlette       plain sse-starlette ``EventSourceResponse`` on uvicorn, no log
   memory, redis       this library (``resumable_handler``) on its memory and Redis stores
-  legacy-memory,      resumable-sse 0.1.0 from PyPI, an unrelated earlier project of the same name, served as its
-  legacy-redis        README shows (sse-starlette on uvicorn); it runs from a virtual environment this script makes
-                      (``--legacy-venv``, default ~/.cache/resumable-sse-bench/legacy-0.1.0)
+  legacy-memory,      resumable-sse 0.1.0 from PyPI, this package's first release (another API, which 0.2 still
+  legacy-redis        runs, deprecated, as resumable_sse.factory), served as its README shows (sse-starlette on
+                      uvicorn); it runs from a virtual environment this script makes (``--legacy-venv``, default
+                      ~/.cache/resumable-sse-bench/legacy-0.1.0)
   resumable-stream    resumable-stream 0.2.0 from PyPI (Redis pub/sub; resumes by characters of the body read)
 
 Figures per row:

@@ -12,6 +12,8 @@ The directives are:
 - ``server``: a Python block that runs a server with ``web.run_app(...)``; it is started once, on a free port, and
   the other blocks' ``http://localhost:8000`` URLs are pointed at it. At most one block of the whole documentation
   may say this.
+- ``browser``: the JavaScript block a page copies to read a stream; tests/test_browser_snippet.py runs it, as
+  printed, in Chromium through a proxy that cuts the connection. At most one block may say this.
 - ``wire PATH``: a text block that must be, byte for byte, the body the ``server`` block sends a GET of PATH, with
   the epoch ``5f0c2a9be14d7730`` standing for the stream's real one (so an example of the wire cannot drift from
   what the server sends).
@@ -56,6 +58,10 @@ class Snippet:
     @property
     def is_server(self) -> bool:
         return self.directive == "server"
+
+    @property
+    def is_browser(self) -> bool:
+        return self.directive == "browser"
 
     @property
     def wire_path(self) -> str | None:
@@ -109,12 +115,13 @@ def collect() -> list[Snippet]:
 
 def check_directive(snippet: Snippet) -> None:
     """Raise ValueError for a ``snippet:`` comment this module does not know."""
-    if snippet.directive is None or snippet.is_server or snippet.wire_path is not None:
+    if snippet.directive is None or snippet.is_server or snippet.is_browser or snippet.wire_path is not None:
         return
     reason = snippet.skip_reason
     if reason is None:
         raise ValueError(
-            f"{snippet.id}: unknown snippet directive {snippet.directive!r} (skip: REASON, server, or wire PATH)"
+            f"{snippet.id}: unknown snippet directive {snippet.directive!r} "
+            "(skip: REASON, server, browser or wire PATH)"
         )
     if not reason:
         raise ValueError(f"{snippet.id}: 'skip:' needs a reason")

@@ -7,6 +7,8 @@ How each block is run depends on its language (the fence's info string):
 - ``sh`` / ``bash``: with ``bash -euo pipefail``, bounded to 60 s, from the repository root, with this interpreter's
   ``bin`` directory first on ``PATH`` (so ``python3`` and ``resumable-sse`` are the ones under test).
 - ``js``: parsed with ``node --check`` (the snippets call functions of the page they would live in).
+- ``html``: only the block marked ``browser`` (the quick start's page), whose scripts are parsed with
+  ``node --check`` here; tests/test_browser_snippet.py runs the page as printed in Chromium.
 - ``json``: parsed. ``nginx``: a configuration fragment for the ``http`` block, checked with ``nginx -t``
   (tests/test_deploy_nginx.py also runs the deployment page's one in front of real servers).
 - no language, or ``text``: output and listings, not run; a ``wire PATH`` directive compares one with the server.
@@ -49,8 +51,9 @@ SNIPPETS = collect()
 PYTHON = {"python", "py"}
 SHELL = {"sh", "bash", "shell"}
 JAVASCRIPT = {"js", "javascript"}
+HTML = {"html"}
 SHOWN = {"", "text"}
-LANGUAGES = PYTHON | SHELL | JAVASCRIPT | SHOWN | {"json", "nginx"}
+LANGUAGES = PYTHON | SHELL | JAVASCRIPT | HTML | SHOWN | {"json", "nginx"}
 
 RUNNER = Path(__file__).with_name("_snippet_runner.py")
 DOCS_URL = "http://localhost:8000"
@@ -159,6 +162,9 @@ def test_every_block_has_a_known_language_and_directive() -> None:
             assert snippet.language in PYTHON, f"{snippet.id}: only a Python block can be the server"
         if snippet.wire_path is not None:
             assert snippet.language in SHOWN, f"{snippet.id}: only a text block can be a wire example"
+        if snippet.language in HTML and snippet.skip_reason is None:
+            assert snippet.is_browser, f"{snippet.id}: only the block marked 'browser' may be a page"
+    assert [s.path for s in SNIPPETS if s.is_browser] == ["README.md"], "the README's page must be marked 'browser'"
 
 
 def test_the_directive_comment_is_read(tmp_path: Path) -> None:
@@ -193,10 +199,13 @@ def test_snippet(snippet: Snippet, request: pytest.FixtureRequest, tmp_path: Pat
         run([sys.executable, str(RUNNER), str(path)], snippet)
     elif snippet.language in SHELL:
         run(["bash", "-euo", "pipefail", "-c", code], snippet)
-    elif snippet.language in JAVASCRIPT:
+    elif snippet.language in JAVASCRIPT | HTML:
         node = shutil.which("node")
         if node is None:
             _missing("node")
+        if snippet.language in HTML:
+            code = "\n".join(re.findall(r"<script>(.*?)</script>", code, re.DOTALL))
+            assert code.strip(), f"{snippet.id}: a page with no script"
         path = tmp_path / "snippet.js"
         path.write_text(code)
         run([str(node), "--check", str(path)], snippet)
