@@ -341,7 +341,7 @@ async def test_fuzzed_requests_get_plain_refusals_no_500_no_traceback_nothing_st
             statuses[status] = statuses.get(status, 0) + 1
             assert status < 500, (case, request, response[:500])
             assert b"Traceback" not in response, (case, request, response[:500])
-            if status != 200:  # refused (or 204/410): nothing was started
+            if status != 200 or request.startswith(b"HEAD "):  # refused (or 204/410), or a HEAD: nothing started
                 assert len(runs) == before, (case, request, response[:300])
             else:
                 assert request.startswith(b"GET "), (case, request)
