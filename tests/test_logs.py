@@ -1,5 +1,5 @@
 """Logs an operator can run on: every library log record names its stream (``stream_id``, or ``stream_ids`` for a
-line about many) and says what the clients saw; the README's JSON formatter turns them into one object a line."""
+line about many) and says what the clients saw; docs/metrics.md's JSON formatter makes one object a line of each."""
 
 from __future__ import annotations
 
@@ -109,11 +109,11 @@ async def test_records_carry_the_stream_id_and_say_what_the_client_saw(
 
 
 def _readme_formatter() -> tuple[type[logging.Formatter], dict[str, Any]]:
-    readme = (ROOT / "README.md").read_text()
+    readme = (ROOT / "docs" / "metrics.md").read_text()
     blocks = re.findall(r"```python\n(.*?)```", readme, re.S)
     [block] = [b for b in blocks if "class JSONFormatter" in b]
     namespace: dict[str, Any] = {}
-    exec(compile(block, "README.md", "exec"), namespace)
+    exec(compile(block, "docs/metrics.md", "exec"), namespace)
     logging.getLogger("resumable_sse").removeHandler(namespace["handler"])  # the block installs it: not in tests
     logging.getLogger("resumable_sse").setLevel(logging.NOTSET)
     formatter: type[logging.Formatter] = namespace["JSONFormatter"]
