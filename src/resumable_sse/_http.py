@@ -15,14 +15,15 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Final, Literal
+from typing import Final, Literal, Protocol
 
 from ._event import EventId, encode_comment, encode_retry
 from ._observe import RequestOutcome
 from ._producer import Factory
 from ._streamer import Streamer, Subscription, validate_stream_id
+from ._subscription import Item
 from .exceptions import (
     InvalidEventId,
     InvalidStreamId,
@@ -56,6 +57,7 @@ HEARTBEAT: Final = encode_comment("ping")
 clients, httpx-sse, report a block without data as an empty event). Clients ignore it; proxies see traffic."""
 
 OnUnknown = Literal["gone", "restart"]
+WireProtocol = Literal["sse", "ai-sdk"]
 Authorize = Callable[[str], "bool | Awaitable[bool]"]
 """``authorize(stream_id)``: the application's hook with the request already bound by the adapter."""
 
@@ -86,6 +88,20 @@ FORBIDDEN: Final = Refusal(403, "not allowed to read this stream")
 UNAVAILABLE: Final = Refusal(503, "the stream service is unavailable; try again shortly")
 
 
+class Dialect(Protocol):
+    """A wire dialect other than plain SSE events (``protocol="ai-sdk"``: :mod:`resumable_sse.ai_sdk`): the log, ids
+    and status table stay the same; it frames the producer's items as they are produced, adds its headers, and
+    encodes each response's batches (the terminal event and a reset in its client's own terms). Entries it does not
+    frame differently must encode to their own ``wire()`` bytes: the aiohttp adapter writes the live tail with them."""
+
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+
+    def frame(self, factory: Factory, stream_id: str) -> Factory: ...
+
+    def encoder(self) -> Callable[[Sequence[Item]], bytes]: ...
+
+
 @dataclass(frozen=True, slots=True)
 class StreamOptions:
     """The options an endpoint was made with, checked once when it is made (a mistake fails at import time, not
@@ -95,10 +111,13 @@ class StreamOptions:
     retry: int = 2000
     on_unknown: OnUnknown = "gone"
     headers: Mapping[str, str] | None = None
+    protocol: WireProtocol = "sse"
 
     def __post_init__(self) -> None:
         if self.on_unknown not in ("gone", "restart"):
             raise ValueError("on_unknown must be 'gone' or 'restart'")
+        if self.protocol not in ("sse", "ai-sdk"):
+            raise ValueError("protocol must be 'sse' or 'ai-sdk'")
         if self.heartbeat <= 0:
             raise ValueError("heartbeat must be positive")
         encode_retry(self.retry)  # refuses a negative retry
@@ -108,10 +127,24 @@ class StreamOptions:
         """The ``retry: <ms>`` field line that opens the first event block of every event stream."""
         return encode_retry(self.retry)
 
+    @property
+    def dialect(self) -> Dialect | None:
+        """The wire dialect of ``protocol``, None for plain SSE events."""
+        if self.protocol == "sse":
+            return None
+        from .ai_sdk import DIALECT  # (imported when used: plain SSE endpoints never load it)
+
+        return DIALECT
+
+    def extra_headers(self) -> dict[str, str]:
+        """The application's extra headers, then the dialect's."""
+        dialect = self.dialect
+        return {**(self.headers or {}), **(dialect.headers if dialect is not None else {})}
+
     def response_headers(self) -> dict[str, str]:
         """The application's extra headers, then the event stream's own (which win, whatever the case of a name)."""
         fixed = {name.lower() for name in EVENT_STREAM_HEADERS}
-        app_headers = {name: value for name, value in (self.headers or {}).items() if name.lower() not in fixed}
+        app_headers = {name: value for name, value in self.extra_headers().items() if name.lower() not in fixed}
         return {**app_headers, **EVENT_STREAM_HEADERS}
 
 
@@ -225,6 +258,9 @@ def _gone(sid: str, more: str) -> Refusal:
 async def _subscribe(
     engine: Streamer, options: StreamOptions, sid: str, position: str | None, source: Factory
 ) -> Subscription | Refusal:
+    dialect = options.dialect
+    if dialect is not None:
+        source = dialect.frame(source, sid)
     if position is None:
         await engine.start(sid, source)  # only a request that claims the stream runs the producer
         return await engine.subscribe(sid)
@@ -258,6 +294,8 @@ async def relay(
     in the step that appended the event.
     """
     sid = subscription.stream_id
+    dialect = options.dialect
+    encode = dialect.encoder() if dialect is not None else _wire
     # ``retry:`` opens the first event block (the subscription's reset, or its first batch), never a block of its own:
     # some clients (httpx-sse) hand a block without data to the application as an empty event.
     prelude = options.retry_field
@@ -268,10 +306,10 @@ async def relay(
         try:
             async for batch in batches:
                 if prelude:
-                    await write(prelude + b"".join([item.wire() for item in batch]))
+                    await write(prelude + encode(batch))
                     prelude = b""
                 else:
-                    await write(b"".join([item.wire() for item in batch]))
+                    await write(encode(batch))
                 del batch
                 if write_now is not None:  # after the first batch (the prelude and any reset are out)
                     subscription.write_directly(write_now)
@@ -295,3 +333,8 @@ async def relay(
     with contextlib.suppress(ConnectionError):
         await end()
     return True
+
+
+def _wire(batch: Sequence[Item]) -> bytes:
+    """A batch as plain SSE events: each item's own wire bytes."""
+    return b"".join([item.wire() for item in batch])

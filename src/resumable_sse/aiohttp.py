@@ -28,7 +28,7 @@ from aiohttp_sse import EventSourceResponse
 
 from ._heartbeats import MESSAGE as HEARTBEAT
 from ._heartbeats import heartbeats
-from ._http import Refusal, StreamOptions, open_stream, position_of, relay
+from ._http import Refusal, StreamOptions, WireProtocol, open_stream, position_of, relay
 from ._streamer import Source, Streamer
 from ._tasks import spawn
 from .exceptions import InvalidStreamId
@@ -349,6 +349,7 @@ def resumable_handler(
     on_unknown: Literal["gone", "restart"] = "gone",
     headers: Mapping[str, str] | None = None,
     send_timeout: float | None = 30.0,
+    protocol: WireProtocol = "sse",
 ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     """An aiohttp handler serving the resumable stream that ``producer(request)`` generates.
 
@@ -368,12 +369,14 @@ def resumable_handler(
         which makes EventSource stop reconnecting; ``restart``: the producer runs again as a new epoch and the
         client gets a ``reset`` first.
     :param headers: extra response headers for the event stream.
+    :param protocol: ``"sse"``: the events as ``docs/protocol.md`` says; ``"ai-sdk"``: the AI SDK's UI message
+        stream (:mod:`resumable_sse.ai_sdk`), which ``useChat`` reads: the producer yields text or UI message chunks.
     :param send_timeout: seconds any one write to the client (a batch of events, a heartbeat, the end of the
         body) may take. A client that reads nothing for that long (its socket buffers are full) has its connection
         aborted and its subscription closed; it can resume with ``Last-Event-ID``. The producer is never affected.
         ``None``: no bound (a stalled client is then held until the kernel gives up on it).
     """
-    options = StreamOptions(heartbeat=heartbeat, retry=retry, on_unknown=on_unknown, headers=headers)
+    options = StreamOptions(heartbeat=heartbeat, retry=retry, on_unknown=on_unknown, headers=headers, protocol=protocol)
     if send_timeout is not None and send_timeout <= 0:
         raise ValueError("send_timeout must be positive (or None: no bound)")
 
@@ -403,7 +406,9 @@ def resumable_handler(
             return _refusal(opened)
         subscription = opened
         try:
-            response = ResumableResponse(heartbeat=heartbeat, headers=headers, send_timeout=send_timeout)
+            response = ResumableResponse(
+                heartbeat=heartbeat, headers=options.extra_headers(), send_timeout=send_timeout
+            )
             if not await _start(response, request):
                 logger.debug(
                     "the client of %r went away before the response started",

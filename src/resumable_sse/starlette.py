@@ -34,7 +34,7 @@ except ImportError as exc:  # an optional extra: say how to get it
         f"resumable_sse.starlette needs Starlette ({exc}); install it with: pip install 'resumable-sse[starlette]'"
     ) from exc
 
-from ._http import HEARTBEAT, Refusal, StreamOptions, open_stream, position_of, relay
+from ._http import HEARTBEAT, Refusal, StreamOptions, WireProtocol, open_stream, position_of, relay
 from ._streamer import Source, Streamer, Subscription
 from .exceptions import InvalidStreamId
 
@@ -186,6 +186,7 @@ def resumable_endpoint(
     retry: int = 2000,
     on_unknown: Literal["gone", "restart"] = "gone",
     headers: Mapping[str, str] | None = None,
+    protocol: WireProtocol = "sse",
 ) -> Callable[[Request], Awaitable[Response]]:
     """An endpoint serving the resumable stream that ``producer(request)`` generates, for FastAPI
     (``app.add_api_route(path, endpoint)``) and Starlette (``Route(path, endpoint)``).
@@ -207,12 +208,14 @@ def resumable_endpoint(
     :param on_unknown: a position for an unknown (expired) stream gets ``gone`` (410) or ``restart`` (the producer
         runs again as a new epoch, after a ``reset``).
     :param headers: extra response headers for the event stream (the event stream's own cannot be overridden).
+    :param protocol: ``"sse"``: the events as ``docs/protocol.md`` says; ``"ai-sdk"``: the AI SDK's UI message
+        stream (:mod:`resumable_sse.ai_sdk`), which ``useChat`` reads: the producer yields text or UI message chunks.
 
     A client that stops reading without disconnecting is not cut off here (ASGI gives an application no way to
     abort a connection): it holds its subscription, a cursor and no copy of the stream, until the server or the
     kernel drops the connection. The producer never waits for a reader.
     """
-    options = StreamOptions(heartbeat=heartbeat, retry=retry, on_unknown=on_unknown, headers=headers)
+    options = StreamOptions(heartbeat=heartbeat, retry=retry, on_unknown=on_unknown, headers=headers, protocol=protocol)
 
     def resolve_stream_id(request: Request) -> str:
         if stream_id is not None:
