@@ -48,6 +48,9 @@ AuthorizeFunction = Callable[[web.Request, str], "bool | Awaitable[bool]"]
 
 _DEFAULT_STREAMERS: weakref.WeakKeyDictionary[web.Application, Streamer] = weakref.WeakKeyDictionary()
 _PING_IN_INIT: Final = "ping_interval" in inspect.signature(EventSourceResponse.__init__).parameters
+# aiohttp-sse 3 refuses to prepare (even once prepared, as aiohttp does again after the handler) a response to any
+# method but GET; the method was decided already (_http), and the AI SDK's chat route serves its stream to a POST.
+_METHODS_IN_INIT: Final = "allow_all_methods" in inspect.signature(EventSourceResponse.__init__).parameters
 
 # The attributes aiohttp's writer sets only once its response starts (each has a class default).
 _LATE_WRITER_ATTRIBUTES: Final = ("length", "chunked", "buffer_size", "output_size", "_eof", "_compress")
@@ -159,6 +162,8 @@ class ResumableResponse(EventSourceResponse):
         options: dict[str, Any] = {"headers": headers, "sep": "\n"}
         if _PING_IN_INIT:
             options["ping_interval"] = heartbeat
+        if _METHODS_IN_INIT:
+            options["allow_all_methods"] = True
         super().__init__(**options)
         if not _PING_IN_INIT:  # aiohttp-sse < 3 takes it through a property
             self.ping_interval = heartbeat

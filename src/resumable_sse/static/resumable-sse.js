@@ -285,7 +285,202 @@
     if (storage) storage.removeItem(key);
   }
 
-  var api = { open: open, forget: forget, TERMINAL: TERMINAL.slice() };
+  /*
+   * chatTransport({ DefaultChatTransport, ...options }): an AI SDK chat transport (for useChat({ transport }))
+   * that resumes an answer exactly: it remembers, per chat, the UI message chunks it has read (text deltas merged)
+   * and the id of the last event, in memory and in `storage` (default: sessionStorage, so a reload finds them).
+   * Its reconnectToStream asks the server for what follows that id (Last-Event-ID), and hands useChat what it
+   * remembered followed by what the server sends: a resume at token 900 of 1,000 receives 100 tokens, not 1,000.
+   * What useChat gets is the whole answer from its `start` (the transport says resumeStreamIsReplay: true), so it
+   * is right whatever useChat kept of the message: after a dropped connection, a stop() or a reload alike.
+   * When the server could not continue (its reset: history lost), what was remembered is dropped and the server's
+   * replay is used alone. Pass the AI SDK's own DefaultChatTransport class (this file imports nothing); every other
+   * option (api, headers, body, fetch, prepareSendMessagesRequest, ...) is the DefaultChatTransport's.
+   */
+  var CHAT_HEADER = "x-resumable-sse-chat"; // names the chat of a reconnect to this transport's fetch (not sent)
+  var STORAGE_PREFIX = "resumable-sse:chat:";
+
+  function chatTransport(options) {
+    options = options || {};
+    var Base = options.DefaultChatTransport;
+    if (typeof Base !== "function") {
+      throw new TypeError("chatTransport needs the AI SDK's DefaultChatTransport: chatTransport({ DefaultChatTransport })");
+    }
+    var storage = options.storage === undefined ? sessionStore() : options.storage;
+    var saveEvery = options.saveEvery === undefined ? 250 : options.saveEvery;
+    var userFetch = options.fetch;
+    var chats = {}; // chat id -> { lastEventId, chunks, timer }
+    var rest = {};
+    Object.keys(options).forEach(function (name) {
+      if (["DefaultChatTransport", "storage", "saveEvery", "fetch"].indexOf(name) === -1) rest[name] = options[name];
+    });
+    rest.fetch = resumableFetch;
+    rest.resumeStreamIsReplay = true;
+    var transport = new Base(rest);
+
+    var reconnect = transport.reconnectToStream.bind(transport);
+    transport.reconnectToStream = function (request) {
+      var chat = recall(request.chatId);
+      var headers = Object.assign({}, request.headers || {});
+      headers[CHAT_HEADER] = request.chatId;
+      if (chat && chat.lastEventId) headers["Last-Event-ID"] = chat.lastEventId;
+      return reconnect(Object.assign({}, request, { headers: headers }));
+    };
+    transport.remembered = function (chatId) {
+      return recall(chatId);
+    };
+    if (root.addEventListener) {
+      root.addEventListener("pagehide", function () {
+        Object.keys(chats).forEach(function (id) {
+          save(id, true);
+        });
+      });
+    }
+    return transport;
+
+    function recall(chatId) {
+      if (chats[chatId]) return chats[chatId];
+      var saved = storage ? parseJSON(storage.getItem(STORAGE_PREFIX + chatId)) : null;
+      if (saved && saved.lastEventId && Array.isArray(saved.chunks)) {
+        chats[chatId] = { lastEventId: saved.lastEventId, chunks: saved.chunks, timer: null };
+        return chats[chatId];
+      }
+      return null;
+    }
+
+    function save(chatId, now) {
+      var chat = chats[chatId];
+      if (!storage || !chat) return;
+      if (!now) {
+        if (!chat.timer) chat.timer = setTimeout(function () { save(chatId, true); }, saveEvery);
+        return;
+      }
+      if (chat.timer) clearTimeout(chat.timer);
+      chat.timer = null;
+      try {
+        storage.setItem(STORAGE_PREFIX + chatId, JSON.stringify({ lastEventId: chat.lastEventId, chunks: chat.chunks }));
+      } catch (e) {
+        // storage full or disabled: a reload replays the answer instead
+      }
+    }
+
+    function finish(chatId) {
+      var chat = chats[chatId];
+      if (chat && chat.timer) clearTimeout(chat.timer);
+      delete chats[chatId];
+      if (storage) storage.removeItem(STORAGE_PREFIX + chatId);
+    }
+
+    function remember(chatId, id, data) {
+      // One event read: its chunk joins what is remembered, and its id with it (the two always agree).
+      if (data === "[DONE]") return finish(chatId);
+      var chunk = parseJSON(data);
+      if (!chunk || typeof chunk.type !== "string") return;
+      var chat = chats[chatId] || (chats[chatId] = { lastEventId: null, chunks: [], timer: null });
+      if (chunk.type === "start" && chunk.resumableSse) chat.chunks = []; // the server's replay starts over
+      var last = chat.chunks[chat.chunks.length - 1];
+      if (last && (chunk.type === "text-delta" || chunk.type === "reasoning-delta") &&
+          last.type === chunk.type && last.id === chunk.id && !chunk.providerMetadata) {
+        last.delta += chunk.delta;
+      } else {
+        chat.chunks.push(chunk);
+      }
+      if (id) chat.lastEventId = id;
+      save(chatId, false);
+    }
+
+    function resumableFetch(url, init) {
+      var base = userFetch || globalThis.fetch;
+      init = init || {};
+      var headers = new Headers(init.headers || {});
+      var chatId = headers.get(CHAT_HEADER);
+      headers.delete(CHAT_HEADER);
+      var prefix = null;
+      if (chatId === null) {
+        try {
+          chatId = JSON.parse(init.body).id; // a send: the answer starts over
+        } catch (e) {
+          chatId = null;
+        }
+        if (chatId) finish(chatId);
+      } else if (headers.has("Last-Event-ID") && chats[chatId]) {
+        prefix = JSON.parse(JSON.stringify(chats[chatId].chunks)); // (remember() merges into its own copies)
+      }
+      return base(url, Object.assign({}, init, { headers: headers })).then(function (response) {
+        if (chatId && response.status === 204) finish(chatId); // the answer ended: nothing is left to resume
+        if (!chatId || !response.ok || response.status === 204 || !response.body) return response;
+        var body = observe(response.body, chatId, prefix);
+        return new Response(body, { status: response.status, statusText: response.statusText, headers: response.headers });
+      });
+    }
+
+    function observe(stream, chatId, prefix) {
+      // The response's bytes go on to the AI SDK as they come (after the remembered chunks, unless the server's
+      // first event is a reset); every complete event is remembered on the way.
+      var reader = stream.getReader();
+      var decoder = new TextDecoder();
+      var encoder = new TextEncoder();
+      var text = "";
+      var held = prefix ? [] : null; // network bytes held until the first event says whether to send the prefix
+      return new ReadableStream({
+        pull: function (controller) {
+          return reader.read().then(function (result) {
+            if (result.done) {
+              if (held) release(controller, false);
+              controller.close();
+              return;
+            }
+            text += decoder.decode(result.value, { stream: true }).replace(/\r\n?/g, "\n");
+            var events = text.split("\n\n");
+            text = events.pop();
+            var reset = false;
+            events.forEach(function (block) {
+              var id = null, data = [];
+              block.split("\n").forEach(function (line) {
+                if (line.indexOf("id:") === 0) id = line.slice(3).replace(/^ /, "");
+                else if (line.indexOf("data:") === 0) data.push(line.slice(5).replace(/^ /, ""));
+              });
+              if (!data.length) return;
+              var joined = data.join("\n");
+              if (held && /^\{"type":"start","resumableSse"/.test(joined)) reset = true;
+              remember(chatId, id, joined);
+            });
+            if (held) {
+              held.push(result.value);
+              if (events.length) release(controller, reset);
+            } else {
+              controller.enqueue(result.value);
+            }
+          });
+        },
+        cancel: function (reason) {
+          return reader.cancel(reason);
+        },
+      });
+
+      function release(controller, reset) {
+        if (!reset) {
+          prefix.forEach(function (chunk) {
+            controller.enqueue(encoder.encode("data: " + JSON.stringify(chunk) + "\n\n"));
+          });
+        }
+        held.forEach(function (bytes) {
+          controller.enqueue(bytes);
+        });
+        held = null;
+      }
+    }
+  }
+
+  function sessionStore() {
+    try {
+      return root.sessionStorage || null;
+    } catch (e) {
+      return null;
+    }
+  }
+
+  var api = { open: open, forget: forget, chatTransport: chatTransport, TERMINAL: TERMINAL.slice() };
   if (typeof module === "object" && module.exports) module.exports = api;
   else root.ResumableSSE = api;
 })(typeof self !== "undefined" ? self : this);
