@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from ._live_server import FaultProxy
 from .ai_sdk_npm import HELPER, ai_sdk_packages, tool
 from .ai_sdk_server import FRAMEWORKS, Model, chat_server
 
@@ -20,19 +21,38 @@ pytestmark = [pytest.mark.timeout(120), pytest.mark.slow]
 
 
 async def run_clients(packages: Path, framework: str, scenario: str, model: Model) -> dict[str, Any]:
-    async with chat_server(framework, model) as (base, _streamer):
+    """Run a scenario of ``clients.mjs`` against the chat server, through a proxy that cuts every connection when
+    the script prints ``CUT``; the scenario's result."""
+    async with chat_server(framework, model) as (base, _streamer), FaultProxy(int(base.rsplit(":", 1)[1])) as proxy:
         process = await asyncio.create_subprocess_exec(
             tool("node"),
             str(packages / "clients.mjs"),
             scenario,
-            base,
+            f"http://127.0.0.1:{proxy.port}",
             str(HELPER),
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
         )
-        out, err = await asyncio.wait_for(process.communicate(), 90)
-    assert process.returncode == 0, err.decode()
-    result: dict[str, Any] = json.loads(out)
+        assert process.stdout is not None and process.stderr is not None
+        out, err = process.stdout, process.stderr
+        lines: list[bytes] = []
+        cuts = 0
+
+        async def read() -> bytes:
+            nonlocal cuts
+            while line := await out.readline():
+                if line == b"CUT\n":
+                    proxy.cut()
+                    cuts += 1
+                else:
+                    lines.append(line)
+            await process.wait()
+            return await err.read()
+
+        errors = await asyncio.wait_for(read(), 90)
+    assert process.returncode == 0, errors.decode()
+    result: dict[str, Any] = json.loads(b"".join(lines))
+    result["cuts"], result["connections"] = cuts, proxy.connections
     return result
 
 
@@ -78,3 +98,13 @@ async def test_the_helper_transport_resumes_exactly_and_sends_only_the_rest(
     assert result["resumeBytes"] < result["replayBytes"] / 4, (result["resumeBytes"], result["replayBytes"])
     assert model.runs == {"h1": 1}
     print(f"\n{framework}: resume at 90% received {result['resumeBytes']} bytes, a replay {result['replayBytes']}")
+
+
+async def test_the_helper_transport_heals_a_dropped_connection_by_itself(ai_sdk_packages: Path, framework: str) -> None:
+    model = Model(delay=0.005)
+    result = await run_clients(ai_sdk_packages, framework, "drop", model)
+    # The AI SDK read one answer, without an error, its text the model's exactly (no token lost or repeated).
+    assert result["message"] == {"ids": ["x1.1"], "role": "assistant", "text": result["expected"]}
+    assert result["deltas"] >= 50
+    assert result["cuts"] == 1 and result["connections"] >= 2  # cut mid-answer, and asked again
+    assert model.runs == {"x1": 1}

@@ -94,6 +94,7 @@
     var onReset = options.onReset || function () {};
     var maxRetries = options.maxRetries === undefined ? Infinity : options.maxRetries;
     var saveEvery = options.saveEvery === undefined ? 250 : options.saveEvery;
+    var maxRetries = options.maxRetries === undefined ? 8 : options.maxRetries;
     var saveTimer = null;
 
     var record = load() || { lastEventId: null, state: clone(initial), status: "running", message: "" };
@@ -308,11 +309,12 @@
     }
     var storage = options.storage === undefined ? sessionStore() : options.storage;
     var saveEvery = options.saveEvery === undefined ? 250 : options.saveEvery;
+    var maxRetries = options.maxRetries === undefined ? 8 : options.maxRetries;
     var userFetch = options.fetch;
     var chats = {}; // chat id -> { lastEventId, chunks, timer }
     var rest = {};
     Object.keys(options).forEach(function (name) {
-      if (["DefaultChatTransport", "storage", "saveEvery", "fetch"].indexOf(name) === -1) rest[name] = options[name];
+      if (["DefaultChatTransport", "storage", "saveEvery", "maxRetries", "resumeUrl", "fetch"].indexOf(name) === -1) rest[name] = options[name];
     });
     rest.fetch = resumableFetch;
     rest.resumeStreamIsReplay = true;
@@ -406,57 +408,104 @@
       } else if (headers.has("Last-Event-ID") && chats[chatId]) {
         prefix = JSON.parse(JSON.stringify(chats[chatId].chunks)); // (remember() merges into its own copies)
       }
-      return base(url, Object.assign({}, init, { headers: headers })).then(function (response) {
+      init = Object.assign({}, init, { headers: headers });
+      return base(url, init).then(function (response) {
         if (chatId && response.status === 204) finish(chatId); // the answer ended: nothing is left to resume
         if (!chatId || !response.ok || response.status === 204 || !response.body) return response;
-        var body = observe(response.body, chatId, prefix);
+        var body = observe(response.body, chatId, prefix, init);
         return new Response(body, { status: response.status, statusText: response.statusText, headers: response.headers });
       });
     }
 
-    function observe(stream, chatId, prefix) {
-      // The response's bytes go on to the AI SDK as they come (after the remembered chunks, unless the server's
-      // first event is a reset); every complete event is remembered on the way.
+    function observe(stream, chatId, prefix, init) {
+      // The response's events go on to the AI SDK whole, as they come (after the remembered chunks, unless the
+      // server's first event is a reset), each remembered on the way. When the connection drops before [DONE],
+      // the rest is asked for with Last-Event-ID (retried with backoff) and follows as if nothing had happened.
       var reader = stream.getReader();
       var decoder = new TextDecoder();
       var encoder = new TextEncoder();
       var text = "";
-      var held = prefix ? [] : null; // network bytes held until the first event says whether to send the prefix
+      var held = prefix ? [] : null; // events held until the first one says whether to send the prefix
+      var ended = false;
+      var reconnecting = false; // the first event of a reconnect must not be a reset (the page has the rest)
+      var signal = init && init.signal;
       return new ReadableStream({
         pull: function (controller) {
           return reader.read().then(function (result) {
             if (result.done) {
               if (held) release(controller, false);
+              if (!ended && !aborted()) return reconnect(controller, new TypeError("network error: the answer was cut"), 0);
               controller.close();
               return;
             }
-            text += decoder.decode(result.value, { stream: true }).replace(/\r\n?/g, "\n");
-            var events = text.split("\n\n");
-            text = events.pop();
-            var reset = false;
-            events.forEach(function (block) {
-              var id = null, data = [];
-              block.split("\n").forEach(function (line) {
-                if (line.indexOf("id:") === 0) id = line.slice(3).replace(/^ /, "");
-                else if (line.indexOf("data:") === 0) data.push(line.slice(5).replace(/^ /, ""));
-              });
-              if (!data.length) return;
-              var joined = data.join("\n");
-              if (held && /^\{"type":"start","resumableSse"/.test(joined)) reset = true;
-              remember(chatId, id, joined);
-            });
-            if (held) {
-              held.push(result.value);
-              if (events.length) release(controller, reset);
-            } else {
-              controller.enqueue(result.value);
-            }
+            take(controller, decoder.decode(result.value, { stream: true }));
+          }, function (error) {
+            if (ended || aborted()) throw error;
+            return reconnect(controller, error, 0);
           });
         },
         cancel: function (reason) {
           return reader.cancel(reason);
         },
       });
+
+      function aborted() {
+        return Boolean(signal && signal.aborted);
+      }
+
+      function take(controller, decoded) {
+        text += decoded.replace(/\r\n?/g, "\n");
+        var events = text.split("\n\n");
+        text = events.pop(); // an incomplete event waits for the rest of it (or is dropped with a connection)
+        var reset = false;
+        events.forEach(function (block) {
+          var id = null, data = [];
+          block.split("\n").forEach(function (line) {
+            if (line.indexOf("id:") === 0) id = line.slice(3).replace(/^ /, "");
+            else if (line.indexOf("data:") === 0) data.push(line.slice(5).replace(/^ /, ""));
+          });
+          if (!data.length) return;
+          var joined = data.join("\n");
+          if (/^\{"type":"start","resumableSse"/.test(joined)) {
+            if (reconnecting) throw new Error("the server lost this answer's history; reload to see it again");
+            reset = true;
+          }
+          reconnecting = false;
+          if (joined === "[DONE]") ended = true;
+          remember(chatId, id, joined);
+          var bytes = encoder.encode(block + "\n\n");
+          if (held) held.push(bytes);
+          else controller.enqueue(bytes);
+        });
+        if (held && events.length) release(controller, reset);
+      }
+
+      function reconnect(controller, error, attempt) {
+        var chat = chats[chatId];
+        if (!chat || !chat.lastEventId || attempt >= maxRetries) throw error;
+        var wait = Math.min(250 * Math.pow(2, attempt), 4000);
+        return new Promise(function (resolve) { setTimeout(resolve, wait); }).then(function () {
+          if (aborted()) throw error;
+          var headers = new Headers((init && init.headers) || {});
+          headers.delete("content-type");
+          headers.set("Last-Event-ID", chats[chatId] ? chats[chatId].lastEventId : chat.lastEventId);
+          return (userFetch || globalThis.fetch)(resumeUrl(chatId), { method: "GET", headers: headers, signal: signal, credentials: init && init.credentials });
+        }).then(function (response) {
+          if (response.status === 204) {
+            finish(chatId);
+            ended = true;
+            controller.close();
+            return;
+          }
+          if (!response.ok || !response.body) throw error;
+          reader = response.body.getReader();
+          decoder = new TextDecoder();
+          text = "";
+          reconnecting = true;
+        }, function () {
+          return reconnect(controller, error, attempt + 1);
+        });
+      }
 
       function release(controller, reset) {
         if (!reset) {
@@ -469,6 +518,14 @@
         });
         held = null;
       }
+    }
+
+    function resumeUrl(chatId) {
+      if (options.resumeUrl) return options.resumeUrl(chatId);
+      var api = options.api || "/api/chat";
+      var cut = api.search(/[?#]/);
+      var path = cut === -1 ? api : api.slice(0, cut);
+      return path.replace(/\/$/, "") + "/" + encodeURIComponent(chatId) + "/stream" + (cut === -1 ? "" : api.slice(cut));
     }
   }
 

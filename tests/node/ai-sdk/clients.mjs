@@ -144,6 +144,31 @@ async function main() {
       expected: expected("delta", count),
     };
   }
+  if (scenario === "drop") {
+    // The connection drops mid-answer (the test's proxy cuts it when told "CUT"): the helper's transport asks for
+    // the rest by itself, and the AI SDK sees one unbroken answer.
+    const transport = ResumableSSE.chatTransport({ DefaultChatTransport, api, storage: null });
+    const stream = await transport.sendMessages({
+      trigger: "submit-message",
+      chatId: "x1",
+      messageId: undefined,
+      messages: [userMessage("omega")],
+      abortSignal: undefined,
+      body: { tokens: count },
+    });
+    const [watched, read] = stream.tee();
+    const watching = (async () => {
+      const reader = watched.getReader();
+      let deltas = 0;
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) return deltas;
+        if (value.type === "text-delta" && ++deltas === 50) process.stdout.write("CUT\n");
+      }
+    })();
+    const [message, deltas] = await Promise.all([messagesOf(read), watching]);
+    return { message, deltas, expected: expected("omega", count) };
+  }
   throw new Error("unknown scenario " + scenario);
 }
 
