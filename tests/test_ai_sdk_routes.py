@@ -131,3 +131,41 @@ def test_answer_ids_name_the_turn_and_each_regeneration() -> None:
     )
     assert re.fullmatch(r"abc\.1\.[0-9a-f]{12}", answer_id(again))
     assert parse_chat_request(json.dumps(chat_body("abc", "what?")).encode()).last_user_text == "what?"
+
+
+@pytest.mark.parametrize("example", ["ai_sdk_chat", "fastapi_chat"])
+async def test_the_examples_answer_once_and_keep_the_answer_in_the_history(
+    example: str, session: aiohttp.ClientSession
+) -> None:
+    from examples.aiohttp_chat.fake_llm import answer_text
+
+    if example == "ai_sdk_chat":
+        from aiohttp import web
+        from examples.ai_sdk_chat.app import create_app
+
+        runner = web.AppRunner(create_app(speed=0))
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        base, close = f"http://127.0.0.1:{runner.addresses[0][1]}", runner.cleanup
+    else:
+        from examples.fastapi_chat.app import create_app as create_fastapi_app
+
+        from ._live_server import Uvicorn
+
+        server = await Uvicorn(create_fastapi_app(speed=0)).__aenter__()
+        base, close = f"http://127.0.0.1:{server.port}", server.close
+    try:
+        body = (await (await session.post(f"{base}/api/chat", json=chat_body("e1", "Why?"))).read()).decode()
+        assert text_of(body) == answer_text("Why?")
+        history = await (await session.get(f"{base}/api/chats/e1/messages")).json()
+        assert [m["role"] for m in history] == ["user", "assistant"]
+        assert history[1] == {
+            "id": "e1.1",
+            "role": "assistant",
+            "parts": [{"type": "text", "text": answer_text("Why?")}],
+        }
+        assert (await session.get(f"{base}/api/chat/e1/stream")).status == 204
+        stats = await (await session.get(f"{base}/api/stats")).json()
+        assert stats.get("runs", stats.get("runs_by_stream")) in ({"e1": 1}, {"e1.1": 1})
+    finally:
+        await close()

@@ -15,6 +15,9 @@ framework around the library:
 * ``POST /api/answers`` starts the answer with :meth:`Streamer.start` (an async generator, or for the ``blocking``
   model a plain generator, which the Streamer runs in a worker thread), so it is generated once, in the background.
 * ``POST /api/answers/{stream_id}/stop`` is :meth:`Streamer.cancel`; ``GET /api/stats`` counts producer runs.
+* ``POST /api/chat`` and ``GET /api/chat/{id}/stream`` are the AI SDK's ``useChat`` routes
+  (:func:`resumable_sse.ai_sdk_routes.starlette_chat_routes`, as ``examples.ai_sdk_chat`` serves them on aiohttp),
+  with the chats' finished messages at ``GET /api/chats/{id}/messages``.
 """
 
 from __future__ import annotations
@@ -46,9 +49,11 @@ from resumable_sse import (
     StreamerClosed,
     from_url,
 )
+from resumable_sse.ai_sdk_routes import ChatRequest, answer_id, starlette_chat_routes
 from resumable_sse.starlette import resumable_endpoint, streamer_lifespan
 
-from ..aiohttp_chat.fake_llm import BlockingClient, stream_answer, tokens_per_second
+from ..ai_sdk_chat.app import History
+from ..aiohttp_chat.fake_llm import BlockingClient, answer_tokens, stream_answer, tokens_per_second
 
 __all__ = ["ENGINES", "create_app", "main"]
 
@@ -196,8 +201,35 @@ def create_app(store: EventLog | None = None, *, speed: float | None = None) -> 
         return bool(request.query_params.get("last_event_id")) or await streamer.status(stream_id) is not None
 
     app.add_api_route("/stream/{stream_id}", resumable_endpoint(answer_producer, authorize=may_read))
+    _add_ai_sdk_routes(app, chat)
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
     return app
+
+
+def _add_ai_sdk_routes(app: FastAPI, chat: Chat) -> None:
+    """The AI SDK's ``useChat`` routes (as ``examples.ai_sdk_chat`` serves them on aiohttp): ``POST /api/chat``,
+    ``GET /api/chat/{id}/stream`` (the resume: 204 when no answer runs), ``DELETE /api/chat/{id}/stream`` (cancel),
+    and the chats' finished messages at ``GET /api/chats/{id}/messages`` (a page's initial messages)."""
+    history = History()
+
+    async def answer(request: ChatRequest) -> AsyncIterator[str]:
+        """One answer, run once per turn: the turn joins the history now, the answer once it is complete."""
+        sid = answer_id(request)
+        with chat.lock:
+            chat.runs[sid] += 1
+        asked = [message for message in request.messages if message.get("id") != sid]
+        await history.put(request.id, asked)
+        prompt = request.last_user_text
+        async for token in stream_answer(prompt, chat.speed):
+            yield token
+        said = {"id": sid, "role": "assistant", "parts": [{"type": "text", "text": "".join(answer_tokens(prompt))}]}
+        await history.put(request.id, [*asked, said])
+
+    app.router.routes.extend(starlette_chat_routes(answer, cancel=True))
+
+    @app.get("/api/chats/{chat_id}/messages")
+    async def messages(chat_id: str) -> JSONResponse:
+        return JSONResponse(await history.get(chat_id))
 
 
 def main(argv: Sequence[str] | None = None) -> None:
