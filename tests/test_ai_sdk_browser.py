@@ -93,14 +93,8 @@ def test_a_reload_mid_answer_resumes_it_without_a_step_back(
     wait_for_length(page, 300)
     seen = len(assistant_texts(page)[-1])
     page.reload()
-    page.wait_for_selector("#prompt")
-    wait_for_status(page, "ready")
     expected = answer_text(PROMPT)
-    page.wait_for_function(
-        "(n) => { const all = document.querySelectorAll('#messages li[data-role=\"assistant\"]');"
-        " return all.length && all[all.length - 1].textContent.length >= n; }",
-        arg=len(expected),
-    )
+    wait_for_length(page, len(expected))
     assert assistant_texts(page) == [expected]  # one answer, all of it, once
     lengths: list[int] = [n for n in page.evaluate("window.__lengths") if n]
     assert lengths[0] >= seen, (lengths[:5], seen)  # it came back at least as long as it was

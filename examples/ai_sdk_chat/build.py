@@ -28,21 +28,18 @@ def _tool(name: str) -> str:
     return found
 
 
+def _run(command: list[str], what: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> None:
+    done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"{what} failed:\n{done.stdout}\n{done.stderr}")
+
+
 def install() -> Path:
     """``npm ci`` in ``tests/node/ai-sdk`` unless its ``node_modules`` already holds what the lock file says."""
     lock = (PACKAGES / "package-lock.json").read_bytes()
     stamp = PACKAGES / "node_modules" / ".resumable-sse-lock"
     if not stamp.exists() or stamp.read_bytes() != lock:
-        done = subprocess.run(
-            [_tool("npm"), "ci", "--no-audit", "--no-fund", "--loglevel=error"],
-            cwd=PACKAGES,
-            capture_output=True,
-            text=True,
-            timeout=600,
-            check=False,
-        )
-        if done.returncode != 0:
-            raise RuntimeError(f"npm ci failed in {PACKAGES}:\n{done.stdout}\n{done.stderr}")
+        _run([_tool("npm"), "ci", "--no-audit", "--no-fund", "--loglevel=error"], f"npm ci in {PACKAGES}", cwd=PACKAGES)
         stamp.write_bytes(lock)
     return PACKAGES
 
@@ -54,7 +51,7 @@ def build() -> Path:
     if BUNDLE.exists() and all(BUNDLE.stat().st_mtime >= source.stat().st_mtime for source in sources):
         return BUNDLE
     esbuild = packages / "node_modules" / ".bin" / "esbuild"
-    done = subprocess.run(
+    _run(
         [
             str(esbuild),  # (a native binary, or node's shim of it: either runs as it is)
             str(PAGE),
@@ -65,14 +62,9 @@ def build() -> Path:
             f"--outfile={BUNDLE}",
             "--log-level=warning",
         ],
+        "esbuild",
         env={**os.environ, "NODE_PATH": str(packages / "node_modules")},  # the page imports the pinned packages
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
     )
-    if done.returncode != 0:
-        raise RuntimeError(f"esbuild failed:\n{done.stdout}\n{done.stderr}")
     return BUNDLE
 
 

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
 from ._producer import Source
+from ._streamer import Streamer
 from .exceptions import InvalidStreamId, ProducerError
 
 __all__ = [
@@ -180,6 +181,28 @@ _CHAT: Final = "resumable_sse.chat"
 _ANSWER: Final = "resumable_sse.answer"
 
 
+class _Routes:
+    """What the routes decide, whatever the framework: which answer a resume gets, and a cancel's status."""
+
+    def __init__(self, answers: Answers | None, api: str) -> None:
+        self.chats: Answers = answers if answers is not None else MemoryAnswers()
+        self.stream_path = api.rstrip("/") + "/{id}/stream"
+
+    async def resumable(self, engine: Streamer, chat_id: str, position: bool) -> str | None:
+        """The answer a resume of ``chat_id`` is served: the chat's current one while it runs; with a position
+        also once it has ended (the tail after that position). None: nothing to resume (204)."""
+        sid = await self.chats.current(chat_id)
+        if sid is None or position:
+            return sid
+        state = await engine.status(sid)
+        return sid if state is not None and not state.finished else None
+
+    async def cancel(self, engine: Streamer, chat_id: str) -> int:
+        """Cancel the chat's running answer: 202, or 204 when none ran."""
+        sid = await self.chats.current(chat_id)
+        return 202 if sid is not None and await engine.cancel(sid) else 204
+
+
 def aiohttp_chat_routes(
     answer: AnswerFunction,
     *,
@@ -195,7 +218,7 @@ def aiohttp_chat_routes(
 
     from .aiohttp import _streamer_for, resumable_handler
 
-    chats = answers if answers is not None else MemoryAnswers()
+    routes = _Routes(answers, api)
     engine = options.get("streamer")
     # A request's own storage carries the chat and its answer id to the stream handler (typed keys where aiohttp
     # has them: 3.13 warns of plain ones).
@@ -223,21 +246,13 @@ def aiohttp_chat_routes(
             return web.Response(status=400, text=f"{exc}\n")
         sid = answer_id(chat)
         stream_request[chat_key], stream_request[answer_key] = chat, sid
-        await chats.begin(chat.id, sid)
+        await routes.chats.begin(chat.id, sid)
         return await serve(stream_request)
 
-    async def current(request: web.Request) -> str | None:
-        sid = await chats.current(request.match_info["id"])
-        if sid is None:
-            return None
-        if request.headers.get("Last-Event-ID") or request.query.get("last_event_id"):
-            return sid  # a continuation, even of a finished answer (its tail)
-        state = await (engine or _streamer_for(request)).status(sid)
-        return sid if state is not None and not state.finished else None
-
     async def get(request: web.Request) -> web.StreamResponse:
+        position = bool(request.headers.get("Last-Event-ID") or request.query.get("last_event_id"))
         try:
-            sid = await current(request)
+            sid = await routes.resumable(engine or _streamer_for(request), request.match_info["id"], position)
         except InvalidStreamId as exc:
             return web.Response(status=400, text=f"{exc}\n")
         if sid is None:
@@ -247,14 +262,10 @@ def aiohttp_chat_routes(
         return web.Response(status=204) if response.status == 410 else response  # expired: nothing to resume
 
     async def delete(request: web.Request) -> web.StreamResponse:
-        sid = await chats.current(request.match_info["id"])
-        cancelled = sid is not None and await (engine or _streamer_for(request)).cancel(sid)
-        return web.Response(status=202 if cancelled else 204)
+        return web.Response(status=await routes.cancel(engine or _streamer_for(request), request.match_info["id"]))
 
-    routes = [web.post(api, post), web.get(api.rstrip("/") + "/{id}/stream", get)]
-    if cancel:
-        routes.append(web.delete(api.rstrip("/") + "/{id}/stream", delete))
-    return routes
+    made = [web.post(api, post), web.get(routes.stream_path, get)]
+    return [*made, web.delete(routes.stream_path, delete)] if cancel else made
 
 
 def starlette_chat_routes(
@@ -274,7 +285,7 @@ def starlette_chat_routes(
 
     from .starlette import _streamer_for, resumable_endpoint
 
-    chats = answers if answers is not None else MemoryAnswers()
+    routes = _Routes(answers, api)
     engine = options.get("streamer")
     serve = resumable_endpoint(
         _producer(answer, lambda request: request.scope[_CHAT]),
@@ -296,21 +307,13 @@ def starlette_chat_routes(
         # answer runs already): the same ASGI request, its scope saying so.
         headers = [(k, v) for k, v in request.scope["headers"] if k.lower() != b"last-event-id"]
         scope = {**request.scope, "method": "GET", "headers": headers, _CHAT: chat, _ANSWER: sid}
-        await chats.begin(chat.id, sid)
+        await routes.chats.begin(chat.id, sid)
         return await serve(Request(scope, request.receive))
 
-    async def current(request: Request) -> str | None:
-        sid = await chats.current(request.path_params["id"])
-        if sid is None:
-            return None
-        if request.headers.get("last-event-id") or request.query_params.get("last_event_id"):
-            return sid
-        state = await (engine or _streamer_for(request)).status(sid)
-        return sid if state is not None and not state.finished else None
-
     async def get(request: Request) -> Response:
+        position = bool(request.headers.get("last-event-id") or request.query_params.get("last_event_id"))
         try:
-            sid = await current(request)
+            sid = await routes.resumable(engine or _streamer_for(request), request.path_params["id"], position)
         except InvalidStreamId as exc:
             return PlainTextResponse(f"{exc}\n", 400)
         if sid is None:
@@ -320,12 +323,7 @@ def starlette_chat_routes(
         return Response(status_code=204) if response.status_code == 410 else response
 
     async def delete(request: Request) -> Response:
-        sid = await chats.current(request.path_params["id"])
-        cancelled = sid is not None and await (engine or _streamer_for(request)).cancel(sid)
-        return Response(status_code=202 if cancelled else 204)
+        return Response(status_code=await routes.cancel(engine or _streamer_for(request), request.path_params["id"]))
 
-    base = api.rstrip("/")
-    routes = [Route(api, post, methods=["POST"]), Route(base + "/{id}/stream", get, methods=["GET"])]
-    if cancel:
-        routes.append(Route(base + "/{id}/stream", delete, methods=["DELETE"]))
-    return routes
+    made = [Route(api, post, methods=["POST"]), Route(routes.stream_path, get, methods=["GET"])]
+    return [*made, Route(routes.stream_path, delete, methods=["DELETE"])] if cancel else made

@@ -37,18 +37,23 @@ function countingFetch() {
   return { fetch: fetchAndCount, counted };
 }
 
-// Send, read chunks until `enough` text deltas arrived, then cut the connection (what a reload or a dropped
-// network does to the client).
-async function sendAndCut(transport, chatId, prompt, count, enough) {
-  const abort = new AbortController();
-  const stream = await transport.sendMessages({
+// Send one user message of a chat; the server's answer has `tokens` tokens.
+function send(transport, chatId, prompt, tokens, abortSignal) {
+  return transport.sendMessages({
     trigger: "submit-message",
     chatId,
     messageId: undefined,
     messages: [userMessage(prompt)],
-    abortSignal: abort.signal,
-    body: { tokens: count },
+    abortSignal,
+    body: { tokens },
   });
+}
+
+// Send, read chunks until `enough` text deltas arrived, then cut the connection (what a reload or a dropped
+// network does to the client).
+async function sendAndCut(transport, chatId, prompt, count, enough) {
+  const abort = new AbortController();
+  const stream = await send(transport, chatId, prompt, count, abort.signal);
   const reader = stream.getReader();
   let deltas = 0;
   let text = "";
@@ -85,16 +90,7 @@ async function main() {
     const before = await sendAndCut(transport, "d1", "alpha", count, 30);
     const resumed = await messagesOf(await transport.reconnectToStream({ chatId: "d1" }));
     const afterEnd = await transport.reconnectToStream({ chatId: "d1" });
-    const whole = await messagesOf(
-      await transport.sendMessages({
-        trigger: "submit-message",
-        chatId: "d2",
-        messageId: undefined,
-        messages: [userMessage("beta")],
-        abortSignal: undefined,
-        body: { tokens: 50 },
-      }),
-    );
+    const whole = await messagesOf(await send(transport, "d2", "beta", 50));
     return {
       before,
       resumed,
@@ -106,16 +102,8 @@ async function main() {
   }
   if (scenario === "two-clients") {
     // Two tabs send the same turn of one chat at once: one answer, both get all of it.
-    const send = () =>
-      new DefaultChatTransport({ api }).sendMessages({
-        trigger: "submit-message",
-        chatId: "t1",
-        messageId: undefined,
-        messages: [userMessage("gamma")],
-        abortSignal: undefined,
-        body: { tokens: 80 },
-      });
-    const [a, b] = await Promise.all([send(), send()]);
+    const tab = () => send(new DefaultChatTransport({ api }), "t1", "gamma", 80);
+    const [a, b] = await Promise.all([tab(), tab()]);
     const [ma, mb] = await Promise.all([messagesOf(a), messagesOf(b)]);
     return { a: ma, b: mb, expected: expected("gamma", 80) };
   }
@@ -148,14 +136,7 @@ async function main() {
     // The connection drops mid-answer (the test's proxy cuts it when told "CUT"): the helper's transport asks for
     // the rest by itself, and the AI SDK sees one unbroken answer.
     const transport = ResumableSSE.chatTransport({ DefaultChatTransport, api, storage: null });
-    const stream = await transport.sendMessages({
-      trigger: "submit-message",
-      chatId: "x1",
-      messageId: undefined,
-      messages: [userMessage("omega")],
-      abortSignal: undefined,
-      body: { tokens: count },
-    });
+    const stream = await send(transport, "x1", "omega", count);
     const [watched, read] = stream.tee();
     const watching = (async () => {
       const reader = watched.getReader();
