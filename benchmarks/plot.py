@@ -106,6 +106,20 @@ def table(docs: dict[str, dict[str, Any]]) -> str:
             streams = f"{r['streams_per_process']} streams x {d['rate']:g} tok/s per process"
             met = r["feeds"] >= d["target_feeds"] if r["redis"] == "single" and r["feeds"] else None
             add(f"scale-out, {r['redis']}", value, streams, f">= {d['target_feeds']} processes", met, "scale_out")
+    if "storm" in docs:
+        d = docs["storm"]
+        for r in d["results"]:
+            value = (
+                f"reconnect p50/p99/max {r['reconnect_p50_s']:.2f}/{r['reconnect_p99_s']:.2f}/"
+                f"{r['reconnect_max_s']:.2f} s, {r['duplicates']} dups, {r['gaps']} gaps, B p99 "
+                f"{r['during']['p99_ms']:,.0f} ms in the storm, {r['after']['p99_ms']:,.0f} ms after, "
+                f"{r['commands_per_reader']:.1f} cmds/reader, ends {r['ends']}"
+            )
+            baseline = f"steady p99 {r['steady']['p99_ms']:,.0f} ms on A"
+            goal = {1000: 1.0, 2000: 2.0}.get(r["streams"])
+            target = f"p99 <= {goal:g} s and issue 26's other goals" if goal else "-"
+            met = None if goal is None else r["verdict"] == "met"
+            add(f"reconnect storm, S={r['streams']:,}", value, baseline, target, met, "storm")
     lines = ["| figure | measured | baseline (same run) | target | met | command |", "|---|---|---|---|---|---|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     if "alternatives" in docs:

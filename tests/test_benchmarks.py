@@ -64,6 +64,21 @@ def test_benchmark_runs_and_prints_json(name: str, tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(300)
+def test_storm_resumes_every_reader_on_the_other_process(tmp_path: Path) -> None:
+    """The storm's smoke run: every reader of the stopped process resumed on the other one and got every token once,
+    and every producer of the stopped process finished its answer through the grace period."""
+    require_server_binary()
+    document = _run("storm", tmp_path)
+    (row,) = document["results"]
+    streams = row["streams"]
+    assert row["resumed"] == streams and row["failed"] == 0
+    assert row["duplicates"] == 0 and row["gaps"] == 0
+    assert row["ends"] == {"done": streams}
+    assert row["a_exit"] == 0
+    assert row["steady"]["n"] > 0 and row["during"]["n"] + row["after"]["n"] > 0
+
+
+@pytest.mark.timeout(300)
 def test_runner_and_chart(tmp_path: Path) -> None:
     require_server_binary()
     pytest.importorskip("matplotlib")
