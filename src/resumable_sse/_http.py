@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
+import random
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Literal, Protocol
@@ -112,6 +113,7 @@ class StreamOptions:
     on_unknown: OnUnknown = "gone"
     headers: Mapping[str, str] | None = None
     protocol: WireProtocol = "sse"
+    retry_jitter: float = 0.0
 
     def __post_init__(self) -> None:
         if self.on_unknown not in ("gone", "restart"):
@@ -121,11 +123,17 @@ class StreamOptions:
         if self.heartbeat <= 0:
             raise ValueError("heartbeat must be positive")
         encode_retry(self.retry)  # refuses a negative retry
+        if not 0.0 <= self.retry_jitter <= 1.0:
+            raise ValueError("retry_jitter must be between 0 and 1")
 
     @property
     def retry_field(self) -> bytes:
-        """The ``retry: <ms>`` field line that opens the first event block of every event stream."""
-        return encode_retry(self.retry)
+        """The ``retry: <ms>`` field line that opens the first event block of an event stream: ``retry``, less a
+        random part of up to ``retry_jitter`` of it drawn for each response, so that the clients of a server that
+        stops all at once (a deploy) come back spread over that part of ``retry`` instead of in one burst."""
+        if not self.retry_jitter:
+            return encode_retry(self.retry)
+        return encode_retry(round(self.retry * (1.0 - self.retry_jitter * random.random())))
 
     @property
     def dialect(self) -> Dialect | None:

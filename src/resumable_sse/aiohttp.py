@@ -351,6 +351,7 @@ def resumable_handler(
     authorize: AuthorizeFunction | None = None,
     heartbeat: float = 15.0,
     retry: int = 2000,
+    retry_jitter: float = 0.0,
     on_unknown: Literal["gone", "restart"] = "gone",
     headers: Mapping[str, str] | None = None,
     send_timeout: float | None = 30.0,
@@ -370,6 +371,8 @@ def resumable_handler(
         read.
     :param heartbeat: seconds between comment lines that keep proxies from closing a quiet stream.
     :param retry: milliseconds a browser waits before reconnecting (sent as ``retry:``).
+    :param retry_jitter: the largest fraction (0..1) of ``retry`` randomly taken off the value each response sends,
+        so that the clients of a process that stops all at once (a deploy) do not all come back at the same moment.
     :param on_unknown: what a request with a position for an unknown (expired) stream gets: ``gone``: 410 Gone,
         which makes EventSource stop reconnecting; ``restart``: the producer runs again as a new epoch and the
         client gets a ``reset`` first.
@@ -381,7 +384,14 @@ def resumable_handler(
         aborted and its subscription closed; it can resume with ``Last-Event-ID``. The producer is never affected.
         ``None``: no bound (a stalled client is then held until the kernel gives up on it).
     """
-    options = StreamOptions(heartbeat=heartbeat, retry=retry, on_unknown=on_unknown, headers=headers, protocol=protocol)
+    options = StreamOptions(
+        heartbeat=heartbeat,
+        retry=retry,
+        on_unknown=on_unknown,
+        headers=headers,
+        protocol=protocol,
+        retry_jitter=retry_jitter,
+    )
     if send_timeout is not None and send_timeout <= 0:
         raise ValueError("send_timeout must be positive (or None: no bound)")
 

@@ -184,6 +184,7 @@ def resumable_endpoint(
     authorize: AuthorizeFunction | None = None,
     heartbeat: float = 15.0,
     retry: int = 2000,
+    retry_jitter: float = 0.0,
     on_unknown: Literal["gone", "restart"] = "gone",
     headers: Mapping[str, str] | None = None,
     protocol: WireProtocol = "sse",
@@ -205,6 +206,8 @@ def resumable_endpoint(
     :param authorize: ``authorize(request, stream_id) -> bool`` (or awaitable); False means 403.
     :param heartbeat: seconds between ``: ping`` comments that keep proxies from closing a quiet stream.
     :param retry: milliseconds a browser waits before reconnecting (sent as ``retry:``).
+    :param retry_jitter: the largest fraction (0..1) of ``retry`` randomly taken off the value each response sends,
+        so that the clients of a process that stops all at once (a deploy) do not all come back at the same moment.
     :param on_unknown: a position for an unknown (expired) stream gets ``gone`` (410) or ``restart`` (the producer
         runs again as a new epoch, after a ``reset``).
     :param headers: extra response headers for the event stream (the event stream's own cannot be overridden).
@@ -215,7 +218,14 @@ def resumable_endpoint(
     abort a connection): it holds its subscription, a cursor and no copy of the stream, until the server or the
     kernel drops the connection. The producer never waits for a reader.
     """
-    options = StreamOptions(heartbeat=heartbeat, retry=retry, on_unknown=on_unknown, headers=headers, protocol=protocol)
+    options = StreamOptions(
+        heartbeat=heartbeat,
+        retry=retry,
+        on_unknown=on_unknown,
+        headers=headers,
+        protocol=protocol,
+        retry_jitter=retry_jitter,
+    )
 
     def resolve_stream_id(request: Request) -> str:
         if stream_id is not None:
