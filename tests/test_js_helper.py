@@ -90,7 +90,28 @@ async function unreadableBody() {
   return { statuses: statuses };
 }
 
-({ long: longAnswer, reload: reloadMidway, body: unreadableBody })[scenario]().then(
+async function refusedTogether() {
+  // 30 clients refused at once (503: a server restarting): the waits before their retries.
+  global.fetch = () => Promise.resolve({ status: 503, headers: { get: () => "text/plain" } });
+  const delays = [];
+  const realSetTimeout = global.setTimeout;
+  global.setTimeout = (fn, ms) => {
+    if (ms >= 400) delays.push(ms); // a retry's wait (the helper's save timer and this harness's sleeps are shorter)
+    return realSetTimeout(fn, ms);
+  };
+  const handles = [];
+  for (let i = 0; i < 30; i++) {
+    handles.push(ResumableSSE.open("/stream/r" + i, {}));
+    const es = sources[sources.length - 1];
+    es.readyState = 2;
+    es.onerror(new (class {})());
+  }
+  await sleep(50);
+  handles.forEach((handle) => handle.close());
+  return { delays: delays };
+}
+
+({ long: longAnswer, reload: reloadMidway, body: unreadableBody, refused: refusedTogether })[scenario]().then(
   (result) => { console.log(JSON.stringify(result)); },
   (error) => { console.error(error); process.exit(1); }
 );
@@ -142,3 +163,11 @@ def test_what_is_saved_is_always_a_state_and_the_id_it_was_folded_to(tmp_path: P
 def test_a_refusal_whose_body_cannot_be_read_still_fails_cleanly(tmp_path: Path) -> None:
     result = _run("body", tmp_path)
     assert result["statuses"] == [["connecting", ""], ["failed", "HTTP 403"]]
+
+
+def test_clients_refused_together_retry_after_different_waits(tmp_path: Path) -> None:
+    delays = _run("refused", tmp_path)["delays"]
+    assert isinstance(delays, list) and len(delays) == 30
+    # The first retry waits 1 s less a random part of up to half: spread over 0.5-1 s, not 30 times the same.
+    assert all(500 <= delay <= 1000 for delay in delays), delays
+    assert len(set(delays)) > 20, delays

@@ -76,7 +76,8 @@
    *   onUpdate   (state, info) after every change; info = {lastEventId, restored}
    *   onStatus   (status, message) on every status change (see the list above)
    *   onReset    ({reason, first_id}) before a replay that redraws the state
-   *   maxRetries how many refusals in a row (5xx, network down) are retried before `failed` (default: no limit)
+   *   maxRetries how many refusals in a row (5xx, network down) are retried before `failed` (default: no limit);
+   *              each waits 1 s, 2 s, 4 s ... up to 15 s, less a random part of up to half
    *   saveEvery  milliseconds between writes of the progress to storage (default 250)
    * Returns {close(), state, lastEventId, status}.
    */
@@ -207,7 +208,9 @@
         finish("failed", "the server kept refusing the stream");
         return;
       }
-      var delay = Math.min(1000 * Math.pow(2, retries), 15000);
+      // 1 s, 2 s, 4 s ... up to 15 s, less a random part of up to half: the clients that a server refused together
+      // (a restart, a deploy) must not all come back at the same instant.
+      var delay = Math.min(1000 * Math.pow(2, retries), 15000) * (1 - 0.5 * Math.random());
       retries += 1;
       setStatus("reconnecting");
       timer = setTimeout(function () {
