@@ -79,6 +79,9 @@ logger = logging.getLogger("examples.aiohttp_chat")
 _ID_RE: Final = re.compile(r"[A-Za-z0-9]{1,40}")
 MAX_PROMPT: Final = 2000
 MAX_MESSAGES: Final = 10_000
+# The listen queue: when another process of the fleet stops (a deploy), all of its clients reconnect here at once,
+# and a full queue drops their connections for a second or more (the kernel caps it at net.core.somaxconn).
+BACKLOG: Final = 4096
 
 
 @dataclass
@@ -348,7 +351,7 @@ async def _serve(app: web.Application, host: str, port: int, store_name: str) ->
     runner = web.AppRunner(app, handle_signals=False)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, host, port)
+        site = web.TCPSite(runner, host, port, backlog=BACKLOG)
         await site.start()
         bound_host, bound_port = runner.addresses[0][:2]
         shown = "127.0.0.1" if bound_host in ("0.0.0.0", "") else bound_host

@@ -60,6 +60,9 @@ __all__ = ["ENGINES", "create_app", "main"]
 STATIC: Final = importlib.resources.files("examples.aiohttp_chat").joinpath("static")
 ENGINES: Final = ("async", "blocking")
 ID_RE: Final = re.compile(r"[A-Za-z0-9]{1,40}")
+# The listen queue: when another process of the fleet stops (a deploy), all of its clients reconnect here at once,
+# and a full queue drops their connections for a second or more (the kernel caps it at net.core.somaxconn).
+BACKLOG: Final = 4096
 MAX_PROMPT: Final = 2000
 MAX_MESSAGES: Final = 10_000
 
@@ -254,7 +257,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     sock = socket.socket(family)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((args.host, args.port))  # bound here, so that the URL printed names the real port (--port 0)
-    sock.listen(128)  # connections wait in the backlog until uvicorn accepts them: the URL works once printed
+    sock.listen(BACKLOG)  # connections wait in the backlog until uvicorn accepts them: the URL works once printed
     host, port = sock.getsockname()[:2]
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     shown = f"[{shown}]" if ":" in shown else shown
