@@ -35,6 +35,11 @@ commands per resumed reader.
 
     python benchmarks/storm.py [--streams 1000 2000] [--tokens 300] [--steady 3] [--backlog 4096] [--spread 0]
 
+Each row also splits the reconnect into its parts (connected to B, B's response head, the first event) and names its
+slowest readers; ``--profile FILE`` records B with py-spy from the SIGTERM on (collapsed stacks). Every process
+shares the machine: on a loaded one the steady state is already slow, and the storm's figures say more beside it
+than alone.
+
 ``--json`` prints every figure as one JSON document on stdout (the table then goes to stderr). Linux only (/proc).
 """
 
