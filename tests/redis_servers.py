@@ -97,8 +97,18 @@ def _ping(port: int) -> bool:
 class RedisServer:
     """One private server process in its own temporary directory; ``restart()`` keeps its port and data."""
 
-    def __init__(self, binary: str, *, port: int | None = None, persistent: bool = False, cluster: bool = False):
+    def __init__(
+        self,
+        binary: str,
+        *,
+        port: int | None = None,
+        persistent: bool = False,
+        cluster: bool = False,
+        config: dict[str, str | list[str]] | None = None,
+    ):
         self.binary = binary
+        # More server options, e.g. {"proto-max-bulk-len": "1mb", "rename-command": ["CONFIG", ""]}.
+        self.config = dict(config or {})
         self.port = port if port is not None else free_port()
         self.persistent = persistent
         self.cluster = cluster
@@ -131,6 +141,8 @@ class RedisServer:
                 "--cluster-config-file", os.path.join(self.dir, "nodes.conf"),
                 "--cluster-node-timeout", "5000",
             ]  # fmt: skip
+        for name, value in self.config.items():
+            args += [f"--{name}", *([value] if isinstance(value, str) else value)]
         return args
 
     def start(self) -> RedisServer:
@@ -215,8 +227,8 @@ class RedisServer:
 class RedisCluster:
     """Three master nodes covering all 16384 slots, no replicas; set up with plain CLUSTER commands."""
 
-    def __init__(self, binary: str, nodes: int = 3) -> None:
-        self.servers = [RedisServer(binary, cluster=True) for _ in range(nodes)]
+    def __init__(self, binary: str, nodes: int = 3, *, config: dict[str, str | list[str]] | None = None) -> None:
+        self.servers = [RedisServer(binary, cluster=True, config=config) for _ in range(nodes)]
 
     @property
     def url(self) -> str:

@@ -373,13 +373,26 @@ class Run:
         )
         return self.streamer.error_message
 
+    def _refused(self, exc: EventTooLarge) -> str:
+        """Log the store's refusal of an append (an event longer than it takes); what clients are told of it."""
+        logger.error(
+            "stream %r: the store refused an append: %s; it ends with error",
+            self.stream_id,
+            exc,
+            extra={"stream_id": self.stream_id},
+        )
+        return str(exc)
+
     async def finish(self, status: Status, message: str) -> Status:
         """Wait for the append in flight, then end the stream with ``status`` (or report how it ended elsewhere)."""
         try:
             try:
                 while self.writing is not None:  # the append in flight (and its retry)
                     await asyncio.wait({self.writing})
-                if self.failure is not None:
+                if isinstance(self.failure, EventTooLarge):  # the store refused an append: the end says why
+                    status, message = "error", self._refused(self.failure)
+                    self.pending.clear()  # (nothing after the refused event is written, as after a raise)
+                elif self.failure is not None:
                     raise self.failure
             except StreamFenced:
                 self.fenced = True
@@ -396,6 +409,10 @@ class Run:
                     await self.append(batch)
             except StreamFenced:
                 return await self._outside_end()
+            except EventTooLarge as exc:  # the store refused an event of the last appends: the end says why
+                self.pending.clear()
+                await self.append([("error", terminal_data("error", self._refused(exc)))], final="error")
+                return "error"
             return status
         except (StoreUnavailable, StreamNotFound) as exc:
             self.fenced = True

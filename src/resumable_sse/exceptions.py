@@ -5,7 +5,8 @@ Every exception the library raises on purpose derives from :class:`ResumableSSEE
     ResumableSSEError
     ├── InvalidStreamId        (also ValueError) a stream id that is too long or has other than [A-Za-z0-9._:-]
     ├── InvalidEventId         (also ValueError) a Last-Event-ID that is not one of ours
-    ├── EventTooLarge          (also ValueError) a producer's event is larger than max_event_bytes
+    ├── EventTooLarge          (also ValueError) a producer's event is larger than max_event_bytes, or than the
+    │                          store takes (Redis: its proto-max-bulk-len): the message names the limit
     ├── InvalidEventData       (also ValueError) a producer's event data is text with no UTF-8 form (a lone surrogate)
     ├── StreamNotFound         the stream is unknown: never created, or expired
     ├── StreamAlreadyClaimed   another producer (in this or another process) owns the stream
@@ -65,7 +66,12 @@ class InvalidEventId(ResumableSSEError, ValueError):
 
 
 class EventTooLarge(ResumableSSEError, ValueError):
-    """A producer yielded an event whose UTF-8 data is larger than ``max_event_bytes``."""
+    """A producer yielded an event whose UTF-8 data is larger than ``max_event_bytes``, or larger than its store
+    takes (a Redis whose ``proto-max-bulk-len`` is below ``max_event_bytes``). The message names the limit.
+
+    The store's refusal comes from the append (nothing of it is written); the producer then ends the stream with
+    ``error`` and this message, at once: it is not retried as an outage would be.
+    """
 
 
 class InvalidEventData(ResumableSSEError, ValueError):

@@ -2,7 +2,8 @@
 
 Events of one append travel and are stored as one string: ``<event type>\xfe<data>`` each, joined by ``\xff``
 (two bytes UTF-8 text never contains), so an append is one argument and one stream entry however many events it
-holds. A published change is ``<epoch>\n<status>\n<first>\n<last>\n<count>\n<packed>``.
+holds; an append longer than the longest argument Redis takes (``proto-max-bulk-len``) goes as several, in order,
+in the same call (:func:`split`). A published change is ``<epoch>\n<status>\n<first>\n<last>\n<count>\n<packed>``.
 """
 
 from __future__ import annotations
@@ -15,16 +16,19 @@ from typing import Any, Final
 
 from .._event import Entry, Status
 from .._log import NewEvent, Page, StreamState
+from ..exceptions import EventTooLarge
 
 __all__ = [
     "Call",
     "Pending",
     "Script",
     "bounded",
+    "merged",
     "ms",
     "pack",
     "parse_change",
     "renewal",
+    "split",
     "status_of",
     "text",
     "unpack",
@@ -36,6 +40,12 @@ Call = tuple[Sequence[str | bytes], Sequence[Any]]
 MAX_COMMAND_BYTES: Final = 16 * 1024 * 1024
 """A group commit sends one command per this many bytes of appends: Redis drops a client whose query buffer grows
 too large (``client-query-buffer-limit``), and a command that can never succeed must not be sent."""
+
+DEFAULT_BULK_LEN: Final = 512 * 1024 * 1024
+"""Redis's default ``proto-max-bulk-len``: the longest argument assumed where ``CONFIG GET`` is not allowed."""
+
+LEAST_BULK_LEN: Final = 1024 * 1024
+"""The least ``proto-max-bulk-len`` Redis can be configured with: an argument this long is accepted by every Redis."""
 
 _STATUSES: Final[dict[bytes, Status]] = {
     b"running": "running",
@@ -98,9 +108,11 @@ class Script:
 
 
 class Pending:
-    """An append waiting for the next group commit: its stream, events, keys and the one argument it travels as."""
+    """An append waiting for the next group commit: its stream, events, keys and the one argument it travels as
+    (``<token>\\n<after>\\n<final>\\n<count>\\n<end>\\n<packed>``, ``end`` being ``after + count``); :attr:`args` is
+    what is sent, that argument or, when it is longer than Redis takes, its parts (:func:`split`)."""
 
-    __slots__ = ("arg", "events", "final", "future", "keys", "stream_id")
+    __slots__ = ("arg", "args", "events", "final", "future", "keys", "stream_id")
 
     def __init__(
         self, stream_id: str, events: Sequence[NewEvent], final: Status | None, keys: tuple[bytes, ...], arg: bytes
@@ -110,19 +122,67 @@ class Pending:
         self.final = final
         self.keys = keys
         self.arg = arg
+        self.args: tuple[bytes, ...] = (arg,)
         self.future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
 
 
+def split(item: Pending, limit: int) -> tuple[bytes, ...]:
+    """The arguments ``item`` is sent as so that none is longer than ``limit`` (Redis's ``proto-max-bulk-len``: Redis
+    drops the connection of a client that sends a longer one, which would look like an outage and be retried).
+
+    An append too long for one argument goes as consecutive appends of the same stream in the same script call, so
+    still atomically: each names the sequence number its predecessor ends at, the last carries the final status,
+    and each names the end of the whole (``end``), which is how a retry of the whole call is recognised. Raises
+    :class:`EventTooLarge`, naming the limit, when one event alone cannot fit (nothing of the append is sent).
+    """
+    arg = item.arg
+    if len(arg) <= limit:
+        return (arg,)
+    token, after_b, final, _, end_b, packed = arg.split(b"\n", 5)
+    # Each part's header is at most this long (three numbers of at most 20 digits each, five line ends).
+    head = len(token) + len(final) + 65
+    after = int(after_b)
+    parts: list[bytes] = []
+    run: list[bytes] = []
+    size = head
+    pieces = packed.split(b"\xff")  # one piece an event: 0xFF never occurs in UTF-8 text
+    for piece in pieces:
+        if head + len(piece) > limit:
+            raise EventTooLarge(
+                f"an event of {len(piece) - 1} bytes does not fit in the store: Redis takes arguments of at most "
+                f"{limit} bytes (its proto-max-bulk-len)"
+            )
+        if run and size + 1 + len(piece) > limit:
+            parts.append(b"%s\n%d\n\n%d\n%s\n%s" % (token, after, len(run), end_b, b"\xff".join(run)))
+            after += len(run)
+            run, size = [], head
+        run.append(piece)
+        size += len(piece) + (len(run) > 1)
+    parts.append(b"%s\n%d\n%s\n%d\n%s\n%s" % (token, after, final, len(run), end_b, b"\xff".join(run)))
+    return tuple(parts)
+
+
+def merged(replies: Sequence[Any]) -> Any:
+    """One append's reply from the replies of its parts: the first refusal (unknown, fenced) if any, else the last
+    part's (which holds the sequence number, epoch and first retained of the whole)."""
+    for reply in replies:
+        if int(reply[0]) < 0:
+            return reply
+    return replies[-1]
+
+
 def bounded(items: list[Pending]) -> list[list[Pending]]:
-    """``items`` in runs of at most :data:`MAX_COMMAND_BYTES` of arguments (at least one item each)."""
+    """``items`` in runs of at most :data:`MAX_COMMAND_BYTES` of arguments (at least one item each; the parts of an
+    append stay together: they are applied atomically)."""
     runs: list[list[Pending]] = [[]]
     size = 0
     for item in items:
-        if runs[-1] and size + len(item.arg) > MAX_COMMAND_BYTES:
+        item_size = sum([len(arg) for arg in item.args])
+        if runs[-1] and size + item_size > MAX_COMMAND_BYTES:
             runs.append([])
             size = 0
         runs[-1].append(item)
-        size += len(item.arg)
+        size += item_size
     return runs
 
 

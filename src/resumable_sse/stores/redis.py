@@ -37,8 +37,9 @@ from typing import TYPE_CHECKING, Any, Final
 from .._event import Entry, Status, new_epoch
 from .._log import Claim, NewEvent, OnChange, Page, StreamState
 from ..exceptions import StoreUnavailable, StreamFenced, StreamNotFound
+from ._redis_bulk import BulkLimit
 from ._redis_commit import GroupCommit
-from ._redis_format import Call, Pending, Script, bounded, ms, pack, renewal, status_of, text, unpack
+from ._redis_format import Call, Pending, Script, bounded, merged, ms, pack, renewal, status_of, text, unpack
 from ._redis_watch import RedisWatch
 
 if TYPE_CHECKING:
@@ -109,6 +110,7 @@ class RedisStore:
             OSError,
         )
         self._no_script: type[BaseException] = redis.exceptions.NoScriptError
+        self._bulk = BulkLimit(self._unavailable, redis.exceptions.ResponseError)  # Redis's longest argument
         from redis.asyncio.cluster import RedisCluster
 
         # redis-py's cluster client set up lazily by many concurrent first commands can fail some of them (a race in
@@ -236,34 +238,45 @@ class RedisStore:
 
     async def _send_group(self, group: list[Pending]) -> None:
         """One group commit (see ``_redis_commit.py``): one script call on a single server (one command, one reply,
-        whatever the number of streams); on a cluster one call per hash slot, pipelined."""
-        by_slot: dict[int, list[Pending]] = {}
-        client: Any = self.client
-        for item in group:
-            slot = client.keyslot(item.keys[0]) if self._is_cluster else 0
-            by_slot.setdefault(slot, []).append(item)
-        head = [self._publish, self.max_events, self._ttl_ms]
-        batches = [part for items in by_slot.values() for part in bounded(items)]
-        calls = [
-            ([key for item in items for key in item.keys], [*head, *(item.arg for item in items)]) for items in batches
-        ]
+        whatever the number of streams); on a cluster one call per hash slot, pipelined. No argument is longer than
+        Redis takes (see ``_redis_bulk.py``): a longer append goes in parts, and one with an event that cannot fit is
+        refused with :class:`~resumable_sse.EventTooLarge` (that append alone)."""
+        bulk = self._bulk
         try:
-            results = await self._calls("append", calls)
+            if self._uninitialized_cluster:
+                await self._initialize()
+            sendable = bulk.fit(group, await bulk.learn(self.client, self._is_cluster))
+            by_slot: dict[int, list[Pending]] = {}
+            client: Any = self.client
+            for item in sendable:
+                slot = client.keyslot(item.keys[0]) if self._is_cluster else 0
+                by_slot.setdefault(slot, []).append(item)
+            head = [self._publish, self.max_events, self._ttl_ms]
+            batches = [part for items in by_slot.values() for part in bounded(items)]
+            calls = [
+                (
+                    [key for item in items for _ in item.args for key in item.keys],
+                    [*head, *(arg for item in items for arg in item.args)],
+                )
+                for items in batches
+            ]
+            results = await self._calls("append", calls) if calls else []
         except BaseException as exc:
-            for item in group:
-                if not item.future.done():
-                    item.future.set_exception(self._wrap(exc))
+            bulk.failed(self._wrap(exc), group)
             if not isinstance(exc, Exception):
                 raise
         else:
             for items, outcome in zip(batches, results, strict=True):
-                for index, item in enumerate(items):
-                    if item.future.done():
-                        continue
-                    if isinstance(outcome, BaseException):
-                        item.future.set_exception(outcome)
-                    else:
-                        self._applied(item, outcome[index])
+                if isinstance(outcome, BaseException):
+                    bulk.failed(outcome, items)
+                    continue
+                index = 0
+                for item in items:
+                    count = len(item.args)
+                    replies = outcome[index : index + count]
+                    index += count
+                    if not item.future.done():
+                        self._applied(item, replies[0] if count == 1 else merged(replies))
 
     async def _pipeline(self, client: Any, script: Script, calls: Sequence[Call]) -> list[Any]:
         """Run ``script`` once per ``(keys, args)`` in one pipeline; calls that met NOSCRIPT run again after
@@ -339,7 +352,8 @@ class RedisStore:
         next group commit before it returns."""
         if final is not None and not events:
             raise ValueError("a final append needs the terminal entry")
-        arg = b"%s\n%d\n%s\n%d\n%s" % (token.encode(), after, (final or "").encode(), len(events), pack(events))
+        count, status = len(events), (final or "").encode()
+        arg = b"%s\n%d\n%s\n%d\n%d\n%s" % (token.encode(), after, status, count, after + count, pack(events))
         tag = f"{{{self.key_prefix}:{stream_id}}}".encode()  # bytes: nothing for redis-py to encode
         item = Pending(stream_id, events, final, (tag + b":m", tag + b":e", tag + b":c"), arg)
         self._commit.add(item)

@@ -3,9 +3,11 @@
 -- KEYS: for each stream its state hash, its entries stream and its channel of every change (3 keys a stream).
 -- ARGV[1] the publish command ('PUBLISH', or 'SPUBLISH' on a cluster), ARGV[2] max_events, ARGV[3] ttl of a
 -- finished stream (ms); then for each stream ONE argument (one argument a stream keeps the command cheap to build):
--- '<token>\n<after>\n<final status or nothing>\n<number of events>\n<packed>', after being the last_seq the producer
--- knows and packed the events, each '<event type or nothing>\254<data>', joined by '\255' (bytes that never occur in
--- UTF-8 text).
+-- '<token>\n<after>\n<final status or nothing>\n<number of events>\n<end>\n<packed>', after being the last_seq the
+-- producer knows, end the last_seq once the producer's whole append is applied (after + number of events, unless the
+-- append was split in consecutive parts, each an argument no longer than Redis takes: then the end of the last part),
+-- and packed the events, each '<event type or nothing>\254<data>', joined by '\255' (bytes that never occur in UTF-8
+-- text).
 -- Each append becomes ONE stream entry: id '<seq of its last event>-0', fields 'n' (number of events) and 'd' (the
 -- packed events as they came), so an append costs the server one XADD however many events it holds. It is published
 -- on the channel as '<epoch>\n<status>\n<first>\n<last>\n<count>\n<packed>', so that followers need no read.
@@ -14,14 +16,14 @@
 local max_events = tonumber(ARGV[2])
 local out = {}
 
-local function append(hash, entries, channel, token, after, final, count, packed)
+local function append(hash, entries, channel, token, after, final, count, finish, packed)
   local m = redis.call('HMGET', hash, 's', 't', 'n', 'lt', 'f', 'e')
   if not m[1] then
     return {-1}
   end
   local last = tonumber(m[3])
   if last ~= after then
-    if m[4] == token and last == after + count then
+    if m[4] == token and last == finish then
       return {1, last} -- a retry of an append that was applied: nothing to do
     end
     return {-2}
@@ -67,8 +69,9 @@ for i = 1, #KEYS / 3 do
   local e2 = string.find(arg, '\n', e1 + 1, true)
   local e3 = string.find(arg, '\n', e2 + 1, true)
   local e4 = string.find(arg, '\n', e3 + 1, true)
+  local e5 = string.find(arg, '\n', e4 + 1, true)
   out[i] = append(KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i], string.sub(arg, 1, e1 - 1),
     tonumber(string.sub(arg, e1 + 1, e2 - 1)), string.sub(arg, e2 + 1, e3 - 1), tonumber(string.sub(arg, e3 + 1, e4 - 1)),
-    string.sub(arg, e4 + 1))
+    tonumber(string.sub(arg, e4 + 1, e5 - 1)), string.sub(arg, e5 + 1))
 end
 return out
