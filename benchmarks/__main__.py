@@ -35,6 +35,12 @@ SUITE: dict[str, tuple[list[str], list[str], float]] = {
     ),
     "idle": (["--streams", "10000", "--window", "15"], ["--streams", "20", "--window", "1"], 300),
     "scale_out": (["--streams", "200", "--tokens", "100"], ["--streams", "10", "--tokens", "10"], 150),
+    # One stream of 3,200 x 64 KiB events; the trailing row's 100 readers read a stream of 800 of them.
+    "window": (
+        ["--events", "3200", "--readers", "100", "--trailing-events", "800"],
+        ["--events", "40", "--size", "16", "--readers", "3", "--trailing-events", "40"],
+        300,
+    ),
     "alternatives": (["--events", "20000"], ["--events", "200", "--samples", "3", "--repeat", "1"], 300),
     # The same workload on servers whose garbage collector is tuned (see fleet.py): what the defaults' full
     # collections cost, and what a deployment that tunes them gets.

@@ -281,6 +281,29 @@ async def _subscribe(
         return await engine.subscribe(sid, position)
 
 
+WRITE_BYTES: Final = 256 * 1024
+"""Most bytes of event data in one write of a batch (at least one event): a client that reads slowly holds one write
+in its connection's buffer, so a reader behind a stream of large events costs about this, not a whole batch, per
+connection."""
+
+
+def _parts(batch: Sequence[Item]) -> list[Sequence[Item]]:
+    """A batch in the parts it is written in: the batch itself (events that are ready together go in one socket
+    write), or, when its data is larger than :data:`WRITE_BYTES`, consecutive parts of at most that (or one
+    event), each written (and awaited) in turn."""
+    if len(batch) == 1 or sum([len(item.data) for item in batch]) <= WRITE_BYTES:
+        return [batch]
+    parts: list[Sequence[Item]] = []
+    start = size = 0
+    for index, item in enumerate(batch):
+        if index > start and size + len(item.data) > WRITE_BYTES:
+            parts.append(batch[start:index])
+            start, size = index, 0
+        size += len(item.data)
+    parts.append(batch[start:])
+    return parts
+
+
 async def relay(
     subscription: Subscription,
     options: StreamOptions,
@@ -313,11 +336,13 @@ async def relay(
         batches = subscription.batches()
         try:
             async for batch in batches:
-                if prelude:
-                    await write(prelude + encode(batch))
-                    prelude = b""
-                else:
-                    await write(encode(batch))
+                for part in _parts(batch):  # (one part, the whole batch, unless it is larger than WRITE_BYTES)
+                    if prelude:
+                        await write(prelude + encode(part))
+                        prelude = b""
+                    else:
+                        await write(encode(part))
+                    del part
                 del batch
                 if write_now is not None:  # after the first batch (the prelude and any reset are out)
                     subscription.write_directly(write_now)

@@ -27,7 +27,7 @@ from ._observe import Observer
 from ._tasks import spawn
 from .exceptions import StoreUnavailable
 
-__all__ = ["Hub", "Owner", "Reader", "Tail", "judge", "terminal_data"]
+__all__ = ["Hub", "Owner", "Reader", "Tail", "data_size", "judge", "terminal_data", "within"]
 
 logger = logging.getLogger("resumable_sse")
 
@@ -56,7 +56,11 @@ class Owner(Protocol):
     @property
     def window(self) -> int: ...
     @property
+    def window_bytes(self) -> int: ...
+    @property
     def batch_size(self) -> int: ...
+    @property
+    def max_batch_bytes(self) -> int: ...
     @property
     def liveness_interval(self) -> float: ...
     @property
@@ -87,23 +91,44 @@ def judge(state: StreamState, epoch: str, cursor: int, entries: Sequence[Entry] 
     return "trimmed" if cursor < state.first_seq - 1 else None
 
 
-class Tail:
-    """What this process knows of one followed stream: its latest shape and a window of recent entries."""
+def data_size(entries: Sequence[Entry]) -> int:
+    """What ``entries`` count against a byte budget: the length of their data (bytes for ASCII text)."""
+    if len(entries) == 1:
+        return len(entries[0].data)
+    return sum([len(entry.data) for entry in entries])
 
-    __slots__ = ("heard", "parked", "producing", "readers", "state", "stream_id", "version", "window")
+
+def within(entries: Sequence[Entry], budget: int) -> Sequence[Entry]:
+    """The longest prefix of ``entries`` whose data fits ``budget``, and at least the first entry."""
+    size = 0
+    for index, entry in enumerate(entries):
+        size += len(entry.data)
+        if size > budget and index:
+            return entries[:index]
+    return entries
+
+
+class Tail:
+    """What this process knows of one followed stream: its latest shape and a window of recent entries, at most
+    ``window`` of them and ``window_bytes`` of their data (:class:`~resumable_sse.Streamer`'s options): a reader
+    further behind reads the store, in batches, rather than this process keeping the stream for it."""
+
+    __slots__ = ("heard", "parked", "producing", "readers", "size", "state", "stream_id", "version", "window")
 
     def __init__(self, stream_id: str, state: StreamState) -> None:
         self.stream_id = stream_id
         self.state: StreamState | None = state  # None: the store no longer has the stream
         self.window: list[Entry] = []  # contiguous entries of state's epoch, ending at most at state.last_seq
+        self.size = 0  # data_size(window), never above the byte budget once notice() returns
         self.version = 0  # bumped at every change; a reader that saw no change since it looked waits
         self.readers = 0  # readers and local producers following the stream
         self.producing = 0  # of them, local producers: their appends come as local notifications
         self.parked: list[Reader] = []  # readers waiting for the next change (some take entries written for them)
         self.heard = time.monotonic()
 
-    def take(self, epoch: str, after: int, limit: int) -> Page | None:
-        """A page after ``after`` from memory, or None when the store must be asked."""
+    def take(self, epoch: str, after: int, limit: int, budget: int) -> Page | None:
+        """A page after ``after`` from memory (at most ``limit`` entries and ``budget`` bytes of data, at least one
+        entry), or None when the store must be asked."""
         state = self.state
         if state is None or state.epoch != epoch or after > state.last_seq:
             return None
@@ -113,9 +138,10 @@ class Tail:
         if not window or window[0].seq > after + 1 or window[-1].seq <= after:
             return None
         start = after + 1 - window[0].seq
-        return Page(state, window[start : start + limit])
+        entries = window[start : start + limit]
+        return Page(state, within(entries, budget) if self.size > budget else entries)
 
-    def notice(self, page: Page, window: int) -> None:
+    def notice(self, page: Page, window: int, window_bytes: int) -> None:
         """A change pushed by the store: pushes of one stream come in the store's order, so each is the truth of its
         moment, even one that goes back (the store was rewound, and an audit had not said so yet)."""
         state, entries = page.state, page.entries
@@ -130,16 +156,30 @@ class Tail:
             follows = same_epoch and self.window and self.window[-1].seq + 1 == entries[0].seq
             if follows and not self._all_waiting():
                 self.window.extend(entries)
-                excess = len(self.window) - window
-                if excess > 0:
-                    del self.window[:excess]
+                self.size += data_size(entries)
             else:
                 # In place: a list made at every token would outlive a young collection and be promoted, and the
                 # promoted garbage of a thousand paced streams is what makes full collections come often.
                 self.window[:] = entries[-window:]
+                self.size = data_size(self.window)
+            if len(self.window) > window or self.size > window_bytes:
+                self._trim(window, window_bytes)
         else:
             self.window.clear()
+            self.size = 0
         self.changed(state, wake=not written)
+
+    def _trim(self, window: int, window_bytes: int) -> None:
+        """Drop the oldest entries until the window holds at most ``window`` of them and ``window_bytes`` of data
+        (none at all when its newest alone is larger: its readers then read the store)."""
+        entries = self.window
+        cut = max(0, len(entries) - window)
+        size = self.size - data_size(entries[:cut]) if cut else self.size
+        while size > window_bytes and cut < len(entries):
+            size -= len(entries[cut].data)
+            cut += 1
+        del entries[:cut]
+        self.size = size
 
     def deliver(self, state: StreamState, entries: Sequence[Entry]) -> None:
         """Write ``entries`` for each waiting reader that takes them (:meth:`Reader.deliver`), in the step that
@@ -168,7 +208,8 @@ class Tail:
         """True when every reader waits for what comes next: each has had all the window holds, so the window need
         keep only what comes now. Readers that keep up (paced streams, the common case) then hold a window of one
         page, not thousands of entries per stream that the garbage collector would walk again and again; a reader
-        that falls behind keeps the window growing (up to ``window``) until it catches up."""
+        that falls behind keeps the window growing (up to ``window`` entries and ``window_bytes`` of data) until it
+        catches up."""
         waiting = 0
         for reader in self.parked:
             waiting += reader.waiting
@@ -184,6 +225,7 @@ class Tail:
             return
         if state is None or old is None or state.epoch != old.epoch or state.last_seq < old.last_seq:
             self.window.clear()  # gone, recreated or rewound: readers go to the store, which tells them why
+            self.size = 0
         self.changed(state)
 
     def changed(self, state: StreamState | None, *, wake: bool = True) -> None:
@@ -256,7 +298,8 @@ class Hub:
         if page is None:
             self.suspect(stream_id)
             return
-        tail.notice(page, self.streamer.window)
+        streamer = self.streamer
+        tail.notice(page, streamer.window, streamer.window_bytes)
         if page.state.finished:
             self.streamer.ended(page.state)
 

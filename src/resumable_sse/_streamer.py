@@ -60,7 +60,12 @@ class Streamer:
         cancelled.
     :param batch_size: most events per append and per read; also how far a producer may run ahead of its writes.
     :param max_batch_bytes: most bytes of event data per append (a store or a proxy refuses commands beyond some
-        size, and an append that can never succeed must not be sent); at least ``max_event_bytes``.
+        size, and an append that can never succeed must not be sent) and per batch a reader takes (one read of the
+        store, or of the window); at least ``max_event_bytes``. A batch holds at least one event.
+    :param window: most recent events this process keeps in memory for each stream's readers that fall behind.
+    :param window_bytes: most bytes of event data in that window (a stream of large events keeps fewer of them);
+        a reader further behind reads the store in batches (of ``batch_size`` events and ``max_batch_bytes`` at
+        most) instead. Each event in memory also keeps its encoded form once sent: up to about twice this.
     :param error_message: what clients are told when a producer raises anything but
         :class:`~resumable_sse.ProducerError`.
     :param store_retry_timeout: how long a producer's appends, and the live tail readers wait on, are retried while
@@ -80,6 +85,7 @@ class Streamer:
         batch_size: int = 1024,
         max_batch_bytes: int = 4 * 1024 * 1024,
         window: int = 4096,
+        window_bytes: int = 4 * 1024 * 1024,
         error_message: str = "the stream failed",
         store_retry_timeout: float = 30.0,
         observer: Observer | None = None,
@@ -96,6 +102,8 @@ class Streamer:
             raise ValueError("max_event_bytes must be positive")
         if max_batch_bytes < max_event_bytes:
             raise ValueError("max_batch_bytes must be at least max_event_bytes")
+        if window_bytes < 1:
+            raise ValueError("window_bytes must be positive")
         self.store: Final[EventLog] = store
         self.observer: Final = observer
         """The observer the engine reports to, or None."""
@@ -108,6 +116,7 @@ class Streamer:
         self.batch_size: Final = batch_size
         self.max_batch_bytes: Final = max_batch_bytes
         self.window: Final = window
+        self.window_bytes: Final = window_bytes
         self.error_message: Final = error_message
         self.store_retry_timeout: Final = store_retry_timeout
         self.liveness_interval: Final = lease / 2

@@ -15,7 +15,7 @@ from typing import ClassVar, Final
 
 from ._event import Entry, EventId, Reset, encode_event
 from ._log import Page, StreamState
-from ._readers import Hub, judge, terminal_data
+from ._readers import Hub, data_size, judge, terminal_data, within
 
 __all__ = ["Gone", "Item", "Reset", "Subscription"]
 
@@ -67,6 +67,7 @@ class Subscription:
         self._closed = False
         self._waiter: asyncio.Future[None] | None = None
         self._write_now: Callable[[bytes], bool] | None = None
+        self._entry_bytes = 0  # data per entry in what was last read of the store (0: nothing read yet)
 
     @property
     def at_end(self) -> bool:
@@ -144,6 +145,20 @@ class Subscription:
         self.cursor = entries[-1].seq if entries else state.first_seq - 1
         return [Reset(reason, entries[0].id if entries else state.first_id), *entries]
 
+    def _read_limit(self, limit: int, budget: int) -> int:
+        """How many entries to read of the store: ``limit``, or fewer when the entries read before suggest that
+        ``limit`` of them would hold more than ``budget`` bytes (a reader behind a stream of large events reads it
+        in batches of about ``budget``, rather than holding ``limit`` large events at once)."""
+        entry_bytes = self._entry_bytes
+        return limit if not entry_bytes else max(1, min(limit, budget // entry_bytes))
+
+    def _bounded(self, page: Page, budget: int) -> Page:
+        """``page`` cut to ``budget`` bytes of data (at least one entry); what it held teaches :meth:`_read_limit`."""
+        entries = page.entries
+        size = data_size(entries)
+        self._entry_bytes = size // len(entries) + 1
+        return page if size <= budget else Page(page.state, within(entries, budget))
+
     async def batches(self, limit: int | None = None) -> AsyncGenerator[Sequence[Item], None]:
         """Yield the entries ready together (up to ``limit`` each), oldest first, then wait for the live tail.
 
@@ -152,6 +167,7 @@ class Subscription:
         hub = self._hub
         streamer, store, observer = hub.streamer, hub.streamer.log, hub.streamer.observer
         limit = limit or streamer.batch_size
+        budget = streamer.max_batch_bytes  # of event data in one batch (at least one entry)
         pending: list[Item] = [self.reset] if self.reset is not None else []
         tail = hub.attach(self.state)
         streamer.opened(self)
@@ -160,14 +176,18 @@ class Subscription:
         try:
             while not self._closed and not streamer.readers_ended:
                 version = tail.version
-                page = tail.take(self._epoch, self.cursor, limit)
+                page = tail.take(self._epoch, self.cursor, limit, budget)
                 if page is None:
-                    page = await store.read(self.stream_id, self.cursor, limit, epoch=self._epoch)
+                    page = await store.read(
+                        self.stream_id, self.cursor, self._read_limit(limit, budget), epoch=self._epoch
+                    )
                     if tail.version == version:
                         hub.learned(tail, page.state if page is not None else None, read=True)
                     if page is None:
                         yield [*pending, Gone()]
                         return
+                    if page.entries:
+                        page = self._bounded(page, budget)
                 batch: list[Item] = [*pending, *self._accept(page)]
                 pending = []
                 if batch:
