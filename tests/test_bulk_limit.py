@@ -150,3 +150,17 @@ async def test_a_fast_producer_whose_batches_exceed_the_limit_is_written_whole(s
         items = [item async for item in subscription]
     assert [item.data for item in items[:-1]] == [f"{i:05d}" + "z" * 2000 for i in range(4000)]
     assert items[-1].event == "done"
+
+
+async def test_renewing_leases_whose_tokens_exceed_the_limit_renews_every_one(small_server: RedisServer) -> None:
+    """The tokens of a renewal travel as one argument on a single node: 600 leases of 2 KB tokens (1.2 MB) go in
+    calls that fit, and every lease is renewed."""
+    store = RedisStore.from_url(small_server.url, key_prefix=unique_prefix())
+    try:
+        leases = [(f"s{i}", f"{i:05d}" + "k" * 2000) for i in range(600)]
+        claims = await asyncio.gather(*(store.claim(stream, token, LEASE) for stream, token in leases))
+        assert all(claim.acquired for claim in claims)
+        assert await store.renew(leases, LEASE) == [0] * 600  # (each stream's last seq: kept)
+        assert await store.renew([("s0", "not the token")], LEASE) == [-1]
+    finally:
+        await store.close()

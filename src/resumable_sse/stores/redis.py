@@ -387,8 +387,10 @@ class RedisStore:
             return []
         head = [ms(lease), self._ttl_ms]
         if not self._is_cluster:
-            keys, tokens = renewal(self.key_prefix, leases)
-            return [int(kept) for kept in await self._eval("renew", keys, [*head, tokens])]
+            kept = []
+            for keys, tokens in renewal(self.key_prefix, leases):  # (one call, unless the tokens exceed 1 MiB)
+                kept += [int(one) for one in await self._eval("renew", keys, [*head, tokens])]
+            return kept
         replies = await self._pipelined(
             "renew", [(self.keys(stream_id)[:2], [*head, token]) for stream_id, token in leases]
         )
