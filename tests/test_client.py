@@ -383,9 +383,15 @@ async def test_a_relative_url_is_taken_with_a_session_that_has_a_base_url(server
 
 
 async def test_a_relative_url_with_a_session_without_base_url_is_rejected_at_once() -> None:
+    with pytest.raises(ValueError, match="not an absolute URL"):
+        connect("/stream/a")  # no session: nothing it could be relative to
     async with aiohttp.ClientSession() as session:
-        with pytest.raises(ValueError, match="not an absolute URL"):
-            connect("/stream/a", session=session)
+        events = connect("/stream/a", session=session, **fast(max_retries=5))
+        with pytest.raises(ClientError, match="/stream/a") as caught:
+            await collect(events)
+    # The session's first request fails on the URL, at once and never retried.
+    assert isinstance(caught.value.__cause__, aiohttp.InvalidURL)
+    assert events.connections == 1
 
 
 async def test_a_certificate_error_is_a_client_error_at_once_not_retried(tls_server: str) -> None:

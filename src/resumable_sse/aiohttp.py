@@ -13,19 +13,21 @@ silent gap, and every refusal is a plain status code (400, 403, 410, 503) before
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import inspect
 import logging
+import socket
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, Final, Literal
 
 from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
-from aiohttp.http_writer import StreamWriter
 from aiohttp.web_request import BaseRequest
 from aiohttp_sse import EventSourceResponse
 
+from ._compat_aiohttp import share_writer_keys, write_at_once
 from ._heartbeats import MESSAGE as HEARTBEAT
 from ._heartbeats import heartbeats
 from ._http import Refusal, StreamOptions, WireProtocol, open_stream, position_of, relay
@@ -47,33 +49,12 @@ StreamIdFunction = Callable[[web.Request], str]
 AuthorizeFunction = Callable[[web.Request, str], "bool | Awaitable[bool]"]
 
 _DEFAULT_STREAMERS: weakref.WeakKeyDictionary[web.Application, Streamer] = weakref.WeakKeyDictionary()
-_PING_IN_INIT: Final = "ping_interval" in inspect.signature(EventSourceResponse.__init__).parameters
-# aiohttp-sse 3 refuses to prepare (even once prepared, as aiohttp does again after the handler) a response to any
-# method but GET; the method was decided already (_http), and the AI SDK's chat route serves its stream to a POST.
-_METHODS_IN_INIT: Final = "allow_all_methods" in inspect.signature(EventSourceResponse.__init__).parameters
+_SSE_OPTIONS: Final = inspect.signature(EventSourceResponse.__init__).parameters
+_TCP_USER_TIMEOUT: Final[int | None] = getattr(socket, "TCP_USER_TIMEOUT", None)  # (Linux only)
+_NO_PING: Final = 10 * 365 * 86400.0
+"""aiohttp-sse's own heartbeat interval: never reached (its task is stopped at once; ours go out on one timer)."""
 
-# The attributes aiohttp's writer sets only once its response starts (each has a class default).
-_LATE_WRITER_ATTRIBUTES: Final = ("length", "chunked", "buffer_size", "output_size", "_eof", "_compress")
-
-
-def _share_writer_keys() -> None:
-    """Teach aiohttp's ``StreamWriter`` class the names of all its attributes before any request is served.
-
-    CPython 3.11+ keeps an instance's attributes in a table of names its class shares, as long as each name was
-    added while few instances existed: every new instance leaves less room for new names. aiohttp's writer gets four
-    of its attributes only when its response starts, so when a score of requests arrive before the first response
-    starts (a burst of reconnects, or handlers that wait for a store before they start, as the Redis store's claim
-    does) those names never join the table, and from then on every writer of the process keeps its attributes in a
-    dict of its own: about 0.4 KB more per open connection (10,000 quiet connections on the Redis store: 20.3-20.5
-    KiB each without this, 19.8-20.0 with it). One writer, made here and thrown away, sets them first, to the
-    values they have anyway. (On 3.10 every instance has a dict of its own: this changes nothing there.)
-    """
-    writer = StreamWriter(None, None)  # type: ignore[arg-type]  # (never written to)
-    for name in _LATE_WRITER_ATTRIBUTES:
-        setattr(writer, name, getattr(writer, name, None))
-
-
-_share_writer_keys()
+share_writer_keys()
 
 
 def setup(app: web.Application, streamer: Streamer | None = None) -> Streamer:
@@ -150,8 +131,12 @@ class ResumableResponse(EventSourceResponse):
 
     Every write (events, heartbeats, the end of the body) is bounded by ``send_timeout`` seconds: a client that
     reads nothing for that long has its connection aborted, and the write raises :class:`ConnectionResetError`.
-    aiohttp-sse 2.x bounds no write at all, and 3.x only its own ``send()`` and heartbeats, so the bound is kept here,
-    for every aiohttp-sse version the same (heartbeats go through :meth:`write` too).
+    The kernel is told the same bound: the socket's ``TCP_USER_TIMEOUT`` (Linux) is ``send_timeout`` while the
+    response lasts (0, the system's own, for ``None``). aiohttp-sse 2.x bounds nothing and 3.x sets its own 120 s,
+    so both bounds are kept here, the same for every aiohttp-sse version.
+
+    Heartbeats go out on one timer per event loop and interval (``_heartbeats.py``), not from a task per response:
+    aiohttp-sse's own heartbeat task is given an interval it never reaches.
     """
 
     def __init__(
@@ -159,17 +144,27 @@ class ResumableResponse(EventSourceResponse):
     ) -> None:
         if send_timeout is not None and send_timeout <= 0:
             raise ValueError("send_timeout must be positive (or None: no bound)")
+        if heartbeat <= 0:
+            raise ValueError("heartbeat must be positive")
         options: dict[str, Any] = {"headers": headers, "sep": "\n"}
-        if _PING_IN_INIT:
-            options["ping_interval"] = heartbeat
-        if _METHODS_IN_INIT:
+        if "ping_interval" in _SSE_OPTIONS:
+            options["ping_interval"] = _NO_PING
+        if "send_timeout" in _SSE_OPTIONS:
+            options["send_timeout"] = None  # aiohttp-sse 3 leaves the socket alone: the bound is set here
+        if "allow_all_methods" in _SSE_OPTIONS:
+            # aiohttp-sse 3 refuses to prepare (even once prepared, as aiohttp does again after the handler) a
+            # response to any method but GET; the method was decided already (_http), and the AI SDK's chat route
+            # serves its stream to a POST.
             options["allow_all_methods"] = True
         super().__init__(**options)
-        if not _PING_IN_INIT:  # aiohttp-sse < 3 takes it through a property
-            self.ping_interval = heartbeat
+        if "ping_interval" not in _SSE_OPTIONS:  # aiohttp-sse < 3 takes it through a property
+            self.ping_interval = _NO_PING
+        self.heartbeat = float(heartbeat)
+        """Seconds between heartbeats."""
         self.heartbeat_at = 0.0  # when the next heartbeat is due (kept by the loop's heartbeat timer)
         self.heartbeat_ref: weakref.ReferenceType[Any] | None = None  # (the timer's, made once)
-        self._heartbeat_due: asyncio.Future[None] | None = None  # set when that timer leaves a heartbeat to us
+        self._beating = False  # between prepare() and stop_streaming() or a failed heartbeat
+        self._late_heartbeat: asyncio.Task[None] | None = None  # a heartbeat that had to wait, being written
         self._ended = False
         self.send_timeout = send_timeout or 0.0
         self._write_timeout = send_timeout
@@ -177,64 +172,94 @@ class ResumableResponse(EventSourceResponse):
         # (most of a quiet connection's life: no list kept for it).
         self.started: list[float] | None = None
         self._transport: asyncio.Transport | None = None
+        self._writer: AbstractStreamWriter | None = None
+        self._user_timeout: tuple[Any, int] | None = None  # the socket and its TCP_USER_TIMEOUT before ours
         self.stalled = False
         """True once a write took longer than ``send_timeout`` and the connection was aborted."""
         self.on_heartbeat_end: Callable[[], object] | None = None
-        """Called when the heartbeat stops (a write failed: the client is gone), by :meth:`heartbeat_ended`."""
+        """Called once when a heartbeat finds the client gone (a failed write)."""
 
     async def prepare(self, request: BaseRequest) -> AbstractStreamWriter | None:
         if self._transport is None:
             self._transport = request.transport
-        return await super().prepare(request)
+            self._bound_socket()
+        writer = await super().prepare(request)
+        if self._writer is None and writer is not None:
+            self._writer = writer
+            self._beating = True
+            heartbeats().add(self)
+        return writer
 
-    def heartbeat_task(self) -> asyncio.Future[None]:
-        """What ends when the heartbeat stops: aiohttp-sse's heartbeat task itself (it ends when a write fails or
-        :meth:`stop_streaming` is called), or, should a version of aiohttp-sse keep it elsewhere, a task awaiting
-        :meth:`wait`. Watching the task itself costs a quiet connection no task of its own."""
-        task = getattr(self, "_ping_task", None)
-        if isinstance(task, asyncio.Future):
-            return task
-        return asyncio.ensure_future(self.wait())
-
-    @property
-    def heartbeat(self) -> float:
-        """Seconds between heartbeats: aiohttp-sse's ping interval (which aiohttp-sse 2.x lets one change later)."""
-        return float(self._ping_interval)
-
-    async def _ping(self) -> None:
-        """aiohttp-sse's heartbeat task (started by ``prepare``). It waits: the loop's one heartbeat timer sends the
-        heartbeats (see ``_heartbeats.py``) and leaves here only those that could wait, written the bounded way; a
-        write that fails ends the task, as aiohttp-sse's own does."""
-        beats = heartbeats()
-        loop = asyncio.get_running_loop()
+    def _bound_socket(self) -> None:
+        """Set the socket's ``TCP_USER_TIMEOUT`` to ``send_timeout`` (0 for None), keeping the value it had: the
+        kernel then aborts the connection when what was sent stays unacknowledged that long, even while the
+        socket's buffers have room (a slow stream to a vanished client may never fill them)."""
+        transport = self._transport
+        sock = None if transport is None or _TCP_USER_TIMEOUT is None else transport.get_extra_info("socket")
+        if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6) or _TCP_USER_TIMEOUT is None:
+            return
         try:
-            while True:
-                due = self._heartbeat_due = loop.create_future()
-                beats.add(self)
-                await due
-                await self.write(HEARTBEAT)
-        finally:
-            self._heartbeat_due = None
+            before = sock.getsockopt(socket.IPPROTO_TCP, _TCP_USER_TIMEOUT)
+            sock.setsockopt(socket.IPPROTO_TCP, _TCP_USER_TIMEOUT, int((self._write_timeout or 0) * 1000))
+        except OSError:  # a socket that refuses the option keeps the system's
+            return
+        self._user_timeout = (sock, before)
+
+    def _unbound_socket(self) -> None:
+        """Give the socket back its ``TCP_USER_TIMEOUT`` (the connection may serve another request)."""
+        kept, self._user_timeout = self._user_timeout, None
+        if kept is None or _TCP_USER_TIMEOUT is None:
+            return
+        sock, before = kept
+        if sock.fileno() >= 0:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, _TCP_USER_TIMEOUT, before)
 
     def beat(self) -> bool:
-        """The heartbeat timer's call when a heartbeat is due: sent at once if that cannot wait (True), else left to
-        the heartbeat task, or dropped when that task has ended (False)."""
-        due = self._heartbeat_due
-        if due is None or due.done():
+        """The heartbeat timer's call when a heartbeat is due: sent at once if that cannot wait (True); else written
+        by a task of its own, bounded like any write, which queues the next heartbeat when done (False); nothing
+        once the heartbeat stopped (False)."""
+        if not self._beating:
             return False
         if self.write_now(HEARTBEAT):
             return True
-        due.set_result(None)
+        transport = self._transport
+        if transport is None or transport.is_closing() or self.stalled or self._ended:
+            self._heartbeat_failed()
+        elif self._late_heartbeat is None:
+            self._late_heartbeat = spawn(self._write_late_heartbeat(), "resumable-sse heartbeat")
         return False
 
-    def heartbeat_ended(self, task: asyncio.Future[None]) -> None:
-        """A done callback for :meth:`heartbeat_task`: the heartbeat stopped, so whoever waits for events to write
-        here stops waiting at once (``on_heartbeat_end``). A method rather than a closure or a partial: a quiet
-        connection holds its callback for as long as it is open."""
+    async def _write_late_heartbeat(self) -> None:
+        written = False
+        try:
+            await self.write(HEARTBEAT)
+            written = True
+        except (OSError, RuntimeError):  # the client is gone (or the body ended): the heartbeat stops
+            pass
+        finally:
+            self._late_heartbeat = None
+            if not written:
+                self._heartbeat_failed()
+            elif self._beating:
+                heartbeats().add(self)
+
+    def _heartbeat_failed(self) -> None:
+        """A heartbeat found the client gone: the heartbeat stops, and whoever waits for events to write here
+        stops waiting at once (``on_heartbeat_end``)."""
+        if not self._beating:
+            return
+        self.stop_streaming()
         if self.on_heartbeat_end is not None:
             self.on_heartbeat_end()
-        if not task.cancelled():
-            task.exception()  # retrieved: a failed heartbeat only means the client is gone
+
+    def stop_streaming(self) -> None:
+        """Stop the heartbeats (and aiohttp-sse's heartbeat task, so that :meth:`wait` returns)."""
+        self._beating = False
+        late, self._late_heartbeat = self._late_heartbeat, None
+        if late is not None and late is not asyncio.current_task():
+            late.cancel()
+        super().stop_streaming()
 
     async def end(self) -> None:
         """End the body after the terminal event: bounded by ``send_timeout`` here, rather than unbounded by aiohttp
@@ -284,7 +309,10 @@ class ResumableResponse(EventSourceResponse):
 
     async def write_eof(self, data: bytes = b"") -> None:
         self._ended = True
-        await self._bounded(super().write_eof(data))
+        try:
+            await self._bounded(super().write_eof(data))
+        finally:
+            self._unbound_socket()
 
     def write_now(self, data: bytes) -> bool:
         """Write ``data`` at once, without waiting, or refuse: True when it was handed to the connection, False when
@@ -292,8 +320,8 @@ class ResumableResponse(EventSourceResponse):
         empty and ``data`` within its high-water mark), so that the caller uses :meth:`write`, which waits and is
         bounded by ``send_timeout``. A reader that keeps up with a paced stream is written to this way in the step
         that appended its event: no task wakes, and no turn of the event loop passes, for it."""
-        transport = self._transport
-        if self.started or self.stalled or self._ended or self.compression or transport is None:
+        transport, writer = self._transport, self._writer
+        if self.started or self.stalled or self._ended or self.compression or transport is None or writer is None:
             return False
         if transport.is_closing():
             return False
@@ -302,18 +330,7 @@ class ResumableResponse(EventSourceResponse):
                 return False
         except NotImplementedError:  # a transport that cannot tell: every write goes the way that may wait
             return False
-        # aiohttp's write is a coroutine, but one that waits only to drain a socket buffer over its high-water
-        # mark, which the checks above rule out: run here, it completes in this very step.
-        write = super().write(data)
-        try:
-            write.send(None)
-        except StopIteration:
-            return True
-        except Exception:  # nothing was written (the connection closed under it): write() reports it
-            return False
-        # It waited after all (for a drain of what it wrote: the data is in the transport): no need to wait here.
-        write.close()
-        return True
+        return write_at_once(super().write(data), writer)
 
 
 def _refusal(refusal: Refusal) -> web.Response:
@@ -433,14 +450,11 @@ def resumable_handler(
                 return _client_gone()
             # All in this frame, with no task or closure of its own: a quiet connection is held for as long as its
             # stream runs, and holds all of this meanwhile.
-            pinger = response.heartbeat_task()
             response.on_heartbeat_end = subscription.close
-            gone = response.heartbeat_ended
-            pinger.add_done_callback(gone)
             try:
                 await relay(subscription, options, response.write, response.end, response.write_now)
             finally:
-                pinger.remove_done_callback(gone)
+                response.on_heartbeat_end = None
                 response.stop_streaming()
                 if response.stalled:
                     logger.info(

@@ -145,8 +145,10 @@ class EventStream:
     ) -> None:
         self.options: Final = merge_options(options, overrides)
         """The options this stream follows with (see :class:`ClientOptions`)."""
-        # A relative URL only makes sense against a session's base_url.
-        self.url: Final = check_url(url, relative_ok=getattr(session, "_base_url", None) is not None)
+        # A relative URL only makes sense against a session's base_url, which aiohttp does not let one read: with
+        # a session it is taken as is, and a session without a base_url fails the first request (InvalidURL: a
+        # ClientError at once, never retried).
+        self.url: Final = check_url(url, relative_ok=session is not None)
         self._session = session
         self._owns_session = session is None
         self._last_event_id = self.options.last_event_id or ""
