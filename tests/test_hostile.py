@@ -149,7 +149,10 @@ async def test_a_stalled_reader_is_aborted_after_send_timeout_and_leaves_nothing
             sock.close()
         await runner.cleanup()
     assert_no_tracebacks(caplog.records)
-    assert sum("read nothing for 0.3 s" in r.getMessage() for r in caplog.records) == 2
+    # Each was aborted (asserted above) by the watchdog, which logs it, or by the kernel first: the socket's
+    # TCP_USER_TIMEOUT is the same send_timeout (tests/test_compat.py), and a client that acknowledges nothing for
+    # that long is cut by whichever looks first.
+    assert sum("read nothing for 0.3 s" in r.getMessage() for r in caplog.records) <= 2
 
 
 async def test_send_timeout_defaults_to_30_seconds_and_must_be_positive() -> None:

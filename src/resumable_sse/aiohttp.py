@@ -118,7 +118,8 @@ class _Watchdog:
             await asyncio.sleep(self.period)
             now = loop.time()
             for response in list(self.writing):
-                if response.started and response.started[0] + response.send_timeout <= now:
+                timeout = response.send_timeout
+                if response.started and timeout is not None and response.started[0] + timeout <= now:
                     self.writing.discard(response)
                     response.stall()
 
@@ -136,7 +137,8 @@ class ResumableResponse(EventSourceResponse):
     so both bounds are kept here, the same for every aiohttp-sse version.
 
     Heartbeats go out on one timer per event loop and interval (``_heartbeats.py``), not from a task per response:
-    aiohttp-sse's own heartbeat task is given an interval it never reaches.
+    aiohttp-sse's own heartbeat task is stopped once the response starts (so :meth:`wait` returns at once; the
+    handler knows the client is gone when a write, a heartbeat's included, fails).
     """
 
     def __init__(
@@ -163,16 +165,18 @@ class ResumableResponse(EventSourceResponse):
         """Seconds between heartbeats."""
         self.heartbeat_at = 0.0  # when the next heartbeat is due (kept by the loop's heartbeat timer)
         self.heartbeat_ref: weakref.ReferenceType[Any] | None = None  # (the timer's, made once)
-        self._beating = False  # between prepare() and stop_streaming() or a failed heartbeat
-        self._late_heartbeat: asyncio.Task[None] | None = None  # a heartbeat that had to wait, being written
-        self._ended = False
-        self.send_timeout = send_timeout or 0.0
-        self._write_timeout = send_timeout
+        # False: no heartbeats (before prepare(), after stop_streaming() or a failed heartbeat); True: heartbeats go
+        # out on the timer; a task: also one that had to wait is being written. (Few attributes: at 30 in all, with
+        # aiohttp's and aiohttp-sse's, CPython 3.11 gives each response a dict of its own, 1.3 KB more per
+        # connection: benchmarks/idle.py, tests/test_compat.py.)
+        self._beat: bool | asyncio.Task[None] = False
+        self.send_timeout = send_timeout
+        """Seconds any one write may take (None: no bound)."""
         # When each write in progress began, oldest first (a heartbeat may run beside a batch); None while none is
         # (most of a quiet connection's life: no list kept for it).
         self.started: list[float] | None = None
         self._transport: asyncio.Transport | None = None
-        self._writer: AbstractStreamWriter | None = None
+        self._writer: AbstractStreamWriter | None = None  # from prepare() to write_eof()
         self._user_timeout: tuple[Any, int] | None = None  # the socket and its TCP_USER_TIMEOUT before ours
         self.stalled = False
         """True once a write took longer than ``send_timeout`` and the connection was aborted."""
@@ -186,7 +190,11 @@ class ResumableResponse(EventSourceResponse):
         writer = await super().prepare(request)
         if self._writer is None and writer is not None:
             self._writer = writer
-            self._beating = True
+            # aiohttp-sse's heartbeat task is stopped before it runs (a quiet connection keeps no task): the loop's
+            # one timer sends the heartbeats (``benchmarks/idle.py``: 1.8 KB less per connection than a task that
+            # sleeps). Writes go on as after any stop_streaming(); wait() returns at once.
+            super().stop_streaming()
+            self._beat = True
             heartbeats().add(self)
         return writer
 
@@ -200,7 +208,7 @@ class ResumableResponse(EventSourceResponse):
             return
         try:
             before = sock.getsockopt(socket.IPPROTO_TCP, _TCP_USER_TIMEOUT)
-            sock.setsockopt(socket.IPPROTO_TCP, _TCP_USER_TIMEOUT, int((self._write_timeout or 0) * 1000))
+            sock.setsockopt(socket.IPPROTO_TCP, _TCP_USER_TIMEOUT, int((self.send_timeout or 0) * 1000))
         except OSError:  # a socket that refuses the option keeps the system's
             return
         self._user_timeout = (sock, before)
@@ -219,15 +227,15 @@ class ResumableResponse(EventSourceResponse):
         """The heartbeat timer's call when a heartbeat is due: sent at once if that cannot wait (True); else written
         by a task of its own, bounded like any write, which queues the next heartbeat when done (False); nothing
         once the heartbeat stopped (False)."""
-        if not self._beating:
-            return False
+        if self._beat is not True:
+            return False  # stopped, or a heartbeat that had to wait is still being written
         if self.write_now(HEARTBEAT):
             return True
         transport = self._transport
-        if transport is None or transport.is_closing() or self.stalled or self._ended:
+        if transport is None or transport.is_closing() or self.stalled or self._writer is None:
             self._heartbeat_failed()
-        elif self._late_heartbeat is None:
-            self._late_heartbeat = spawn(self._write_late_heartbeat(), "resumable-sse heartbeat")
+        else:
+            self._beat = spawn(self._write_late_heartbeat(), "resumable-sse heartbeat")
         return False
 
     async def _write_late_heartbeat(self) -> None:
@@ -238,16 +246,17 @@ class ResumableResponse(EventSourceResponse):
         except (OSError, RuntimeError):  # the client is gone (or the body ended): the heartbeat stops
             pass
         finally:
-            self._late_heartbeat = None
+            if self._beat is asyncio.current_task():
+                self._beat = True
+                if written:
+                    heartbeats().add(self)
             if not written:
                 self._heartbeat_failed()
-            elif self._beating:
-                heartbeats().add(self)
 
     def _heartbeat_failed(self) -> None:
         """A heartbeat found the client gone: the heartbeat stops, and whoever waits for events to write here
         stops waiting at once (``on_heartbeat_end``)."""
-        if not self._beating:
+        if self._beat is False:
             return
         self.stop_streaming()
         if self.on_heartbeat_end is not None:
@@ -255,9 +264,8 @@ class ResumableResponse(EventSourceResponse):
 
     def stop_streaming(self) -> None:
         """Stop the heartbeats (and aiohttp-sse's heartbeat task, so that :meth:`wait` returns)."""
-        self._beating = False
-        late, self._late_heartbeat = self._late_heartbeat, None
-        if late is not None and late is not asyncio.current_task():
+        late, self._beat = self._beat, False
+        if isinstance(late, asyncio.Task) and late is not asyncio.current_task():
             late.cancel()
         super().stop_streaming()
 
@@ -275,7 +283,8 @@ class ResumableResponse(EventSourceResponse):
             self._transport.abort()
 
     async def _bounded(self, write: Awaitable[None]) -> None:
-        if self._write_timeout is None:
+        timeout = self.send_timeout
+        if timeout is None:
             await write
             return
         loop = asyncio.get_running_loop()
@@ -287,7 +296,7 @@ class ResumableResponse(EventSourceResponse):
         if started is None:
             started = self.started = []
         started.append(began)
-        watchdog.watch(self, self._write_timeout)
+        watchdog.watch(self, timeout)
         try:
             await write
         finally:
@@ -296,7 +305,7 @@ class ResumableResponse(EventSourceResponse):
                 self.started = None
                 watchdog.writing.discard(self)
         if self.stalled:
-            raise ConnectionResetError(f"the client read nothing for {self._write_timeout} s")
+            raise ConnectionResetError(f"the client read nothing for {timeout} s")
 
     async def write(self, data: bytes | bytearray | memoryview) -> None:
         if self.stalled:
@@ -308,7 +317,9 @@ class ResumableResponse(EventSourceResponse):
         await self._bounded(super().write(data))
 
     async def write_eof(self, data: bytes = b"") -> None:
-        self._ended = True
+        self._writer = None  # ended: nothing is written at once any more, and no heartbeat
+        if self._beat is True:
+            self._beat = False
         try:
             await self._bounded(super().write_eof(data))
         finally:
@@ -321,7 +332,7 @@ class ResumableResponse(EventSourceResponse):
         bounded by ``send_timeout``. A reader that keeps up with a paced stream is written to this way in the step
         that appended its event: no task wakes, and no turn of the event loop passes, for it."""
         transport, writer = self._transport, self._writer
-        if self.started or self.stalled or self._ended or self.compression or transport is None or writer is None:
+        if self.started or self.stalled or self.compression or transport is None or writer is None:
             return False
         if transport.is_closing():
             return False

@@ -34,6 +34,7 @@ import secrets
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
+from .._compat_redis import connection_factory
 from .._event import Entry, Status, new_epoch
 from .._log import Claim, NewEvent, OnChange, Page, StreamState
 from ..exceptions import StoreUnavailable, StreamFenced, StreamNotFound
@@ -178,17 +179,9 @@ class RedisStore:
         client: Any = self.client
         if self._is_cluster:
             node = client.get_node_from_key(channel)
-            connection_class, kwargs = node.connection_class, dict(node.connection_kwargs)
-            name = node.name
-        else:
-            pool = client.connection_pool
-            connection_class, kwargs = pool.connection_class, dict(pool.connection_kwargs)
-            name = None
-        # RESP2: messages come back as replies of the read (RESP3 would hand them to a push handler instead).
-        # Maintenance notifications (redis-py 7+) need RESP3: none on this connection.
-        kwargs.update(socket_timeout=None, health_check_interval=0, protocol=2)
-        kwargs.pop("maint_notifications_config", None)
-        return name, lambda: connection_class(**kwargs)
+            return node.name, connection_factory(node.connection_class, node.connection_kwargs)
+        pool = client.connection_pool
+        return None, connection_factory(pool.connection_class, pool.connection_kwargs)
 
     def watch(self, on_change: OnChange) -> RedisWatch:
         """See :meth:`EventLog.watch <resumable_sse.EventLog.watch>`: pub/sub, one connection per node."""
