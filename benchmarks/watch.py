@@ -64,8 +64,7 @@ async def _measure(url: str, messages: int, channels: int, receive: Callable[[],
 
 async def watch_way(url: str, messages: int, channels: int) -> float:
     client = redis.asyncio.Redis.from_url(url)
-    pool = client.connection_pool
-    connection = connection_factory(pool.connection_class, pool.connection_kwargs)()
+    connection = connection_factory(client.connection_pool)()
     await connection.connect()
     await connection.send_command(b"SUBSCRIBE", *[_channel(i) for i in range(channels)])
     for _ in range(channels):

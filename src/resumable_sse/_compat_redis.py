@@ -34,11 +34,12 @@ __all__ = ["Listener", "Watch", "connection_factory"]
 logger = logging.getLogger("resumable_sse")
 
 
-def connection_factory(connection_class: Callable[..., Any], connection_kwargs: dict[str, Any]) -> Callable[[], Any]:
-    """A factory of new, unconnected RESP2 connections like those of a pool (or cluster node) made with
-    ``connection_class`` and ``connection_kwargs``, with no socket timeout and no health checks of redis-py's own
-    (the watch pings itself)."""
-    kwargs = dict(connection_kwargs)
+def connection_factory(pool: Any) -> Callable[[], Any]:
+    """A factory of new, unconnected RESP2 connections like those of ``pool`` (a ``ConnectionPool``, or a cluster's
+    ``ClusterNode``: both keep ``connection_class`` and ``connection_kwargs``), with no socket timeout and no health
+    checks of redis-py's own (the watch pings itself)."""
+    connection_class: Callable[..., Any] = pool.connection_class
+    kwargs = dict(pool.connection_kwargs)
     # RESP2: messages come back as replies of the read (RESP3 would hand them to a push handler instead).
     # Maintenance notifications (redis-py 7+) need RESP3: none on this connection.
     kwargs.update(socket_timeout=None, health_check_interval=0, protocol=2)

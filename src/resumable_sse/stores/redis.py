@@ -178,10 +178,9 @@ class RedisStore:
         pings itself, and a health check would read replies from under it)."""
         client: Any = self.client
         if self._is_cluster:
-            node = client.get_node_from_key(channel)
-            return node.name, connection_factory(node.connection_class, node.connection_kwargs)
-        pool = client.connection_pool
-        return None, connection_factory(pool.connection_class, pool.connection_kwargs)
+            node = client.get_node_from_key(channel)  # (public: RedisCluster's documented method)
+            return node.name, connection_factory(node)
+        return None, connection_factory(client.connection_pool)
 
     def watch(self, on_change: OnChange) -> RedisWatch:
         """See :meth:`EventLog.watch <resumable_sse.EventLog.watch>`: pub/sub, one connection per node."""
