@@ -59,7 +59,8 @@ def write_at_once(write: Coroutine[Any, Any, None], writer: AbstractStreamWriter
     _fast = False
     logger.error(
         "aiohttp's StreamResponse.write waited before it wrote: resumable-sse's write in one step is off (every "
-        "write now awaits; nothing was lost). Please report the aiohttp version."
+        "write now awaits; nothing was lost). Please report the aiohttp version.",
+        extra={"stream_id": None},  # (every stream of the process)
     )
     return False
 
