@@ -8,9 +8,9 @@ on this kind of machine): measured idle, those collections were the largest part
 
 Here the responses due for a heartbeat wait in one queue per interval (in due order: every response of an interval
 joins at the back), and one timer writes the heartbeats of all those due, each through its response's write that
-never waits. A response whose heartbeat could wait (a write in progress, a full socket buffer, a closing
-connection) is woken instead, and its own task writes it the usual way, bounded by ``send_timeout``, and fails the
-way aiohttp-sse's heartbeat does when the client is gone.
+never waits. A response whose heartbeat could wait (a write in progress, a full socket buffer) writes it from a task
+made for that one heartbeat, the usual way, bounded by ``send_timeout``; a response whose connection is closing
+stops its heartbeat and says the client is gone. No response keeps a task of its own for its heartbeats.
 """
 
 from __future__ import annotations
@@ -44,8 +44,8 @@ class Beating(Protocol):
     """A weak reference to the response itself, made by :class:`Heartbeats` once."""
 
     def beat(self) -> bool:
-        """Send the heartbeat now if that cannot wait; else wake the response's own heartbeat task to write it (it
-        joins the queue again when done), or do nothing when the response stopped. True when it was sent."""
+        """Send the heartbeat now if that cannot wait; else have a task write it (the response joins the queue again
+        when it is written), or do nothing when the response stopped. True when it was sent."""
 
 
 class _Interval:
