@@ -282,6 +282,7 @@ async def test_metrics_count_an_answer_its_resume_and_its_end(make_client: MakeC
         "forbidden": 0,
         "unavailable": 0,
         "method_not_allowed": 0,
+        "error": 0,
     }
     assert values[("resumable_sse_streams_started_total", ())] == 1
     assert values[("resumable_sse_streams_ended_total", (("status", "done"),))] == 1

@@ -175,6 +175,7 @@ async def test_every_request_outcome_and_stream_fact_is_counted_once(
         "forbidden": 1,
         "unavailable": 1,
         "method_not_allowed": 1,
+        "error": 0,
     }
     assert {o: metrics("resumable_sse_requests_total", outcome=o) for o in REQUEST_OUTCOMES} == expected
     assert metrics("resumable_sse_streams_started_total") == 1

@@ -18,16 +18,16 @@ holding), and degrades safely at run time: nothing here can lose an event or mak
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Coroutine
 from typing import Any, Final
 
 from aiohttp.abc import AbstractStreamWriter
 from aiohttp.http_writer import StreamWriter
 
+from ._logger import logger
+
 __all__ = ["LATE_WRITER_ATTRIBUTES", "fast_path_on", "share_writer_keys", "write_at_once"]
 
-logger = logging.getLogger("resumable_sse")
 
 LATE_WRITER_ATTRIBUTES: Final = ("length", "chunked", "buffer_size", "output_size", "_eof", "_compress")
 """The attributes aiohttp's ``StreamWriter`` sets only once its response starts (each has a class default)."""

@@ -23,15 +23,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections.abc import Callable
 from typing import Any, Final, Protocol
 
+from ._logger import logger
 from ._tasks import spawn
 
 __all__ = ["Listener", "Watch", "connection_factory"]
-
-logger = logging.getLogger("resumable_sse")
 
 
 def connection_factory(pool: Any) -> Callable[[], Any]:

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import logging
 import random
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Literal, Protocol
 
 from ._event import EventId, encode_comment, encode_retry
+from ._logger import logger
 from ._observe import RequestOutcome
 from ._producer import Factory
 from ._streamer import Streamer, Subscription, validate_stream_id
@@ -43,7 +43,6 @@ __all__ = [
     "relay",
 ]
 
-logger = logging.getLogger("resumable_sse")
 
 EVENT_STREAM_HEADERS: Final[Mapping[str, str]] = {
     "Content-Type": "text/event-stream",
@@ -87,6 +86,8 @@ HEAD too): the router's ``405`` and the endpoint's say the same."""
 METHOD_NOT_ALLOWED: Final = Refusal(405, "method not allowed: an event stream is read with GET", {"Allow": ALLOW})
 FORBIDDEN: Final = Refusal(403, "not allowed to read this stream")
 UNAVAILABLE: Final = Refusal(503, "the stream service is unavailable; try again shortly")
+FAILED: Final = Refusal(500, "the server could not answer this request")
+"""An application's ``authorize`` or ``stream_id`` function raised (logged once per hook, see ``HookFailures``)."""
 
 
 class Dialect(Protocol):
@@ -212,15 +213,25 @@ async def _decide(
             raw = stream_id()
         except LookupError as exc:  # an application's stream_id(request) that reads a parameter the request lacks
             raise InvalidStreamId(f"no stream id: the request has no {exc}") from exc
+        except (InvalidStreamId, InvalidEventId):
+            raise
+        except Exception as exc:  # the application's stream_id function failed: this request alone gets 500
+            engine.hooks.failed("stream_id", None, exc)
+            return sid, "error", FAILED
         sid = validate_stream_id(raw)
         if position is not None:
             EventId.parse(position)
     except (InvalidStreamId, InvalidEventId) as exc:
         return sid, "bad_request", Refusal(400, str(exc))
     if authorize is not None:
-        allowed = authorize(sid)
-        if inspect.isawaitable(allowed):
-            allowed = await allowed
+        try:
+            allowed = authorize(sid)
+            if inspect.isawaitable(allowed):
+                allowed = await allowed
+            allowed = bool(allowed)
+        except Exception as exc:  # the application's hook failed: this request alone gets 500
+            engine.hooks.failed("authorize", sid, exc)
+            return sid, "error", FAILED
         if not allowed:
             return sid, "forbidden", FORBIDDEN
     try:

@@ -22,14 +22,33 @@ from typing import Final, Literal, TypeVar, get_args
 
 from ._event import Status
 from ._log import Claim, EventLog, NewEvent, OnChange, Page, StreamState, Watch
+from ._logger import logger
 from .exceptions import StreamFenced, StreamNotFound
 
-__all__ = ["REQUEST_OUTCOMES", "STORE_OPERATIONS", "ObservedLog", "Observer", "RequestOutcome", "StoreOperation"]
+__all__ = [
+    "REQUEST_OUTCOMES",
+    "STORE_OPERATIONS",
+    "GuardedObserver",
+    "HookFailures",
+    "ObservedLog",
+    "Observer",
+    "RequestOutcome",
+    "StoreOperation",
+]
 
 T = TypeVar("T")
 
 RequestOutcome = Literal[
-    "new", "resumed", "reset", "no_content", "gone", "bad_request", "forbidden", "unavailable", "method_not_allowed"
+    "new",
+    "resumed",
+    "reset",
+    "no_content",
+    "gone",
+    "bad_request",
+    "forbidden",
+    "unavailable",
+    "method_not_allowed",
+    "error",
 ]
 """How a request for a stream was answered (the status table of ``docs/protocol.md``):
 
@@ -37,7 +56,8 @@ RequestOutcome = Literal[
 ``reset`` 200 starting with a ``reset`` event (the position could not be continued; also a stream re-run with
 ``on_unknown="restart"``); ``no_content`` 204 (the position is the end of a finished stream); ``gone`` 410 (unknown or
 expired); ``bad_request`` 400 (a malformed position or stream id); ``forbidden`` 403 (``authorize`` said no);
-``unavailable`` 503 (the store is unreachable or full, or the server is shutting down); ``method_not_allowed`` 405.
+``unavailable`` 503 (the store is unreachable or full, or the server is shutting down); ``method_not_allowed`` 405;
+``error`` 500 (the application's ``authorize`` or ``stream_id`` function raised).
 """
 REQUEST_OUTCOMES: Final[tuple[RequestOutcome, ...]] = get_args(RequestOutcome)
 
@@ -54,9 +74,10 @@ class Observer:
     """What the engine reports, one method per fact; every method here does nothing, so a subclass implements only
     what it needs.
 
-    Methods are called on the event loop, synchronously, from the engine's own code paths: they must be quick, must
-    not block and must not raise (an exception would break the operation that reported). ``stream_id`` is the
-    stream's id; ``None`` only for a request refused before it named a valid stream.
+    Methods are called on the event loop, synchronously, from the engine's own code paths: they must be quick and
+    must not block. One that raises changes nothing it measures: the engine calls it through a guard
+    (:class:`GuardedObserver`), logs its first failure and goes on as if it had returned (see :class:`HookFailures`).
+    ``stream_id`` is the stream's id; ``None`` only for a request refused before it named a valid stream.
     """
 
     def stream_started(self, stream_id: str) -> None:
@@ -87,6 +108,106 @@ class Observer:
         """A call to the store took ``seconds``; ``error`` is what it raised when it failed (unreachable, full, or
         anything unexpected), None when it answered (the answers ``StreamFenced`` and ``StreamNotFound`` included).
         A call cancelled by its caller is not reported."""
+
+
+class HookFailures:
+    """The failures of an application's code that the engine calls (an :class:`Observer`'s methods, ``authorize``,
+    a ``stream_id`` function), counted per hook for one :class:`~resumable_sse.Streamer`.
+
+    The policy: the first failure of each hook is logged (ERROR, logger ``resumable_sse``, with its traceback, the
+    stream id and the hook's name in ``extra``); later ones are only counted, so a hook that raises at every call
+    does not flood the log. :meth:`Streamer.close <resumable_sse.Streamer.close>` logs each hook's total when it
+    failed more than once, and :attr:`Streamer.hook_failures <resumable_sse.Streamer.hook_failures>` reads them.
+    """
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+
+    def failed(self, hook: str, stream_id: str | None, error: BaseException) -> None:
+        """``hook`` raised ``error`` (for ``stream_id``); the caller goes on as if it had returned."""
+        count = self.counts[hook] = self.counts.get(hook, 0) + 1
+        if count == 1:
+            logger.error(
+                "%s raised for stream %r; the engine went on as if it had returned (later failures of %s are "
+                "counted, not logged)",
+                hook,
+                stream_id,
+                hook,
+                exc_info=error,
+                extra={"stream_id": stream_id, "hook": hook},
+            )
+
+    def summary(self) -> None:
+        """Log the total of every hook that failed more than once (at shutdown)."""
+        for hook, count in self.counts.items():
+            if count > 1:
+                logger.warning("%s raised %d times in all", hook, count, extra={"stream_id": None, "hook": hook})
+
+
+class GuardedObserver(Observer):
+    """An application's :class:`Observer` as the engine calls it: a method that raises is reported to
+    :class:`HookFailures` and the call returns as if it had returned, so instrumentation that has a bug never
+    changes what it measures (a stream, a reader's response, a store's group commit, a shutdown).
+
+    The one place where observer failures are isolated: every call site of the engine goes through it.
+    ``BaseException`` that is not an ``Exception`` (a cancel, ``KeyboardInterrupt``) is not caught.
+    """
+
+    def __init__(self, observer: Observer, failures: HookFailures) -> None:
+        self.wrapped: Final = observer
+        """The application's observer."""
+        self.failures: Final = failures
+
+    def __repr__(self) -> str:
+        return f"GuardedObserver({self.wrapped!r})"
+
+    def stream_started(self, stream_id: str) -> None:
+        try:
+            self.wrapped.stream_started(stream_id)
+        except Exception as exc:
+            self.failures.failed("Observer.stream_started", stream_id, exc)
+
+    def stream_ended(self, stream_id: str, status: Status) -> None:
+        try:
+            self.wrapped.stream_ended(stream_id, status)
+        except Exception as exc:
+            self.failures.failed("Observer.stream_ended", stream_id, exc)
+
+    def events_appended(self, stream_id: str, count: int) -> None:
+        try:
+            self.wrapped.events_appended(stream_id, count)
+        except Exception as exc:
+            self.failures.failed("Observer.events_appended", stream_id, exc)
+
+    def reader_opened(self, stream_id: str) -> None:
+        try:
+            self.wrapped.reader_opened(stream_id)
+        except Exception as exc:
+            self.failures.failed("Observer.reader_opened", stream_id, exc)
+
+    def reader_closed(self, stream_id: str) -> None:
+        try:
+            self.wrapped.reader_closed(stream_id)
+        except Exception as exc:
+            self.failures.failed("Observer.reader_closed", stream_id, exc)
+
+    def reader_served(self, stream_id: str, behind: int) -> None:
+        try:
+            self.wrapped.reader_served(stream_id, behind)
+        except Exception as exc:
+            self.failures.failed("Observer.reader_served", stream_id, exc)
+
+    def request(self, stream_id: str | None, outcome: RequestOutcome) -> None:
+        try:
+            self.wrapped.request(stream_id, outcome)
+        except Exception as exc:
+            self.failures.failed("Observer.request", stream_id, exc)
+
+    def store_call(self, operation: StoreOperation, seconds: float, error: BaseException | None) -> None:
+        try:
+            self.wrapped.store_call(operation, seconds, error)
+        except Exception as exc:
+            self.failures.failed("Observer.store_call", None, exc)
 
 
 class ObservedLog:

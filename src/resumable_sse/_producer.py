@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
-import logging
 import time
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Sequence
 from typing import Any, Protocol, Union
@@ -22,14 +21,13 @@ from typing import Any, Protocol, Union
 from ._event import Status, normalize
 from ._feed import call_in_thread, pump_in_thread
 from ._log import EventLog, NewEvent, StreamState, SubmitsAppends
+from ._logger import logger
 from ._observe import Observer
 from ._readers import Hub, terminal_data
 from ._tasks import spawn
 from .exceptions import EventTooLarge, InvalidEventData, ProducerError, StoreUnavailable, StreamFenced, StreamNotFound
 
 __all__ = ["Factory", "Registry", "Run", "Settings", "Source"]
-
-logger = logging.getLogger("resumable_sse")
 
 
 Source = Union[AsyncIterable[Any], Iterable[Any]]  # noqa: UP007 (a runtime alias on 3.10)

@@ -9,18 +9,16 @@ call per period (no timer per stream), and a run that lost its lease, or whose p
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import AsyncIterable, Callable, Iterable
 
 from ._event import Status
 from ._log import StreamState
+from ._logger import logger
 from ._producer import Factory, Run, Settings
 from ._tasks import spawn
 
 __all__ = ["Producer", "Producers", "check_factory"]
-
-logger = logging.getLogger("resumable_sse")
 
 
 def check_factory(producer: object) -> None:

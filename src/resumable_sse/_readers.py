@@ -16,20 +16,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import logging
 import time
 from collections.abc import Sequence
 from typing import Final, Protocol
 
 from ._event import Entry
 from ._log import EventLog, Page, StreamState, Watch
+from ._logger import logger
 from ._observe import Observer
 from ._tasks import spawn
 from .exceptions import StoreUnavailable
 
 __all__ = ["Hub", "Owner", "Reader", "Tail", "data_size", "judge", "terminal_data", "within"]
 
-logger = logging.getLogger("resumable_sse")
 
 _AUDIT_CHUNK: Final = 1000  # streams per audit call
 

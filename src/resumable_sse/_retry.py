@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Final, TypeVar
 
+from ._logger import logger
 from .exceptions import StoreUnavailable
 
 __all__ = ["retry_store"]
 
-logger = logging.getLogger("resumable_sse")
 
 T = TypeVar("T")
 _RETRY_FIRST_DELAY: Final = 0.05  # seconds before the first retry while the store is unreachable; doubles to:

@@ -10,12 +10,13 @@ from __future__ import annotations
 import asyncio
 import re
 import secrets
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from types import MappingProxyType
 from typing import Final
 
 from ._event import EventId, Status
 from ._log import EventLog, NewEvent, StreamState
-from ._observe import ObservedLog, Observer
+from ._observe import GuardedObserver, HookFailures, ObservedLog, Observer
 from ._producer import Factory, Source
 from ._producers import Producer, Producers, check_factory
 from ._readers import Hub, Reader, judge, terminal_data
@@ -105,9 +106,12 @@ class Streamer:
         if window_bytes < 1:
             raise ValueError("window_bytes must be positive")
         self.store: Final[EventLog] = store
-        self.observer: Final = observer
-        """The observer the engine reports to, or None."""
-        self.log: Final[EventLog] = store if observer is None else ObservedLog(store, observer)
+        self.hooks: Final = HookFailures()
+        """The failures of the application's hooks (observer, ``authorize``, ``stream_id``), counted and logged once."""
+        self.observer: Final[Observer | None] = None if observer is None else GuardedObserver(observer, self.hooks)
+        """The observer the engine reports to, or None: the one given, behind a guard (its ``wrapped``) that isolates
+        its failures, so that every call site of the engine is safe."""
+        self.log: Final[EventLog] = store if self.observer is None else ObservedLog(store, self.observer)
         """The store as the engine calls it: the store itself, or with an observer the store with every call timed."""
         self.lease: Final = lease
         self.max_event_bytes: Final = max_event_bytes
@@ -132,6 +136,12 @@ class Streamer:
 
     def __repr__(self) -> str:
         return f"Streamer({self.store!r}, producers={len(self.producers)}, followed={len(self.hub.tails)})"
+
+    @property
+    def hook_failures(self) -> Mapping[str, int]:
+        """How many times each of the application's hooks raised (``"Observer.reader_served"``, ``"authorize"``,
+        ``"stream_id"``, ...); each hook's first failure is logged, the later ones are only counted here."""
+        return MappingProxyType(self.hooks.counts)
 
     async def __aenter__(self) -> Streamer:
         self.bind_loop()
@@ -287,3 +297,4 @@ class Streamer:
         await self.producers.close(self.grace_period if grace_period is None else grace_period)
         await self.hub.close()
         await self.log.close()
+        self.hooks.summary()

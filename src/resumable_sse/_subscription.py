@@ -9,17 +9,15 @@ stream's shape with what the reader holds; any discontinuity becomes the answer 
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from typing import ClassVar, Final
 
 from ._event import Entry, EventId, Reset, encode_event
 from ._log import Page, StreamState
+from ._logger import logger
 from ._readers import Hub, data_size, judge, terminal_data, within
 
 __all__ = ["Gone", "Item", "Reset", "Subscription"]
-
-logger = logging.getLogger("resumable_sse")
 
 
 class Gone:

@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import functools
 import inspect
-import logging
 import socket
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -31,13 +30,13 @@ from ._compat_aiohttp import share_writer_keys, write_at_once
 from ._heartbeats import MESSAGE as HEARTBEAT
 from ._heartbeats import heartbeats
 from ._http import Refusal, StreamOptions, WireProtocol, open_stream, position_of, relay
+from ._logger import logger
 from ._streamer import Source, Streamer
 from ._tasks import spawn
 from .exceptions import InvalidStreamId
 
 __all__ = ["STREAMER_KEY", "ResumableResponse", "resumable_handler", "setup"]
 
-logger = logging.getLogger("resumable_sse")
 
 STREAMER_KEY: Final = web.AppKey("resumable_sse.streamer", Streamer)
 """Where :func:`setup` keeps the application's :class:`~resumable_sse.Streamer`."""

@@ -18,7 +18,7 @@ The metrics (all prefixed ``resumable_sse_``), for the producers and readers of 
 - ``events_appended_total``: events those producers wrote to the store (terminal entries not counted).
 - ``readers_active``: readers being served now.
 - ``requests_total{outcome}``: HTTP requests by how they were answered (``new``, ``resumed``, ``reset``,
-  ``no_content``, ``gone``, ``bad_request``, ``forbidden``, ``unavailable``, ``method_not_allowed``).
+  ``no_content``, ``gone``, ``bad_request``, ``forbidden``, ``unavailable``, ``method_not_allowed``, ``error``).
 - ``store_seconds{operation}`` (histogram) and ``store_errors_total{operation}``: every store call the engine made
   (``claim``, ``append``, ``renew``, ``end``, ``abandon``, ``audit``, ``state``, ``read``), how long it took as the
   engine waited for it, and those that failed (the store unreachable or full, or an unexpected error).

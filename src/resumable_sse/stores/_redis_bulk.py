@@ -15,15 +15,13 @@ as unreachable (the producer retries them, split).
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
+from .._logger import logger
 from ..exceptions import EventTooLarge, StoreUnavailable
 from ._redis_format import DEFAULT_BULK_LEN, LEAST_BULK_LEN, Pending, split
 
 __all__ = ["BulkLimit"]
-
-logger = logging.getLogger("resumable_sse")
 
 
 class BulkLimit:

@@ -15,17 +15,15 @@ answering is replaced. The connection itself is ``_compat_redis.Listener`` (what
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Callable
 from typing import Any, Protocol
 
 from .._compat_redis import Listener
 from .._log import OnChange, Page
+from .._logger import logger
 from ._redis_format import parse_change
 
 __all__ = ["RedisWatch"]
-
-logger = logging.getLogger("resumable_sse")
 
 
 class Store(Protocol):

@@ -30,6 +30,7 @@ without it and says so when a store is made.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final
@@ -37,6 +38,7 @@ from typing import TYPE_CHECKING, Any, Final
 from .._compat_redis import connection_factory
 from .._event import Entry, Status, new_epoch
 from .._log import Claim, NewEvent, OnChange, Page, StreamState
+from .._logger import logger
 from ..exceptions import StoreUnavailable, StreamFenced, StreamNotFound
 from ._redis_bulk import BulkLimit
 from ._redis_commit import GroupCommit
@@ -352,8 +354,13 @@ class RedisStore:
         return item.future
 
     def _applied(self, item: Pending, reply: Any) -> None:
-        """An append's reply came: the append is its own notification in this process (see RedisWatch.follow),
-        given to the local watches at once, in the committer, before the appending producer even hears of it."""
+        """An append's reply came: its future is settled first, then the append is given to the local watches as its
+        own notification in this process (see RedisWatch.follow), in the committer, before the appending producer
+        even hears of it (a future's callbacks run a step later).
+
+        Rule: nothing that can reach an application's code (delivery to local readers reports to the observer, and
+        logs) runs before the future is settled, and a failure of delivery stays here: every append of the group is
+        settled whatever a reader or hook does, so no producer, and no ``close()``, waits on it for ever."""
         code = int(reply[0])
         if code == -1:
             item.future.set_exception(StreamNotFound(item.stream_id))
@@ -362,6 +369,7 @@ class RedisStore:
             item.future.set_exception(StreamFenced(item.stream_id))
             return
         seq = int(reply[1])
+        item.future.set_result(seq)
         if self._watches and code == 0 and item.events:  # (code 1: a retry of an append applied before)
             epoch, first = text(reply[2]), int(reply[3])
             start = seq - len(item.events) + 1
@@ -369,8 +377,16 @@ class RedisStore:
             state = StreamState(item.stream_id, epoch, item.final or "running", first, seq)
             page = Page(state, entries[max(0, first - start) :])
             for watch in self._watches:
-                watch.local(item.stream_id, page)
-        item.future.set_result(seq)
+                try:
+                    watch.local(item.stream_id, page)
+                except Exception:
+                    logger.exception(
+                        "delivering an append of %r to this process's readers failed",
+                        item.stream_id,
+                        extra={"stream_id": item.stream_id},
+                    )
+                    with contextlib.suppress(Exception):  # the stream's readers read it again from Redis
+                        watch.on_change(item.stream_id, None)
 
     async def renew(self, leases: Sequence[tuple[str, str]], lease: float) -> list[int]:
         """See :meth:`EventLog.renew <resumable_sse.EventLog.renew>`: one script call for all of them (on a
