@@ -2,6 +2,8 @@
 filter that raises changes nothing it was called about. The stream still ends as its producer decided, every reader
 gets every event and the terminal, the Redis group commit settles every append, ``close()`` returns promptly; the
 failure is logged once per hook (logger ``resumable_sse``, with the stream id and the hook's name), then counted.
+
+Also here: a request with no position never fails because a finished stream expires under it (it is absent then).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from resumable_sse import MemoryStore, Observer, Streamer, resumable_handler
+from resumable_sse import Claim, MemoryStore, Observer, Streamer, resumable_handler
 from resumable_sse._logger import logger as engine_logger
 
 from ._adapters import Harness, Route
@@ -225,3 +227,79 @@ async def test_a_raising_authorize_or_stream_id_function_fails_that_request_alon
     [stream_id_log] = records_of(caplog, "stream_id")
     assert getattr(authorize_log, "stream_id", None) == "cursed" and authorize_log.exc_info is not None
     assert hasattr(stream_id_log, "stream_id") and stream_id_log.exc_info is not None
+
+
+# -- expiry: a request with no position ------------------------------------------------------------------------------
+
+
+async def quick(_request: web.Request | None = None) -> AsyncIterator[str]:
+    for token in TOKENS[:3]:
+        yield token
+
+
+async def test_a_stream_that_expires_between_the_claim_and_the_first_read_is_absent() -> None:
+    # Deterministic, on the memory store's clock: the claim finds the finished stream; it expires before the request
+    # reads it. The request then starts it anew (200, a whole new run), never 410 or lost.
+    now = [0.0]
+
+    class ExpiresAfterTheClaim(MemoryStore):
+        expire = False
+
+        async def claim(self, stream_id: str, token: str, lease: float) -> Claim:
+            claim = await super().claim(stream_id, token, lease)
+            if self.expire and not claim.acquired:
+                self.expire = False
+                now[0] += 11.0  # past the ttl
+            return claim
+
+    store = ExpiresAfterTheClaim(ttl=10, clock=lambda: now[0])
+    streamer = Streamer(store)
+    app = web.Application()
+    app.router.add_get("/s/{stream_id}", resumable_handler(quick, streamer=streamer))
+    runner, port = await serve(app)
+    try:
+        async with aiohttp.ClientSession() as session:
+            status, body = await get(session, f"http://127.0.0.1:{port}/s/e")
+            assert status == 200
+            first = parse(body)
+            store.expire = True
+            status, body = await get(session, f"http://127.0.0.1:{port}/s/e")
+            assert status == 200, body
+            second = parse(body)
+    finally:
+        await runner.cleanup()
+    await streamer.close()
+    assert [e.data for e in first] == [e.data for e in second] == [*TOKENS[:3], DONE]
+    assert str(first[0].id).split("-")[0] != str(second[0].id).split("-")[0]  # a new run (a new epoch)
+
+
+async def test_requests_with_no_position_across_many_expiries_all_end_done(make_store: StoreFactory) -> None:
+    # A short ttl: the stream finishes, expires and is created again many times while requests keep coming. Each
+    # request must be a whole run ending done: never 410 (EventSource would stop for good), 204 or lost. (The ttl
+    # stays above what a loaded loop takes to serve one response: a reader that has not read a stream by the time
+    # it expires is told it is lost, honestly.)
+    streamer = Streamer(await make_store(ttl=0.25), lease=30.0)
+    app = web.Application()
+    app.router.add_get("/s/{stream_id}", resumable_handler(quick, streamer=streamer))
+    runner, port = await serve(app)
+    url = f"http://127.0.0.1:{port}/s/brief"
+    answers: list[tuple[int, bytes]] = []
+
+    async def client(session: aiohttp.ClientSession) -> None:
+        deadline = time.monotonic() + 4.0
+        while time.monotonic() < deadline:
+            answers.append(await get(session, url))
+
+    try:
+        async with aiohttp.ClientSession() as session:
+            await asyncio.gather(*(client(session) for _ in range(8)))
+    finally:
+        await runner.cleanup()
+    await streamer.close()
+    statuses = [status for status, _ in answers]
+    assert statuses.count(200) == len(answers), {s: statuses.count(s) for s in set(statuses)}
+    bodies = [parse(body) for _, body in answers]
+    wrong = [events for events in bodies if [e.data for e in events] != [*TOKENS[:3], DONE]]
+    assert wrong == []
+    epochs = {str(events[0].id).split("-")[0] for events in bodies}
+    assert len(epochs) >= 10, len(epochs)  # it did expire and start again, many times

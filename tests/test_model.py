@@ -745,9 +745,11 @@ async def test_a_live_reader_whose_first_read_follows_a_recreation_hears_of_the_
     life, the reader waits forever instead of getting ``Gone`` within half a lease."""
     store = MemoryStore()
     streamer = Streamer(store, lease=0.2)
-    await store.claim("s", "t1", LONG_LEASE)
+    epoch = (await store.claim("s", "t1", LONG_LEASE)).state.epoch
+    await store.append("s", "t1", [(None, "a")], after=0)
     await streamer.cancel("s")  # life 1 is finished
-    subscription = await streamer.subscribe("s")
+    # (After its first event: a subscription with no position reads its first page, life 1's, when it is made.)
+    subscription = await streamer.subscribe("s", f"{epoch}-1")
     await lose(store, "s")
     await store.claim("s", "t2", LONG_LEASE)  # life 2, before the reader's first read
     items, task = collecting(subscription)

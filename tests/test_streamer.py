@@ -16,12 +16,12 @@ from resumable_sse import (
     InvalidEventId,
     InvalidStreamId,
     MemoryStore,
+    Page,
     Reset,
     StoreFull,
     Streamer,
     StreamerClosed,
     StreamNotFound,
-    StreamState,
     resumable_handler,
     setup,
 )
@@ -254,14 +254,15 @@ async def test_an_expired_stream_is_freed_by_work_on_other_streams() -> None:
 
 
 async def test_a_subscription_that_meets_a_new_epoch_follows_it_to_its_end() -> None:
-    # Subscribed while the first life of the stream was finished; by the time it reads, the stream expired and was
-    # created again. It must say reset, then follow the new life live until its terminal entry, not stop early.
+    # Subscribed (after the first event) while the first life of the stream was finished; by the time it reads, the
+    # stream expired and was created again. It must say reset, then follow the new life live until its terminal
+    # entry, not stop early. (A subscription with no position reads its first page when it is made.)
     now = [0.0]
     async with Streamer(MemoryStore(ttl=10, clock=lambda: now[0])) as streamer:
         first = await streamer.start("e", lambda: tokens(2))
         assert first is not None
         assert await first.wait() == "done"
-        batches = (await streamer.subscribe("e")).batches()
+        batches = (await streamer.subscribe("e", f"{first.epoch}-1")).batches()
         now[0] = 11.0  # the first life expires
         gate = Gate(["a", "b", "c"])
         second = await streamer.start("e", gate.produce)
@@ -298,11 +299,11 @@ async def test_end_readers_ends_subscriptions_refuses_new_ones_and_lets_producer
         entered = asyncio.Event()
         go_on = asyncio.Event()
 
-        async def state(self, stream_id: str) -> StreamState | None:
-            if stream_id == "slow":
+        async def read(self, stream_id: str, after: int, limit: int, *, epoch: str | None = None) -> Page | None:
+            if stream_id == "slow":  # (a subscription with no position reads its first page when it is made)
                 self.entered.set()
                 await self.go_on.wait()
-            return await super().state(stream_id)
+            return await super().read(stream_id, after, limit, epoch=epoch)
 
     store = SlowState()
     async with Streamer(store) as streamer:

@@ -270,6 +270,9 @@ async def _head(engine: Streamer, options: StreamOptions, sid: str, position: st
     return NO_CONTENT if at_end else Refusal(200, headers=options.response_headers())
 
 
+_ATTEMPTS: Final = 5  # claims a request with no position makes while the stream it finds keeps expiring
+
+
 def _gone(sid: str, more: str) -> Refusal:
     return Refusal(410, f"stream {sid!r} is unknown or has expired{more}")
 
@@ -281,8 +284,16 @@ async def _subscribe(
     if dialect is not None:
         source = dialect.frame(source, sid)
     if position is None:
-        await engine.start(sid, source)  # only a request that claims the stream runs the producer
-        return await engine.subscribe(sid)
+        # A finished stream may expire between the claim (which found it) and the first read (which does not): it
+        # is absent then, and the next claim starts it anew. Only a store that drops the stream again at every
+        # attempt gets past this loop (503: nothing is said about the stream, and the client tries again).
+        for _ in range(_ATTEMPTS):
+            await engine.start(sid, source)  # only a request that claims the stream runs the producer
+            try:
+                return await engine.subscribe(sid)
+            except StreamNotFound:
+                continue
+        raise StoreUnavailable(f"stream {sid!r} vanished from the store {_ATTEMPTS} times while it was opened")
     try:
         return await engine.subscribe(sid, position)
     except StreamNotFound:

@@ -15,7 +15,7 @@ from types import MappingProxyType
 from typing import Final
 
 from ._event import EventId, Status
-from ._log import EventLog, NewEvent, StreamState
+from ._log import EventLog, NewEvent, Page, StreamState
 from ._observe import GuardedObserver, HookFailures, ObservedLog, Observer
 from ._producer import Factory, Source
 from ._producers import Producer, Producers, check_factory
@@ -243,16 +243,26 @@ class Streamer:
         """A reader's position in ``stream_id``: after ``last_event_id``, or from the first retained event.
 
         Raises :class:`~resumable_sse.exceptions.InvalidEventId` for a malformed id and
-        :class:`~resumable_sse.exceptions.StreamNotFound` for an unknown stream. When the id cannot be continued
-        exactly (another epoch, trimmed away, beyond the end) the subscription starts from the earliest retained
-        event with a :class:`Reset` first, never silently.
+        :class:`~resumable_sse.exceptions.StreamNotFound` for an unknown stream (with no position, also for one that
+        expires before its first page is read: never a subscription whose first read finds it gone). When the id
+        cannot be continued exactly (another epoch, trimmed away, beyond the end) the subscription starts from the
+        earliest retained event with a :class:`Reset` first, never silently.
         """
         validate_stream_id(stream_id)
         position = EventId.parse(last_event_id) if last_event_id is not None else None
         self.bind_loop()
         if self.readers_ended:
             raise StreamerClosed("the Streamer is closing")
-        state = await self.log.state(stream_id)
+        first: Page | None = None
+        if position is None:
+            # With no position the first page is read now, in place of the state: the store's one answer says whether
+            # the stream exists and gives its first events, so a finished stream that expires meanwhile is absent
+            # (StreamNotFound: a new request may claim it) rather than present, then gone at the first read (which
+            # would end the response with ``lost``). The iteration starts with this page: no call is added.
+            first = await self.log.read(stream_id, 0, self.batch_size)
+            state = None if first is None else first.state
+        else:
+            state = await self.log.state(stream_id)
         if state is None:
             raise StreamNotFound(stream_id)
         reset: Reset | None = None
@@ -265,7 +275,7 @@ class Streamer:
                 reset = Reset(reason, state.first_id)
         if self.readers_ended:  # end_readers() ran while the store answered: this one would never be ended
             raise StreamerClosed("the Streamer is closing")
-        return Subscription(self.hub, state, cursor, reset)
+        return Subscription(self.hub, state, cursor, reset, first)
 
     def opened(self, subscription: Reader) -> None:
         """A subscription started being iterated (until :meth:`forget`): :meth:`end_readers` ends it."""

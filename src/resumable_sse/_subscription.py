@@ -52,7 +52,9 @@ class Subscription:
     it never holds a copy of the stream.
     """
 
-    def __init__(self, hub: Hub, state: StreamState, cursor: int, reset: Reset | None) -> None:
+    def __init__(
+        self, hub: Hub, state: StreamState, cursor: int, reset: Reset | None, first: Page | None = None
+    ) -> None:
         self.stream_id: Final = state.stream_id
         self.state: StreamState = state
         """The stream's state when the subscription was made."""
@@ -66,6 +68,7 @@ class Subscription:
         self._waiter: asyncio.Future[None] | None = None
         self._write_now: Callable[[bytes], bool] | None = None
         self._entry_bytes = 0  # data per entry in what was last read of the store (0: nothing read yet)
+        self._first = first  # a page read when it was made, served first (let go of when the iteration starts)
 
     @property
     def at_end(self) -> bool:
@@ -167,6 +170,9 @@ class Subscription:
         limit = limit or streamer.batch_size
         budget = streamer.max_batch_bytes  # of event data in one batch (at least one entry)
         pending: list[Item] = [self.reset] if self.reset is not None else []
+        first, self._first = self._first, None
+        if first is not None and len(first.entries) > limit:
+            first = Page(first.state, first.entries[:limit])
         tail = hub.attach(self.state)
         streamer.opened(self)
         if observer is not None:
@@ -174,7 +180,13 @@ class Subscription:
         try:
             while not self._closed and not streamer.readers_ended:
                 version = tail.version
-                page = tail.take(self._epoch, self.cursor, limit, budget)
+                page: Page | None
+                if first is not None:
+                    # Read before the tail was attached, so maybe older than what it heard since: the reader never
+                    # waits on it (version -1 matches no tail's), it looks again.
+                    page, first, version = self._bounded(first, budget) if first.entries else first, None, -1
+                else:
+                    page = tail.take(self._epoch, self.cursor, limit, budget)
                 if page is None:
                     page = await store.read(
                         self.stream_id, self.cursor, self._read_limit(limit, budget), epoch=self._epoch
