@@ -12,12 +12,14 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp import web
 
+import resumable_sse
 from resumable_sse import Claim, MemoryStore, Observer, Streamer, resumable_handler
 from resumable_sse._logger import logger as engine_logger
 
@@ -303,3 +305,15 @@ async def test_requests_with_no_position_across_many_expiries_all_end_done(make_
     assert wrong == []
     epochs = {str(events[0].id).split("-")[0] for events in bodies}
     assert len(epochs) >= 10, len(epochs)  # it did expire and start again, many times
+
+
+def test_every_engine_module_logs_through_the_guarded_logger() -> None:
+    # The mechanism, not a list of call sites: a module that took the plain logger would let a raising filter or
+    # handler into the engine again. (The client, logger resumable_sse.client, runs in the application, not here.)
+    source = Path(resumable_sse.__file__).parent
+    plain = [
+        str(path.relative_to(source))
+        for path in sorted(source.rglob("*.py"))
+        if path.name != "_logger.py" and 'getLogger("resumable_sse")' in path.read_text()
+    ]
+    assert plain == []

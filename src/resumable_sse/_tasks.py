@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import logging
 import sys
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
-__all__ = ["spawn"]
+from ._logger import logger
 
-logger = logging.getLogger("resumable_sse")
+__all__ = ["spawn"]
 
 T = TypeVar("T")
 
