@@ -26,8 +26,7 @@ def spawn(coroutine: Coroutine[Any, Any, T], name: str, stream_id: str | None = 
     loop = asyncio.get_running_loop()
     report = _SHARED if stream_id is None else _Report(stream_id)
     if sys.version_info >= (3, 11):
-        # One copy of the caller's context for the task and its callback, which would each make their own (a
-        # running stream holds both for as long as it runs).
+        # One context copy shared by task and callback (benchmarks/idle.py).
         context = contextvars.copy_context()
         task = loop.create_task(coroutine, name=name, context=context)
         task.add_done_callback(report, context=context)
@@ -38,9 +37,8 @@ def spawn(coroutine: Coroutine[Any, Any, T], name: str, stream_id: str | None = 
 
 
 class _Report:
-    """A task's done callback that logs its failure. A slotted object: a running stream holds its producer task's
-    callback for as long as it runs, and this is a quarter of the memory of a ``functools.partial`` (which always
-    carries an argument tuple and a keyword dict) or of a closure."""
+    """A task's done callback that logs its failure (a cancelled task is not a failure). Slotted for memory: a
+    running stream holds one (``benchmarks/idle.py``)."""
 
     __slots__ = ("stream_id",)
 
@@ -55,4 +53,4 @@ class _Report:
             logger.error("%s failed", task.get_name(), exc_info=error, extra={"stream_id": self.stream_id})
 
 
-_SHARED = _Report(None)  # (tasks that serve many streams)
+_SHARED = _Report(None)  # for tasks that serve many streams
