@@ -1,16 +1,12 @@
 """Heartbeats of every response of an event loop, on one timer per heartbeat interval.
 
-aiohttp-sse sends each response's heartbeat from a task of its own that sleeps for the interval: for 10,000 quiet
-connections that is 10,000 sleeps a period, each a timer, a future, a coroutine and a context that live for the
-whole interval. Living that long, the garbage collector moves them to its oldest generation every time, where they
-pile up until a full collection walks the whole process (a million objects at 10,000 connections, most of a second
-on this kind of machine): measured idle, those collections were the largest part of the CPU the process spent.
-
-Here the responses due for a heartbeat wait in one queue per interval (in due order: every response of an interval
-joins at the back), and one timer writes the heartbeats of all those due, each through its response's write that
-never waits. A response whose heartbeat could wait (a write in progress, a full socket buffer) writes it from a task
-made for that one heartbeat, the usual way, bounded by ``send_timeout``; a response whose connection is closing
-stops its heartbeat and says the client is gone. No response keeps a task of its own for its heartbeats.
+The responses due for a heartbeat wait in one queue per interval. Every response joins at the back, so each queue
+stays in due order and only its first entry needs a timer. When the timer fires, every response now due is sent
+its heartbeat through its response's ``beat()``, which never waits. A response whose heartbeat could wait (a write
+in progress, a full socket buffer) writes it from a task made for that one heartbeat, bounded by ``send_timeout``,
+and rejoins the queue when it is written; a response whose connection is closing stops its heartbeat and says the
+client is gone. No response keeps a task of its own for its heartbeats, as aiohttp-sse's does (idle CPU and
+memory per connection: ``benchmarks/idle.py``).
 """
 
 from __future__ import annotations
