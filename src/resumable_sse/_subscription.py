@@ -91,10 +91,10 @@ class Subscription:
         ``write_now(chunk)`` is a synchronous write that takes all of ``chunk`` (the entries' wire bytes) and returns
         True, or takes none of it and returns False (it would have to wait: the client is behind, another write is
         in progress); what it refuses is yielded by the iteration as usual, and the cursor moves past what it took.
-        It is called in the step that appended the entries (the producer's, or the store's notification), so a
-        reader that keeps up gets a token without a turn of the event loop and without a task step of its own,
-        which is most of what a process that carries many paced streams spends per token. Only a caller that writes
-        every batch it iterates to the same connection, as the aiohttp adapter does, may use it.
+        It is called in the step that appended the entries (the producer's, or the store's notification): its
+        failure is the reader's alone (logged; the reader writes for itself from then on). Only a caller that writes
+        every batch it iterates to the same connection, as the aiohttp adapter does, may use it (a reader that keeps
+        up then costs no task step per token: ``benchmarks/fleet.py``).
         """
         self._write_now = write_now
 
@@ -209,7 +209,7 @@ class Subscription:
                     continue
                 if page.state.finished:
                     return  # the terminal entry was delivered before
-                del page, batch  # (a quiet reader waits here: it holds nothing of what it looked at)
+                del page, batch  # a waiting reader holds nothing (memory: benchmarks/fleet.py --idle)
                 if tail.version == version and not self._closed:
                     waiter = self._waiter = asyncio.get_running_loop().create_future()
                     tail.park(self)
