@@ -157,8 +157,7 @@ class Tail:
                 self.window.extend(entries)
                 self.size += data_size(entries)
             else:
-                # In place: a list made at every token would outlive a young collection and be promoted, and the
-                # promoted garbage of a thousand paced streams is what makes full collections come often.
+                # In place, not a new list per token (benchmarks/fleet.py).
                 self.window[:] = entries[-window:]
                 self.size = data_size(self.window)
             if len(self.window) > window or self.size > window_bytes:
@@ -205,10 +204,8 @@ class Tail:
 
     def _all_waiting(self) -> bool:
         """True when every reader waits for what comes next: each has had all the window holds, so the window need
-        keep only what comes now. Readers that keep up (paced streams, the common case) then hold a window of one
-        page, not thousands of entries per stream that the garbage collector would walk again and again; a reader
-        that falls behind keeps the window growing (up to ``window`` entries and ``window_bytes`` of data) until it
-        catches up."""
+        keep only what comes now. Readers that keep up then hold a window of one page; a reader that falls behind
+        keeps the window growing (up to ``window`` entries and ``window_bytes`` of data) until it catches up."""
         waiting = 0
         for reader in self.parked:
             waiting += reader.waiting
