@@ -353,8 +353,7 @@ async def relay(
     # some clients (httpx-sse) hand a block without data to the application as an empty event.
     prelude = options.retry_field
     try:
-        # (No ``contextlib.aclosing`` and no names left bound to the last batch: a quiet connection holds this
-        # frame, and whatever it references, for as long as its stream runs.)
+        # try/finally rather than aclosing, and the dels below: memory of a quiet connection (benchmarks/idle.py).
         batches = subscription.batches()
         try:
             async for batch in batches:
