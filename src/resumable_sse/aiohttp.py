@@ -90,8 +90,7 @@ def _streamer_for(request: web.Request) -> Streamer:
 
 
 def _query(request: web.Request, name: str) -> str | None:
-    """A query parameter, without parsing an empty query string (the parsed query is kept with the request's URL,
-    which a quiet connection holds for as long as its stream runs)."""
+    """A query parameter; an empty query string is not parsed (memory per connection: ``benchmarks/idle.py``)."""
     return request.query.get(name) if request.query_string else None
 
 
@@ -165,14 +164,14 @@ class ResumableResponse(EventSourceResponse):
         self.heartbeat_at = 0.0  # when the next heartbeat is due (kept by the loop's heartbeat timer)
         self.heartbeat_ref: weakref.ReferenceType[Any] | None = None  # (the timer's, made once)
         # False: no heartbeats (before prepare(), after stop_streaming() or a failed heartbeat); True: heartbeats go
-        # out on the timer; a task: also one that had to wait is being written. (Few attributes: at 30 in all, with
-        # aiohttp's and aiohttp-sse's, CPython 3.11 gives each response a dict of its own, 1.3 KB more per
-        # connection: benchmarks/idle.py, tests/test_compat.py.)
+        # out on the timer; a task: also one that had to wait is being written.
+        # Keep attributes few: at 30 (with aiohttp's and aiohttp-sse's) CPython 3.11 gives each response a dict of
+        # its own, 1.3 KB per connection (benchmarks/idle.py, tests/test_compat.py).
         self._beat: bool | asyncio.Task[None] = False
         self.send_timeout = send_timeout
         """Seconds any one write may take (None: no bound)."""
         # When each write in progress began, oldest first (a heartbeat may run beside a batch); None while none is
-        # (most of a quiet connection's life: no list kept for it).
+        # (memory: benchmarks/idle.py).
         self.started: list[float] | None = None
         self._transport: asyncio.Transport | None = None
         self._writer: AbstractStreamWriter | None = None  # from prepare() to write_eof()
@@ -189,9 +188,8 @@ class ResumableResponse(EventSourceResponse):
         writer = await super().prepare(request)
         if self._writer is None and writer is not None:
             self._writer = writer
-            # aiohttp-sse's heartbeat task is stopped before it runs (a quiet connection keeps no task): the loop's
-            # one timer sends the heartbeats (``benchmarks/idle.py``: 1.8 KB less per connection than a task that
-            # sleeps). Writes go on as after any stop_streaming(); wait() returns at once.
+            # aiohttp-sse's heartbeat task is stopped before it runs: the loop's timer sends the heartbeats
+            # (_heartbeats.py; benchmarks/idle.py). Writes go on as after any stop_streaming(); wait() returns at once.
             super().stop_streaming()
             self._beat = True
             heartbeats().add(self)
@@ -328,8 +326,8 @@ class ResumableResponse(EventSourceResponse):
         """Write ``data`` at once, without waiting, or refuse: True when it was handed to the connection, False when
         it could wait for the client (no write of this response may be in progress, the socket's buffer must be
         empty and ``data`` within its high-water mark), so that the caller uses :meth:`write`, which waits and is
-        bounded by ``send_timeout``. A reader that keeps up with a paced stream is written to this way in the step
-        that appended its event: no task wakes, and no turn of the event loop passes, for it."""
+        bounded by ``send_timeout``. Live-tail entries for a reader that keeps up come this way, in the step that
+        appended them (:meth:`~resumable_sse.Subscription.write_directly`)."""
         transport, writer = self._transport, self._writer
         if self.started or self.stalled or self.compression or transport is None or writer is None:
             return False
@@ -458,8 +456,7 @@ def resumable_handler(
                     extra={"stream_id": subscription.stream_id},
                 )
                 return _client_gone()
-            # All in this frame, with no task or closure of its own: a quiet connection is held for as long as its
-            # stream runs, and holds all of this meanwhile.
+            # No task or closure of its own per connection (memory: benchmarks/idle.py).
             response.on_heartbeat_end = subscription.close
             try:
                 await relay(subscription, options, response.write, response.end, response.write_now)
