@@ -136,12 +136,10 @@ class RedisStore:
         """
         redis = _redis_module()
         store_options = {key: options.pop(key) for key in ("key_prefix", "max_events", "ttl") if key in options}
-        # Live tails need no pooled connection (they share one pub/sub connection per node) and every producer's
-        # appends share one group commit, so commands are brief: on a single node a small pool that makes a burst of
-        # requests wait for a free connection (up to 10 s) keeps a process's connections to Redis few, whatever the
-        # number of streams (a pool that grew to a burst's size held 1,000 connections per process, and their
-        # memory). A cluster client's pools do not wait (a command that finds its node's pool exhausted fails at
-        # once), so there each node's pool is large enough for bursts.
+        # Commands are brief (live tails share one pub/sub connection per node, appends one group commit), so a
+        # single node gets a small blocking pool (a burst waits up to 10 s for a connection) and a process keeps few
+        # connections whatever its number of streams. A cluster's pools do not wait (an exhausted pool fails at
+        # once), so each node's pool is large enough for bursts.
         cluster = options.pop("cluster", False)
         options.setdefault("max_connections", 1000 if cluster else 64)
         # A Redis that stops answering (a dropped network, a host that vanished) must fail calls, not hang them:
@@ -175,9 +173,8 @@ class RedisStore:
         return f"{tag}:m", f"{tag}:e", f"{tag}:c", f"{tag}:x"
 
     def pubsub_connection(self, channel: str) -> tuple[Any, Callable[[], Any]]:
-        """For the watch: the node that carries ``channel`` (None on a single server) and a factory of new,
-        unconnected connections to it, with no socket timeout and no health checks of redis-py's own (the watch
-        pings itself, and a health check would read replies from under it)."""
+        """Internal, for the store's watch: the node that carries ``channel`` (None on a single server) and a factory
+        of new, unconnected pub/sub connections to it (see ``_compat_redis.connection_factory``)."""
         client: Any = self.client
         if self._is_cluster:
             node = client.get_node_from_key(channel)  # (public: RedisCluster's documented method)
@@ -191,7 +188,7 @@ class RedisStore:
         return watch
 
     def forget_watch(self, watch: RedisWatch) -> None:
-        """Called by a closed watch."""
+        """Internal: a closed watch removes itself from the store."""
         if watch in self._watches:
             self._watches.remove(watch)
 
