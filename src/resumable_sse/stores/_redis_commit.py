@@ -4,11 +4,10 @@ While a group is in flight, the appends that arrive queue and go in the next gro
 In the steady state that is one group at a time: several in flight at once were measured, and made the groups
 smaller and the CPU per token higher for no better latency (``benchmarks/fleet.py``, Redis row).
 
-A burst is different. After the event loop stood still (a full garbage collection of a large process pauses it
-for ~100 ms), every paced producer appends at once: one group of a thousand appends took ~13 ms in Redis, then
-~18 ms here to apply and deliver, and the producers' next appends waited for all of it. So a queue longer than
+A burst is different (every paced producer appends at once after the event loop stood still): a queue longer than
 :data:`GROUP_SIZE` goes as several groups in flight at once (up to :data:`SENDERS`, each on a connection of its
-own): Redis runs one while this process delivers another, and the first streams hear back after one small group.
+own), so Redis runs one while this process delivers another and the first streams hear back after one small group
+(one group of a thousand appends took ~13 ms in Redis and ~18 ms here to apply and deliver).
 
 Order: a stream's appends go to Redis in the order they were submitted. Groups in flight on different connections
 may run in any order, so an append whose stream has an append in another group still in flight waits for the next
