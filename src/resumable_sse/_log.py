@@ -213,11 +213,9 @@ class EventLog(Protocol):
 class SubmitsAppends(Protocol):
     """What a store may offer beside :class:`EventLog`: an append started at once, without a coroutine.
 
-    A producer that yields one token at a time (an LLM's pace) appends once per token. Through a coroutine, every
-    such append needs a task of its own, or a writer task woken for it: one more turn of the event loop between a
-    token and its readers, which under load is most of the latency. A store that implements this is called
-    directly by the producer (no observer set), in the producer's own step; one that does not is called through
-    :meth:`EventLog.append` in a task.
+    A store that implements it is called directly by the producer, in the producer's own step (when the Streamer
+    has no observer), which saves a turn of the event loop between each token and its readers
+    (``benchmarks/fleet.py``); one that does not is called through :meth:`EventLog.append` in a task.
     """
 
     def submit_append(
