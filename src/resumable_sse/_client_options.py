@@ -33,9 +33,9 @@ class ClientOptions:
     """How the client follows a stream: every option of :func:`~resumable_sse.client.connect` and
     :func:`~resumable_sse.client.iter_events` but the session.
 
-    The one place the options are defined, defaulted and checked (a bad value raises ``ValueError`` here, so at the
-    call, not at the first request). Build one to share a configuration between streams and pass it as
-    ``options=``; keywords given next to it override its fields (:func:`dataclasses.replace`).
+    A bad value raises ``ValueError`` when the options are made, so at the call, not at the first request. Build
+    one to share a configuration between streams and pass it as ``options=``; keywords given next to it override
+    its fields (:func:`dataclasses.replace`).
 
     :param last_event_id: resume after this event (a saved
         :attr:`~resumable_sse.client.EventStream.last_event_id`), sent as ``Last-Event-ID``.
@@ -46,8 +46,7 @@ class ClientOptions:
     :param max_delay: the cap on the exponential backoff, in seconds.
     :param jitter: the largest fraction (0..1) randomly taken off each wait.
     :param max_retries: attempts in a row that may fail (no event, no heartbeat) before
-        :class:`~resumable_sse.exceptions.RetriesExhausted`;
-        None retries forever, as EventSource does.
+        :class:`~resumable_sse.exceptions.RetriesExhausted`; None retries forever, as EventSource does.
     :param connect_timeout: seconds to connect and get the response headers.
     :param read_timeout: seconds without a byte from the server before the connection counts as dead and is
         replaced; keep it above the server's heartbeat interval. None: wait forever.
