@@ -173,8 +173,8 @@ class RedisStore:
         return f"{tag}:m", f"{tag}:e", f"{tag}:c", f"{tag}:x"
 
     def pubsub_connection(self, channel: str) -> tuple[Any, Callable[[], Any]]:
-        """Internal, for the store's watch: the node that carries ``channel`` (None on a single server) and a factory
-        of new, unconnected pub/sub connections to it (see ``_compat_redis.connection_factory``)."""
+        """Internal (used by the store's change notifications): the node that carries ``channel`` (None on a single
+        server) and a factory of new, unconnected pub/sub connections to it."""
         client: Any = self.client
         if self._is_cluster:
             node = client.get_node_from_key(channel)  # (public: RedisCluster's documented method)
