@@ -120,11 +120,10 @@ class LegacyStreamer:
         ``generator`` (an async generator *object*, or, as in 0.1, a plain iterable, which is then iterated in a
         worker thread) becomes the session's producer only when the session is new; otherwise it is closed unused.
         Any string is a session id, as in 0.1: one that is not a valid stream id is stored under a digest of it.
-        ``last_id`` ``"0"`` (or empty, or None) means from the first event; the id of
-        an event resumes strictly after it. A ``last_id`` that cannot be continued exactly (a 0.1 id, another life
-        of the session, trimmed away) gets a ``reset`` event first, then the session from its earliest retained
-        event. A ``last_id`` for a session the store no longer has (expired) generates it again as a new life,
-        after a ``reset``, as 0.1 did.
+        ``last_id`` ``"0"`` (or empty, or None) means from the first event; the id of an event resumes strictly
+        after it. A ``last_id`` that cannot be continued exactly (a 0.1 id, another life of the session, trimmed
+        away) gets a ``reset`` event first, then the session from its earliest retained event. A ``last_id`` for a
+        session the store no longer has (expired) generates it again as a new life, after a ``reset``, as 0.1 did.
         """
         position = None if last_id is None or last_id in _FROM_START else last_id
         subscription = await self._open(_stream_id(session_id), generator, position)
