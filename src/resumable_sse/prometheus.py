@@ -52,7 +52,8 @@ _STATUSES: Final[tuple[Status, ...]] = ("done", "error", "cancelled", "lost")
 
 
 class PrometheusMetrics(Observer):
-    """An observer that keeps the library's Prometheus metrics (listed in the module docstring).
+    """An observer that keeps the library's Prometheus metrics (listed on the "Metrics and logs" page and in
+    this module's docstring).
 
     :param registry: the ``prometheus_client.CollectorRegistry`` to register the metrics in; default: the global
         ``prometheus_client.REGISTRY``, which ``prometheus_client``'s exposition serves by default. A registry holds
