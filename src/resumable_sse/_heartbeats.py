@@ -1,12 +1,12 @@
 """Heartbeats of every response of an event loop, on one timer per heartbeat interval.
 
 The responses due for a heartbeat wait in one queue per interval. Every response joins at the back, so each queue
-stays in due order and only its first entry needs a timer. When the timer fires, every response now due is sent
-its heartbeat through its response's ``beat()``, which never waits. A response whose heartbeat could wait (a write
-in progress, a full socket buffer) writes it from a task made for that one heartbeat, bounded by ``send_timeout``,
-and rejoins the queue when it is written; a response whose connection is closing stops its heartbeat and says the
-client is gone. No response keeps a task of its own for its heartbeats, as aiohttp-sse's does (idle CPU and
-memory per connection: ``benchmarks/idle.py``).
+stays in due order and only its first entry needs a timer. When the timer fires, each response now due sends its
+heartbeat through its ``beat()``, which never waits. A response whose heartbeat could wait (a write in progress, a
+full socket buffer) writes it from a task made for that one heartbeat, bounded by ``send_timeout``, and rejoins the
+queue when it is written; a response whose connection is closing stops its heartbeat and says the client is gone.
+No response keeps a task of its own for its heartbeats, as aiohttp-sse's responses do (idle CPU and memory per
+connection: ``benchmarks/idle.py``).
 """
 
 from __future__ import annotations
