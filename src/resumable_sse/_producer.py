@@ -1,12 +1,18 @@
 """The producer runtime: each stream's producer run once, its events batched into appends.
 
-A :class:`Run` is one task: it pulls the user's source and starts each append itself, without waiting for it. While
-one append is in flight the next events queue and go in the next append; a slow producer's event is appended at once,
-in the step that yielded it (a store that offers :class:`~._log.SubmitsAppends` needs no task per append: memory
-appends synchronously, Redis queues it for the next group commit). What a producer yields without waiting, after the
-first event of a loop turn, goes in appends of up to ``limit`` events, with the loop run between them: a producer that
-never waits is batched and cannot hold the loop. Every run ends exactly once (the registry, :mod:`._producers`, keeps
-it until then), and its outcome is always retrieved: a failure is logged with the stream id.
+A :class:`Run` is one task that pulls the user's source (the *pump*) and starts each append itself, without waiting
+for it: while one append is in flight the next events queue and go in the next one, and a slow producer's event is
+appended in the step that yielded it. A producer that never waits is batched (``limit`` events an append, the loop
+run between them) and cannot hold the loop. Rules every run keeps:
+
+* Its life is one state; the moves it may make are listed once, and checked (:mod:`._run_state`).
+* It ends its stream exactly once: with its own terminal entry, or by reporting the end written elsewhere.
+* A cancel of its task from outside (a shutdown, anyone's ``Task.cancel()``) is never swallowed: it stops the pump at
+  once, never cuts a store call short (appends, the terminal entry, the read of an end written elsewhere: each is
+  bounded by the store's timeouts and ``store_retry_timeout``), and is re-raised once the stream has its end
+  (``cancelled``, unless another end was decided first). Python 3.10 counts no cancels: one that lands while the
+  run's own interrupt (INTERRUPTED) is on its way merges with it; the stream gets its end, the task returns it.
+* Its outcome is always retrieved (:func:`~._tasks.spawn`): a failure is logged once, with the stream id.
 """
 
 from __future__ import annotations
@@ -14,100 +20,65 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import logging
+import sys
 import time
-from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Sequence
-from typing import Any, Protocol, Union
+from collections.abc import AsyncIterable, Iterable, Sequence
+from typing import Any
 
 from ._event import Status, normalize
 from ._feed import call_in_thread, pump_in_thread
-from ._log import EventLog, NewEvent, StreamState, SubmitsAppends
-from ._logger import logger
-from ._observe import Observer
-from ._readers import Hub, terminal_data
+from ._log import NewEvent, StreamState, SubmitsAppends
+from ._readers import terminal_data
+from ._run_state import (
+    DRAINING,
+    ENDED,
+    ENDING,
+    FENCED,
+    HALTING,
+    INTERRUPTED,
+    OPENING,
+    PUMPING,
+    STARTING,
+    Factory,
+    IllegalMove,
+    Registry,
+    Settings,
+    Source,
+    State,
+    Stop,
+    check_move,
+)
 from ._tasks import spawn
 from .exceptions import EventTooLarge, InvalidEventData, ProducerError, StoreUnavailable, StreamFenced, StreamNotFound
 
-__all__ = ["Factory", "Registry", "Run", "Settings", "Source"]
-
-
-Source = Union[AsyncIterable[Any], Iterable[Any]]  # noqa: UP007 (a runtime alias on 3.10)
-"""What a producer factory returns: an async iterable (run on the loop) or a plain iterable (run in a thread)."""
-
-Factory = Callable[[], Union[Source, Awaitable[Source]]]  # noqa: UP007 (a runtime alias on 3.10)
-"""A producer function: an async generator function, an async function returning the events, or a plain function
-(called in a thread of its own) returning them."""
-
-
-class Settings(Protocol):
-    """What the producer runtime needs of the engine that owns it (the :class:`~resumable_sse.Streamer`)."""
-
-    @property
-    def log(self) -> EventLog: ...  # the store as the engine calls it (timed when there is an observer)
-
-    @property
-    def observer(self) -> Observer | None: ...
-    @property
-    def hub(self) -> Hub: ...
-    @property
-    def lease(self) -> float: ...
-    @property
-    def idle_timeout(self) -> float: ...
-    @property
-    def batch_size(self) -> int: ...
-    @property
-    def max_event_bytes(self) -> int: ...
-    @property
-    def max_batch_bytes(self) -> int: ...
-    @property
-    def error_message(self) -> str: ...
-    @property
-    def store_retry_timeout(self) -> float: ...
-
-    async def append(
-        self, stream_id: str, token: str, events: Sequence[NewEvent], after: int, *, final: Status | None = None
-    ) -> int:
-        """A producer's append, retried while the store is unreachable."""
-
-
-class Registry(Protocol):
-    """Where a run is kept while it runs (:class:`~._producers.Producers`)."""
-
-    @property
-    def streamer(self) -> Settings: ...
-
-    def forget(self, run: Run) -> None:
-        """The run ended: drop it (if it is still the one kept for its stream and epoch)."""
+__all__ = ["Factory", "IllegalMove", "Registry", "Run", "Settings", "Source", "State"]
 
 
 class _Halted(Exception):
-    """The run stopped its own pump (a store verdict, or a stop asked for from within the pump's own step)."""
+    """Raised in the pump's own step where it looks after starting an append: the run is no longer PUMPING."""
 
 
 class Run:
-    """One producer: one task that pumps the user's source and starts the appends (see the module docstring).
-
-    The pump puts each event in :attr:`pending`; when no append is in flight it starts one with everything pending
-    (:meth:`kick`), in its own step, and goes on pulling the source while the append travels; the append's
-    completion starts the next one. A store that appends synchronously (memory) is written before the pump's next
-    ``await``, so a paced token reaches its readers one loop turn after the producer yielded it, not three."""
+    """One producer (see the module docstring). The pump puts each event in :attr:`pending`; while PUMPING, with no
+    append in flight, it starts one with everything pending (:meth:`kick`) and pulls on while it travels; its
+    completion starts the next. Once the pump is over, :meth:`finish` appends what is left, then the end."""
 
     __slots__ = (
-        "ending",
+        "cancel",
         "epoch",
         "factory",
         "failure",
-        "fenced",
-        "halted",
         "in_step",
-        "interrupted",
         "last_progress",
         "last_seq",
         "limit",
+        "outcome",
         "pending",
         "producers",
-        "pumping",
         "retrying",
         "space",
+        "state",
         "stop_reason",
         "stream_id",
         "streamer",
@@ -126,22 +97,22 @@ class Run:
         self.token = token
         self.epoch = state.epoch
         self.factory: Factory | None = factory
-        self.pending: list[NewEvent] = []
-        self.space: asyncio.Future[None] | None = None
+        self.state = STARTING
+        self.pending: list[NewEvent] = []  # yielded, not yet in an append
+        self.space: asyncio.Future[None] | None = None  # the pump waits for an append to take what is pending
         self.limit = min(16, streamer.batch_size)  # how far the pump may run ahead of the appends
-        self.writing: asyncio.Future[int] | None = None  # the append in flight
-        self.written: Sequence[NewEvent] = ()  # its events (sent again by a retry); let go once appended
-        self.retrying = False  # the append in flight is the retry of one that met an unreachable store
-        self.failure: BaseException | None = None  # why appends cannot go on (the store's verdict)
-        self.stop_reason: tuple[Status, str] | None = None  # why we stopped the pump ourselves
-        self.halted = False  # the pump was told to stop (stop, fence, failure)
-        self.interrupted = False  # ... by a cancel of the task
-        self.pumping = False
         self.in_step = False  # an append was started in this turn of the loop: what follows in it is batched
-        self.fenced = False
-        self.ending = False  # the final append is on its way: its notification is no end from elsewhere
+        # The append in flight: its future, its events (sent again by a retry; let go once appended), and whether
+        # it is a retry through Streamer.append (which retries an unreachable store itself: never retried again).
+        self.writing: asyncio.Future[int] | None = None
+        self.written: Sequence[NewEvent] = ()
+        self.retrying = False
         self.last_seq = 0  # what the log holds of this run; appends name it so that a retry cannot duplicate
         self.last_progress = time.monotonic()
+        self.failure: BaseException | None = None  # the store's verdict that appends cannot go on
+        self.stop_reason: Stop | None = None
+        self.cancel: asyncio.CancelledError | None = None  # a cancel from outside, re-raised once the run has ended
+        self.outcome: Status | None = None  # how the run ended its stream (also when its task ends cancelled)
         # Direct submission when the store offers it and nothing is observed (an observer times appends, and counts
         # them, through Streamer.append).
         log = streamer.log
@@ -150,6 +121,22 @@ class Run:
         # then stops the producer at once instead of at its next append or lease renewal.
         self.tail = streamer.hub.attach(state, producer=True)
         self.task: asyncio.Task[Status] = spawn(self.main(), f"resumable-sse producer {self.stream_id}", self.stream_id)
+
+    def move(self, to: State) -> None:
+        """Make a move the run's life allows (:data:`~._run_state.MOVES`); any other raises :class:`IllegalMove`."""
+        check_move(self.stream_id, self.state, to)
+        self.state = to
+
+    @property
+    def fenced(self) -> bool:
+        """The run no longer vouches for its stream (it ended, or its end is written or taken elsewhere)."""
+        stop = self.stop_reason
+        return self.state is FENCED or self.state is ENDED or (stop is not None and stop.elsewhere)
+
+    @property
+    def ending(self) -> bool:
+        """The run's own terminal entry is on its way."""
+        return self.state is ENDING
 
     # -- the pump ---------------------------------------------------------------------------------------------------
 
@@ -160,7 +147,7 @@ class Run:
 
     async def has_space(self) -> None:
         """Wait until the pending events have been taken by an append (backpressure on a fast producer)."""
-        if self.halted:
+        if self.state is not PUMPING:
             raise _Halted
         if len(self.pending) >= self.limit and self.writing is not None:
             self.space = asyncio.get_running_loop().create_future()
@@ -175,8 +162,9 @@ class Run:
         self.kick()
 
     def kick(self) -> None:
-        """Start appending what is pending, unless an append is in flight (its completion calls this again)."""
-        while self.pending and self.writing is None and self.pumping and not self.halted:
+        """While PUMPING, start appending what is pending unless an append is in flight (its completion calls this
+        again)."""
+        while self.pending and self.writing is None and self.state is PUMPING:
             batch = self.take()
             # Start small so the first events go out at once, then grow to batch_size for throughput.
             self.limit = min(self.limit * 2, self.streamer.batch_size)
@@ -193,10 +181,11 @@ class Run:
                 return
             self.settle(future)  # appended synchronously: go on with what is pending
 
-    def append_in_task(self, events: Sequence[NewEvent]) -> asyncio.Future[int]:
+    def append_in_task(self, events: Sequence[NewEvent], final: Status | None = None) -> asyncio.Future[int]:
         """The append of ``events`` after :attr:`last_seq` through :meth:`Streamer.append` (retried while the store is
         unreachable, reported to the observer), in a task of its own."""
-        return asyncio.ensure_future(self.streamer.append(self.stream_id, self.token, events, self.last_seq))
+        append = self.streamer.append(self.stream_id, self.token, events, self.last_seq, final=final)
+        return asyncio.ensure_future(append)
 
     def appended(self, future: asyncio.Future[int]) -> None:
         """The append in flight completed (a done callback)."""
@@ -216,8 +205,8 @@ class Run:
             self.last_progress = time.monotonic()
             return
         if isinstance(error, StoreUnavailable) and not self.retrying:
-            # Retried (with backoff, up to store_retry_timeout) by Streamer.append in a task: idempotent, it names
-            # the sequence number it follows.
+            # Retried with backoff, up to store_retry_timeout, by Streamer.append: idempotent, it names the sequence
+            # number it follows.
             retry = self.append_in_task(self.written)
             self.writing, self.retrying = retry, True
             retry.add_done_callback(self.appended)
@@ -225,17 +214,10 @@ class Run:
         self.fail(error)
 
     def fail(self, error: BaseException) -> None:
+        """The store refused an append: no more appends; the first verdict is the one :meth:`finish` acts on."""
         if self.failure is None:
             self.failure = error
         self.halt()
-
-    def halt(self) -> None:
-        """Stop the pump: from outside its step by a cancel; from within (a store's notification of its own append)
-        by :class:`_Halted`, raised where the pump looks after starting an append."""
-        self.halted = True
-        if self.pumping and not self.interrupted and asyncio.current_task() is not self.task:
-            self.interrupted = True
-            self.task.cancel()
 
     def take(self) -> list[NewEvent]:
         """The pending events that go in the next append: all of them, or as many as fit ``max_batch_bytes`` (at
@@ -258,22 +240,41 @@ class Run:
         del pending[:cut]
         return batch
 
-    async def append(self, events: list[NewEvent], final: Status | None = None) -> None:
-        """An append awaited by the run itself (the final ones)."""
-        self.last_seq = await self.streamer.append(self.stream_id, self.token, events, self.last_seq, final=final)
-
-    # -- the run ----------------------------------------------------------------------------------------------------
+    # -- stopping ---------------------------------------------------------------------------------------------------
 
     def stop(self, status: Status, message: str) -> None:
-        """Stop the pump; the stream is ended with ``status`` unless another end was already written."""
+        """Stop the pump; the stream is ended with ``status`` unless another end was asked for first or written
+        elsewhere. Once the pump is over this changes nothing: the end is decided."""
         if self.stop_reason is None:
-            self.stop_reason = (status, message)
+            self.stop_reason = Stop(status, message, elsewhere=False)
         self.halt()
 
     def fence(self, status: Status, message: str) -> None:
-        """The stream was ended (or taken) elsewhere: stop without writing."""
-        self.fenced = True
-        self.stop(status, message)
+        """The stream was ended (or taken) elsewhere: stop, and write nothing (heard up to DRAINING; once the run's
+        own end is on its way, the store settles which end holds)."""
+        stop = self.stop_reason
+        self.stop_reason = Stop(status, message, True) if stop is None else stop._replace(elsewhere=True)
+        self.halt()
+
+    def asked(self, status: Status, message: str) -> tuple[Status, str]:
+        """The end a stop asked for, else ``status`` and ``message``."""
+        stop = self.stop_reason
+        return (status, message) if stop is None else (stop.status, stop.message)
+
+    def halt(self) -> None:
+        """Stop the pump: within its own step by a move it sees where it looks (HALTING); from outside it by a cancel
+        of the task (INTERRUPTED), which the run takes back when the pump is over. Later states have no pump."""
+        state = self.state
+        if state is PUMPING or state is OPENING:
+            if asyncio.current_task() is self.task:
+                self.move(HALTING)
+            else:
+                self.move(INTERRUPTED)
+                self.task.cancel()
+        elif state is STARTING:
+            self.move(HALTING)  # the task sees it when it starts, and pulls nothing
+
+    # -- the run ----------------------------------------------------------------------------------------------------
 
     async def open(self) -> object:
         """Call the factory, once: the run lets go of it (and of what it binds: the request that claimed the stream)
@@ -290,71 +291,91 @@ class Run:
         return await call_in_thread(factory, f"resumable-sse producer {self.stream_id}")
 
     async def main(self) -> Status:
-        """The run's task: pull the source (in this very frame: a quiet stream holds its frames for as long as it
-        runs), then write the end (:meth:`finish`)."""
+        """The run's task: pull the source, settle the end (:meth:`finish`), then re-raise a cancel from outside.
+
+        The pump runs in this frame, not a coroutine of its own: one frame less per running stream (fleet.py --idle).
+        """
         try:
-            status, message = self.stop_reason or ("cancelled", "the producer was cancelled")
-            if not self.halted:  # (halted: stopped before it started, by a shutdown right after the claim)
-                self.pumping = True
-                try:
-                    source = await self.open()
-                    if isinstance(source, AsyncIterable):
-                        iterator = aiter(source)
-                        try:
-                            # The hot loop: a plain ASCII token skips normalize(); anything else is checked fully.
-                            pending, append = self.pending, self.pending.append
-                            loop = asyncio.get_running_loop()
-                            max_bytes = self.streamer.max_event_bytes
-                            async for item in iterator:
-                                if type(item) is str and item.isascii() and len(item) <= max_bytes:
-                                    append((None, item))
-                                else:
-                                    append(normalize(item, max_bytes))
-                                if self.writing is None:
-                                    if not self.in_step:  # the first event since the pump last waited: now
-                                        self.in_step = True
-                                        loop.call_soon(self.step_over)
-                                        self.kick()
-                                    elif len(pending) >= self.limit:  # a producer that does not wait: batches
-                                        self.kick()
-                                        await asyncio.sleep(0)  # and the loop runs between them
-                                    if self.halted:
-                                        raise _Halted
-                                elif len(pending) >= self.limit:
-                                    await self.has_space()
-                        finally:
-                            aclose = getattr(iterator, "aclose", None)
-                            if aclose is not None:
-                                await aclose()
-                    elif isinstance(source, Iterable):
-                        await pump_in_thread(self, source)
-                    else:
-                        kind = type(source).__name__
-                        raise TypeError(f"a producer must return an async iterable or an iterable, not {kind}")
-                except asyncio.CancelledError:
-                    if not self.interrupted:  # a cancel of the task itself (shutdown), or the producer raised it
-                        cancelling = getattr(self.task, "cancelling", None)  # 3.11+; on 3.10 any cancel is the task's
-                        if cancelling is None or cancelling():
-                            raise
-                    status, message = self.stop_reason or ("cancelled", "the producer was cancelled")
-                except _Halted:
-                    status, message = self.stop_reason or ("done", "")
-                except ProducerError as exc:
-                    status, message = "error", str(exc)
-                except Exception as exc:
-                    status, message = "error", self._failed(exc)
+            try:
+                if self.state is not STARTING:
+                    raise _Halted  # stopped before it started (a shutdown right after the claim)
+                self.move(OPENING)
+                source = await self.open()
+                if self.state is not OPENING:
+                    raise _Halted  # the factory's own code ended the stream
+                self.move(PUMPING)
+                if isinstance(source, AsyncIterable):
+                    iterator = aiter(source)
+                    try:
+                        # The hot loop: a plain ASCII token skips normalize() (single_stream.py); the rest is checked.
+                        pending, append = self.pending, self.pending.append
+                        loop = asyncio.get_running_loop()
+                        max_bytes = self.streamer.max_event_bytes
+                        async for item in iterator:
+                            if type(item) is str and item.isascii() and len(item) <= max_bytes:
+                                append((None, item))
+                            else:
+                                append(normalize(item, max_bytes))
+                            if self.writing is None:
+                                if not self.in_step:  # the first event since the pump last waited: now
+                                    self.in_step = True
+                                    loop.call_soon(self.step_over)
+                                    self.kick()
+                                elif len(pending) >= self.limit:  # a producer that does not wait: batches
+                                    self.kick()
+                                    await asyncio.sleep(0)  # and the loop runs between them
+                                if self.state is not PUMPING:
+                                    raise _Halted
+                            elif len(pending) >= self.limit:
+                                await self.has_space()
+                    finally:
+                        aclose = getattr(iterator, "aclose", None)
+                        if aclose is not None:
+                            await aclose()
+                elif isinstance(source, Iterable):
+                    await pump_in_thread(self, source)
                 else:
-                    status, message = self.stop_reason or ("done", "")  # a stop reason is only given with a halt
-                finally:
-                    self.pumping = False
-                    uncancel = getattr(self.task, "uncancel", None)  # Python 3.11+
-                    if self.interrupted and uncancel is not None:
-                        uncancel()  # the cancel was ours: the run goes on to write the end
-            return await self.finish(status, message)
+                    kind = type(source).__name__
+                    raise TypeError(f"a producer must return an async iterable or an iterable, not {kind}")
+            except asyncio.CancelledError as exc:
+                self.cancel = exc  # kept only if it came from outside (_pump_over)
+                status, message = self.asked("cancelled", "the producer was cancelled")
+            except _Halted:
+                status, message = self.asked("done", "")  # (no stop asked: a store verdict, see finish)
+            except ProducerError as exc:
+                status, message = "error", str(exc)
+            except Exception as exc:
+                status, message = "error", self._failed(exc)
+            else:
+                status, message = self.asked("done", "")
+            finally:
+                self._pump_over()
+            self.outcome = status = await self.finish(status, message)
         finally:
             self.pending.clear()
             self.streamer.hub.detach(self.tail, producer=True)
             self.producers.forget(self)
+            if self.state is not ENDED:
+                self.move(ENDED)
+        cancel, self.cancel = self.cancel, None
+        if cancel is not None:
+            raise cancel
+        return status
+
+    def _pump_over(self) -> None:
+        """The pump is over: take back the run's own interrupt, keep a cancel from outside for :meth:`main` to
+        re-raise, and move to DRAINING."""
+        if sys.version_info >= (3, 11):
+            task = self.task
+            if self.state is INTERRUPTED:
+                task.uncancel()
+            if not task.cancelling():
+                self.cancel = None  # the run's own interrupt, or a CancelledError the producer raised itself
+            elif self.cancel is None:
+                self.cancel = asyncio.CancelledError()  # one the producer caught and let go: still re-raised
+        elif self.state is INTERRUPTED:
+            self.cancel = None  # 3.10 counts no cancels: one from outside landing with this one is not told apart
+        self.move(DRAINING)
 
     def _failed(self, exc: Exception) -> str:
         """Log a producer's failure; what clients are told of it."""
@@ -371,49 +392,43 @@ class Run:
         )
         return self.streamer.error_message
 
-    def _refused(self, exc: EventTooLarge) -> str:
-        """Log the store's refusal of an append (an event longer than it takes); what clients are told of it."""
-        logger.error(
-            "stream %r: the store refused an append: %s; it ends with error",
-            self.stream_id,
-            exc,
-            extra={"stream_id": self.stream_id},
-        )
-        return str(exc)
+    async def _outlast(self, future: asyncio.Future[Any]) -> None:
+        """Wait until ``future`` (a store call) is done. A cancel from outside is kept for :meth:`main` to re-raise:
+        it never cuts a store call short (the store would be left not knowing whether the call was applied)."""
+        while not future.done():
+            try:
+                await asyncio.wait((future,))
+            except asyncio.CancelledError as exc:
+                self.cancel = self.cancel or exc
+
+    async def _settled(self) -> None:
+        """Wait until no append is in flight (nor the retry that follows an unreachable store's refusal)."""
+        while self.writing is not None:
+            await self._outlast(self.writing)
 
     async def finish(self, status: Status, message: str) -> Status:
-        """Wait for the append in flight, then end the stream with ``status`` (or report how it ended elsewhere)."""
+        """Settle the append in flight, then append what is pending with the terminal entry ``status`` last; return
+        how the stream ended (also when it ended elsewhere, or the store's verdict ended it)."""
         try:
-            try:
-                while self.writing is not None:  # the append in flight (and its retry)
-                    await asyncio.wait({self.writing})
-                if isinstance(self.failure, EventTooLarge):  # the store refused an append: the end says why
-                    status, message = "error", self._refused(self.failure)
-                    self.pending.clear()  # (nothing after the refused event is written, as after a raise)
-                elif self.failure is not None:
-                    raise self.failure
-            except StreamFenced:
-                self.fenced = True
-            if self.fenced:
-                return await self._outside_end()
-            self.ending = True
-            self.pending.append((status, terminal_data(status, message)))
-            try:
-                while True:  # what is pending, in appends of at most max_batch_bytes; the last holds the terminal
-                    batch = self.take()
-                    if not self.pending:
-                        await self.append(batch, final=status)
-                        break
-                    await self.append(batch)
-            except StreamFenced:
-                return await self._outside_end()
-            except EventTooLarge as exc:  # the store refused an event of the last appends: the end says why
-                self.pending.clear()
-                await self.append([("error", terminal_data("error", self._refused(exc)))], final="error")
-                return "error"
-            return status
+            while True:
+                await self._settled()
+                failure, stop = self.failure, self.stop_reason
+                draining = self.state is DRAINING
+                if isinstance(failure, StreamFenced) or (draining and stop is not None and stop.elsewhere):
+                    return await self._outside_end()
+                if failure is not None:
+                    raise failure
+                if draining:
+                    self.move(ENDING)
+                    self.pending.append((status, terminal_data(status, message)))
+                elif not self.pending:
+                    return status
+                # What is pending, in appends of at most max_batch_bytes; the last holds the terminal entry.
+                batch = self.take()
+                self.writing = future = self.append_in_task(batch, None if self.pending else status)
+                self.written, self.retrying = batch, True
+                future.add_done_callback(self.appended)
         except (StoreUnavailable, StreamNotFound) as exc:
-            self.fenced = True
             logger.error(
                 "stream %r: %s; its producer stops and readers are told it is lost",
                 self.stream_id,
@@ -423,7 +438,6 @@ class Run:
             self.streamer.hub.suspect(self.stream_id)
             return "lost"
         except Exception:
-            self.fenced = True
             logger.exception(
                 "the run of stream %r failed; it stops, and its readers get lost once its lease runs out",
                 self.stream_id,
@@ -436,9 +450,12 @@ class Run:
         """The stream ended, or changed, without this run (a cancel from any process, declared lost, expired, lost or
         rewound by the store): report how it ended; a stream this run cannot continue is ended as lost. Anything but
         a cancel is logged once, here, with the stream id."""
+        self.move(FENCED)
         store, stream_id = self.streamer.log, self.stream_id
+        reading = asyncio.ensure_future(store.state(stream_id))
+        await self._outlast(reading)
         try:
-            state = await store.state(stream_id)
+            state = reading.result()
         except StoreUnavailable:
             why = "the store stayed unreachable"
         else:
@@ -455,11 +472,23 @@ class Run:
                 # new epoch, so that no reader is left waiting and no id a reader holds names another event.
                 why = "the store went back in time under it"
                 data = terminal_data("lost", "the store lost events of this stream")
+                abandoning = asyncio.ensure_future(store.abandon(stream_id, self.token, data))
+                await self._outlast(abandoning)
                 with contextlib.suppress(StoreUnavailable):  # else declared lost by an audit after the lease
-                    await store.abandon(stream_id, self.token, data)
+                    abandoning.result()
         extra = {"stream_id": stream_id}
         logger.error(
             "stream %r: %s; its producer stops and the stream ends lost (readers get lost)", stream_id, why, extra=extra
         )
         self.streamer.hub.suspect(stream_id)
         return "lost"
+
+    def discard(self) -> None:
+        """Let go of a run whose task was cancelled before its first step (its coroutine never ran, so :meth:`main`
+        cleaned up nothing). No end is written: its readers hear ``lost`` once its lease runs out."""
+        if self.state is ENDED or not self.task.done():
+            return
+        self.move(ENDED)
+        self.streamer.hub.suspect(self.stream_id)
+        self.streamer.hub.detach(self.tail, producer=True)
+        self.producers.forget(self)

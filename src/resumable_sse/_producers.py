@@ -2,8 +2,9 @@
 together), the :class:`Producer` handle :meth:`Streamer.start <resumable_sse.Streamer.start>` returns, and
 :func:`check_factory`, which refuses what cannot be a producer before any stream is claimed for it.
 
-Every run is kept under ``(stream id, epoch)`` and removed by identity; all of their leases are renewed in one store
-call per period (no timer per stream), and a run that lost its lease, or whose producer went idle too long, is stopped.
+Every run is kept under ``(stream id, epoch)`` and removed by identity when it ends; all of their leases are renewed
+in one store call per period (no timer per stream), and a run that lost its lease, or whose producer went idle too
+long, is stopped. A run whose task was cancelled before its first step never removed itself: the keeper lets go of it.
 """
 
 from __future__ import annotations
@@ -64,7 +65,8 @@ class Producer:
 
     async def wait(self) -> Status:
         """Wait until the stream ends; return its terminal state. Everything told of the end (the observer's
-        ``stream_ended``, callbacks added before) has been told when it returns."""
+        ``stream_ended``, callbacks added before) has been told when it returns. Raises
+        :class:`asyncio.CancelledError` if the producer's task itself was cancelled (it ended its stream first)."""
         task = self._run.task
         if task.done():
             # An ended task's callbacks run a step after it ended: yield once, so that they ran, as they do when the
@@ -73,8 +75,11 @@ class Producer:
         return await asyncio.shield(task)
 
 
-def _status(task: asyncio.Task[Status]) -> Status:
-    """How a run's task ended its stream (a run returns its status; a task cancelled outright was cancelled)."""
+def _status(run: Run, task: asyncio.Task[Status]) -> Status:
+    """How a run ended its stream: as it recorded (also when its task then ended cancelled); a task cancelled before
+    it ran was cancelled; one that failed, error."""
+    if run.outcome is not None:
+        return run.outcome
     return "cancelled" if task.cancelled() else "error" if task.exception() is not None else task.result()
 
 
@@ -96,7 +101,7 @@ class Producers:
         observer = self.streamer.observer
         if observer is not None:
             observer.stream_started(run.stream_id)
-            run.task.add_done_callback(lambda task: observer.stream_ended(run.stream_id, _status(task)))
+            run.task.add_done_callback(lambda task: observer.stream_ended(run.stream_id, _status(run, task)))
         if self._keeper is None or self._keeper.done():
             self._keeper = spawn(self._keep_leases(), "resumable-sse leases")
         return Producer(run)
@@ -117,6 +122,7 @@ class Producers:
         streamer = self.streamer
         while self.runs:
             await asyncio.sleep(streamer.lease / 3)
+            self._discard_unstarted()
             runs = [run for run in self.runs.values() if not run.task.done()]
             try:
                 kept = await streamer.log.renew([(run.stream_id, run.token) for run in runs], streamer.lease)
@@ -147,6 +153,11 @@ class Producers:
                     )
                     run.stop("error", "the producer was idle too long")
 
+    def _discard_unstarted(self) -> None:
+        """Let go of the runs whose task was cancelled before it ran (any other run removes itself when it ends)."""
+        for run in [run for run in self.runs.values() if run.task.done()]:
+            run.discard()
+
     async def close(self, grace: float) -> None:
         """Give running producers ``grace`` seconds, then cancel them (``cancelled``, "server shutdown"); wait for
         every one of them to end."""
@@ -157,6 +168,7 @@ class Producers:
                 run.stop("cancelled", "server shutdown")
             if running:
                 await asyncio.wait(running)
+            self._discard_unstarted()
         if self._keeper is not None:
             self._keeper.cancel()
             await asyncio.gather(self._keeper, return_exceptions=True)
