@@ -65,7 +65,6 @@ class Run:
     completion starts the next. Once the pump is over, :meth:`finish` appends what is left, then the end."""
 
     __slots__ = (
-        "cancel",
         "epoch",
         "factory",
         "failure",
@@ -74,6 +73,7 @@ class Run:
         "last_seq",
         "limit",
         "outcome",
+        "outside_cancel",
         "pending",
         "producers",
         "retrying",
@@ -90,12 +90,12 @@ class Run:
         "written",
     )
 
-    def __init__(self, producers: Registry, token: str, state: StreamState, factory: Factory) -> None:
+    def __init__(self, producers: Registry, token: str, shape: StreamState, factory: Factory) -> None:
         self.producers = producers
         self.streamer = streamer = producers.streamer
-        self.stream_id = state.stream_id
+        self.stream_id = shape.stream_id
         self.token = token
-        self.epoch = state.epoch
+        self.epoch = shape.epoch
         self.factory: Factory | None = factory
         self.state = STARTING
         self.pending: list[NewEvent] = []  # yielded, not yet in an append
@@ -111,7 +111,7 @@ class Run:
         self.last_progress = time.monotonic()
         self.failure: BaseException | None = None  # the store's verdict that appends cannot go on
         self.stop_reason: Stop | None = None
-        self.cancel: asyncio.CancelledError | None = None  # a cancel from outside, re-raised once the run has ended
+        self.outside_cancel: asyncio.CancelledError | None = None  # re-raised once the run has ended
         self.outcome: Status | None = None  # how the run ended its stream (also when its task ends cancelled)
         # Direct submission when the store offers it and nothing is observed (an observer times appends, and counts
         # them, through Streamer.append).
@@ -119,7 +119,7 @@ class Run:
         self.submitter = log if streamer.observer is None and isinstance(log, SubmitsAppends) else None
         # The run follows its stream, like a reader would, until it ends: an end written by another process (cancel)
         # then stops the producer at once instead of at its next append or lease renewal.
-        self.tail = streamer.hub.attach(state, producer=True)
+        self.tail = streamer.hub.attach(shape, producer=True)
         self.task: asyncio.Task[Status] = spawn(self.main(), f"resumable-sse producer {self.stream_id}", self.stream_id)
 
     def move(self, to: State) -> None:
@@ -338,7 +338,7 @@ class Run:
                     kind = type(source).__name__
                     raise TypeError(f"a producer must return an async iterable or an iterable, not {kind}")
             except asyncio.CancelledError as exc:
-                self.cancel = exc  # kept only if it came from outside (_pump_over)
+                self.outside_cancel = exc  # kept only if it came from outside (_pump_over)
                 status, message = self.asked("cancelled", "the producer was cancelled")
             except _Halted:
                 status, message = self.asked("done", "")  # (no stop asked: a store verdict, see finish)
@@ -357,7 +357,7 @@ class Run:
             self.producers.forget(self)
             if self.state is not ENDED:
                 self.move(ENDED)
-        cancel, self.cancel = self.cancel, None
+        cancel, self.outside_cancel = self.outside_cancel, None  # (not kept: its traceback holds this frame)
         if cancel is not None:
             raise cancel
         return status
@@ -370,11 +370,11 @@ class Run:
             if self.state is INTERRUPTED:
                 task.uncancel()
             if not task.cancelling():
-                self.cancel = None  # the run's own interrupt, or a CancelledError the producer raised itself
-            elif self.cancel is None:
-                self.cancel = asyncio.CancelledError()  # one the producer caught and let go: still re-raised
+                self.outside_cancel = None  # the run's own interrupt, or a CancelledError the producer raised itself
+            elif self.outside_cancel is None:
+                self.outside_cancel = asyncio.CancelledError()  # one the producer caught and let go: still re-raised
         elif self.state is INTERRUPTED:
-            self.cancel = None  # 3.10 counts no cancels: one from outside landing with this one is not told apart
+            self.outside_cancel = None  # 3.10 counts no cancels: one landing with it is not told apart
         self.move(DRAINING)
 
     def _failed(self, exc: Exception) -> str:
@@ -399,7 +399,7 @@ class Run:
             try:
                 await asyncio.wait((future,))
             except asyncio.CancelledError as exc:
-                self.cancel = self.cancel or exc
+                self.outside_cancel = self.outside_cancel or exc
 
     async def _settled(self) -> None:
         """Wait until no append is in flight (nor the retry that follows an unreachable store's refusal)."""
