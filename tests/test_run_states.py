@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from resumable_sse import EventLog, MemoryStore, Streamer
+from resumable_sse import EventLog, MemoryStore, Observer, Streamer
 from resumable_sse import _run_state as S
 from resumable_sse._event import Status
 from resumable_sse._log import NewEvent, StreamState
@@ -354,13 +354,23 @@ async def test_a_cancel_while_an_unreachable_store_is_retried(
     await streamer.close()
 
 
+class Ends(Observer):
+    def __init__(self) -> None:
+        self.ended: list[tuple[str, Status]] = []
+
+    def stream_ended(self, stream_id: str, status: Status) -> None:
+        self.ended.append((stream_id, status))
+
+
+@pytest.mark.parametrize("observed", [False, True], ids=["direct appends", "observed appends"])
 async def test_a_cancel_while_the_terminal_entry_is_written(
-    store: EventLog, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    store: EventLog, observed: bool, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """The end was decided (``done``) and is on its way: it is written as decided, and the task ends cancelled."""
+    """The end was decided (``done``) and is on its way: it is written as decided, the task ends cancelled, and the
+    observer is told the end the stream got."""
     gate, started = hold_appends(store, monkeypatch, final=True)
-    streamer = Streamer(store)
-    ended: list[Status] = []
+    observer = Ends() if observed else None
+    streamer = Streamer(store, observer=observer)
 
     async def produce() -> AsyncIterator[str]:
         yield "a"
@@ -368,7 +378,6 @@ async def test_a_cancel_while_the_terminal_entry_is_written(
 
     producer = await streamer.start("s", produce)
     assert producer is not None
-    producer.add_done_callback(lambda p: ended.append("seen"))
     run = run_of(streamer)
     await until(lambda: run.state is S.ENDING and started == [True], "the terminal entry held")
     await cancelled_from_outside(run, held=gate)
@@ -376,6 +385,8 @@ async def test_a_cancel_while_the_terminal_entry_is_written(
     assert run.outcome == "done"
     with pytest.raises(asyncio.CancelledError):
         await producer.wait()
+    if observer is not None:
+        assert observer.ended == [("s", "done")]
     assert_logged_once(caplog)
     await streamer.close()
 
