@@ -17,7 +17,8 @@ from resumable_sse import EventLog, MemoryStore, Observer, Streamer
 from resumable_sse import _run_state as S
 from resumable_sse._event import Status
 from resumable_sse._log import NewEvent, StreamState
-from resumable_sse._producer import Run
+from resumable_sse._producer import Factory, Run
+from resumable_sse._producers import Producer
 from resumable_sse._run_state import MOVES, STATES, IllegalMove, State, check_move
 from resumable_sse.exceptions import StoreUnavailable
 
@@ -98,6 +99,20 @@ def run_of(streamer: Streamer, stream_id: str = "s") -> Run:
     runs = streamer.producers.of(stream_id)
     assert len(runs) == 1
     return runs[0]
+
+
+async def started(streamer: Streamer, produce: Factory, appended: int = 0) -> tuple[Producer, Run]:
+    """``produce`` started on stream "s", and its run, once ``appended`` events are in the store."""
+    producer = await streamer.start("s", produce)
+    assert producer is not None
+    run = run_of(streamer)
+    await until(lambda: run.last_seq == appended, f"{appended} events appended")
+    return producer, run
+
+
+async def one_then_wait() -> AsyncIterator[str]:
+    yield "a"
+    await asyncio.Event().wait()
 
 
 async def until(condition: Callable[[], bool], what: str) -> None:
@@ -238,10 +253,7 @@ async def test_a_cancel_while_pumping_an_async_producer(store: EventLog, caplog:
         finally:
             closed.append("closed")
 
-    producer = await streamer.start("s", produce)
-    assert producer is not None
-    run = run_of(streamer)
-    await until(lambda: run.last_seq == 2, "two events appended")
+    _, run = await started(streamer, produce, 2)
     assert run.state is S.PUMPING
     await cancelled_from_outside(run)
     assert closed == ["closed"]
@@ -265,10 +277,7 @@ async def test_a_cancel_while_pumping_a_sync_producer_in_a_thread(
         pulled.append("after")
         yield "refused"
 
-    producer = await streamer.start("s", produce)
-    assert producer is not None
-    run = run_of(streamer)
-    await until(lambda: run.last_seq == 2, "two events appended")
+    _, run = await started(streamer, produce, 2)
     assert run.state is S.PUMPING
     await cancelled_from_outside(run)
     release.set()
@@ -404,14 +413,7 @@ async def test_a_cancel_while_reading_an_end_written_elsewhere(
         await gate.wait()
         return await state(stream_id)
 
-    async def produce() -> AsyncIterator[str]:
-        yield "a"
-        await asyncio.Event().wait()
-
-    producer = await streamer.start("s", produce)
-    assert producer is not None
-    run = run_of(streamer)
-    await until(lambda: run.last_seq == 1, "one event appended")
+    _, run = await started(streamer, one_then_wait, 1)
     monkeypatch.setattr(store, "state", held_state)
     assert await streamer.cancel("s")  # another process would do the same through the store
     await until(lambda: run.state is S.FENCED and reading == ["s"], "the read of the end")
@@ -456,15 +458,7 @@ async def test_a_cancel_landing_with_the_runs_own_interrupt(caplog: pytest.LogCa
     stream gets its end all the same, and the task returns it."""
     store = MemoryStore()
     streamer = Streamer(store)
-
-    async def produce() -> AsyncIterator[str]:
-        yield "a"
-        await asyncio.Event().wait()
-
-    producer = await streamer.start("s", produce)
-    assert producer is not None
-    run = run_of(streamer)
-    await until(lambda: run.last_seq == 1, "one event appended")
+    producer, run = await started(streamer, one_then_wait, 1)
     run.stop("cancelled", "server shutdown")
     assert run.state is S.INTERRUPTED
     run.task.cancel()
@@ -492,10 +486,7 @@ async def test_a_cancel_the_producer_catches_is_re_raised_all_the_same() -> None
         except asyncio.CancelledError:
             return
 
-    producer = await streamer.start("s", produce)
-    assert producer is not None
-    run = run_of(streamer)
-    await until(lambda: run.last_seq == 1, "one event appended")
+    producer, run = await started(streamer, produce, 1)
     if COUNTS_CANCELS:
         await cancelled_from_outside(run)
     else:

@@ -14,15 +14,12 @@ The factory failing: OPENING -> DRAINING. An end written elsewhere: DRAINING or 
 from __future__ import annotations
 
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any, Final, NamedTuple, Protocol, Union, final
+from typing import Any, Final, NamedTuple, Protocol, Union, final
 
 from ._event import Status
 from ._log import EventLog, NewEvent
 from ._observe import Observer
 from ._readers import Hub
-
-if TYPE_CHECKING:
-    from ._producer import Run
 
 __all__ = [
     "DRAINING",
@@ -150,5 +147,6 @@ class Registry(Protocol):
     @property
     def streamer(self) -> Settings: ...
 
-    def forget(self, run: Run) -> None:
-        """The run ended: drop it (if it is still the one kept for its stream and epoch)."""
+    def forget(self, run: Any) -> None:
+        """The run (a :class:`~._producer.Run`, which imports this module) ended: drop it, if it is still the one
+        kept for its stream and epoch."""
