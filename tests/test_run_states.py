@@ -519,3 +519,32 @@ async def test_a_cancel_before_the_task_ran(store: EventLog) -> None:
     await streamer.close()
     assert run.state is S.ENDED and len(streamer.producers) == 0
     assert "s" not in streamer.hub.tails
+
+
+async def test_the_run_waits_for_the_callback_of_an_append_that_completed_in_its_last_step(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An append's outcome is taken by its done callback, which runs a step after the append completed: the run that
+    ends in that very step (a group commit completing as the producer returns) waits for it, rather than spin."""
+    store = MemoryStore()
+    submit = store.submit_append
+    submitted: list[tuple[asyncio.Future[int], tuple[Any, ...], dict[str, Any]]] = []
+
+    def later(*args: Any, **kwargs: Any) -> asyncio.Future[int]:
+        future = asyncio.get_running_loop().create_future()
+        submitted.append((future, args, kwargs))
+        return future
+
+    monkeypatch.setattr(store, "submit_append", later)
+    streamer = Streamer(store)
+
+    async def produce() -> AsyncIterator[str]:
+        yield "a"
+        future, args, kwargs = submitted[0]
+        future.set_result(submit(*args, **kwargs).result())  # done; the run's callback is still to run
+
+    producer = await streamer.start("s", produce)
+    assert producer is not None
+    assert await asyncio.wait_for(producer.wait(), 5) == "done"
+    await assert_stream(store, ["a"], "done")
+    await streamer.close()

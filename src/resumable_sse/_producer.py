@@ -393,13 +393,16 @@ class Run:
         return self.streamer.error_message
 
     async def _outlast(self, future: asyncio.Future[Any]) -> None:
-        """Wait until ``future`` (a store call) is done. A cancel from outside is kept for :meth:`main` to re-raise:
-        it never cuts a store call short (the store would be left not knowing whether the call was applied)."""
-        while not future.done():
+        """Wait until ``future`` (a store call) is done and its callbacks ran (:meth:`appended` comes first: always
+        wait, even for a done future). A cancel from outside is kept for :meth:`main` to re-raise: it never cuts a
+        store call short (the store would be left not knowing whether the call was applied)."""
+        while True:
             try:
                 await asyncio.wait((future,))
             except asyncio.CancelledError as exc:
                 self.outside_cancel = self.outside_cancel or exc
+            else:
+                return
 
     async def _settled(self) -> None:
         """Wait until no append is in flight (nor the retry that follows an unreachable store's refusal)."""
