@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
-import logging
 import sys
 import time
 from collections.abc import AsyncIterable, Iterable, Sequence
@@ -29,6 +28,7 @@ from typing import Any
 from ._event import Status, normalize
 from ._feed import call_in_thread, pump_in_thread
 from ._log import NewEvent, StreamState, SubmitsAppends
+from ._logger import logger
 from ._readers import terminal_data
 from ._run_state import (
     DRAINING,
@@ -392,6 +392,12 @@ class Run:
         )
         return self.streamer.error_message
 
+    def _refused(self, exc: EventTooLarge) -> str:
+        """Log the store's refusal of an append (an event longer than it takes); what clients are told of it."""
+        extra = {"stream_id": self.stream_id}
+        logger.error("stream %r: the store refused an append: %s; it ends with error", self.stream_id, exc, extra=extra)
+        return str(exc)
+
     async def _outlast(self, future: asyncio.Future[Any]) -> None:
         """Wait until ``future`` (a store call) is done and its callbacks ran (:meth:`appended` comes first: always
         wait, even for a done future). A cancel from outside is kept for :meth:`main` to re-raise: it never cuts a
@@ -419,7 +425,13 @@ class Run:
                 draining = self.state is DRAINING
                 if isinstance(failure, StreamFenced) or (draining and stop is not None and stop.elsewhere):
                     return await self._outside_end()
-                if failure is not None:
+                if isinstance(failure, EventTooLarge):  # the store refused an append for its size: the end says why
+                    self.failure = None
+                    self.pending.clear()  # (nothing after the refused event is written, as after a raise)
+                    status, message = "error", self._refused(failure)
+                    if not draining:  # one of the final appends was refused: the end alone
+                        self.pending.append((status, terminal_data(status, message)))
+                elif failure is not None:
                     raise failure
                 if draining:
                     self.move(ENDING)
@@ -485,13 +497,3 @@ class Run:
         )
         self.streamer.hub.suspect(stream_id)
         return "lost"
-
-    def discard(self) -> None:
-        """Let go of a run whose task was cancelled before its first step (its coroutine never ran, so :meth:`main`
-        cleaned up nothing). No end is written: its readers hear ``lost`` once its lease runs out."""
-        if self.state is ENDED or not self.task.done():
-            return
-        self.move(ENDED)
-        self.streamer.hub.suspect(self.stream_id)
-        self.streamer.hub.detach(self.tail, producer=True)
-        self.producers.forget(self)

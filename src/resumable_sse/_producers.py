@@ -17,6 +17,7 @@ from ._event import Status
 from ._log import StreamState
 from ._logger import logger
 from ._producer import Factory, Run, Settings
+from ._run_state import ENDED
 from ._tasks import spawn
 
 __all__ = ["Producer", "Producers", "check_factory"]
@@ -154,9 +155,14 @@ class Producers:
                     run.stop("error", "the producer was idle too long")
 
     def _discard_unstarted(self) -> None:
-        """Let go of the runs whose task was cancelled before it ran (any other run removes itself when it ends)."""
-        for run in [run for run in self.runs.values() if run.task.done()]:
-            run.discard()
+        """Let go of the runs whose task was cancelled before its first step: their coroutine never ran, so they never
+        removed themselves (any other run does when it ends). No end is written: readers get lost after the lease."""
+        hub = self.streamer.hub
+        for run in [run for run in self.runs.values() if run.task.done() and run.state is not ENDED]:
+            run.move(ENDED)
+            hub.suspect(run.stream_id)
+            hub.detach(run.tail, producer=True)
+            self.forget(run)
 
     async def close(self, grace: float) -> None:
         """Give running producers ``grace`` seconds, then cancel them (``cancelled``, "server shutdown"); wait for
