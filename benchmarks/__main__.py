@@ -49,13 +49,16 @@ SUITE: dict[str, tuple[list[str], list[str], float]] = {
         ["--gc-threshold", "20000", "50", "50", "--streams", "10", "--tokens", "10"],
         540,
     ),
+    # The same workload beside the peers (resumable-stream 0.2 on Python, 2.x on Node; issue 26's table): the rs-node
+    # row needs node and npm (it runs npm ci in benchmarks/rs_node when its packages are missing).
+    "fleet_peers": (["--peers", "--streams", "500", "1000"], ["--peers", "--streams", "10", "--tokens", "10"], 420),
     # A deploy's reconnect storm (issue 26's sizes; 5,000 takes too long for the suite's budget on two cores).
     "storm": (["--streams", "1000", "2000"], ["--streams", "20", "--tokens", "120", "--steady", "1"], 240),
 }
 
 
 # Suite entries that run a script of another name (with other arguments).
-SCRIPTS: dict[str, str] = {"fleet_gc": "fleet"}
+SCRIPTS: dict[str, str] = {"fleet_gc": "fleet", "fleet_peers": "fleet"}
 
 
 def machine() -> dict[str, object]:

@@ -11,6 +11,12 @@ Rows (each measured on a fresh server process, in the same run):
              token (no log, no resume); the reference the ratios are taken against
   memory     ``resumable_handler(gen)`` with ``setup(app, Streamer(MemoryStore()))``
   redis      the same on ``RedisStore.from_url(url)``, a private redis-server on a free port (never 6379)
+  rs-python  resumable-stream 0.2 (Python, PyPI) on the same redis-server, on aiohttp (only when named in ``--only``
+             or with ``--peers``; see ``_fleet_peers.py``)
+  rs-node    resumable-stream 2.x (Node, npm) on the same redis-server, on node's http server (``rs_node/server.js``;
+             the same; needs node and npm: ``npm ci`` runs in ``rs_node/`` when its packages are missing)
+             The peers keep the tokens in the producer's memory and touch Redis once or twice per stream, where the
+             other rows write every token to the log; they serve the same wire data, so the same readers measure them
   memory-metrics, redis-metrics (only when named in ``--only``)
              the same with Prometheus metrics on (``Streamer(observer=PrometheusMetrics(...))``, the ``prometheus``
              extra); a last line compares each with its row without metrics: what the metrics cost
@@ -32,6 +38,7 @@ For each row and each S in ``--streams`` it prints:
 
     python benchmarks/fleet.py [--streams 100 1000] [--tokens 200] [--rate 20] [--only baseline memory redis]
     python benchmarks/fleet.py --streams 1000 --only memory memory-metrics     # what the metrics cost
+    python benchmarks/fleet.py --streams 1000 --peers                          # beside the peers (issue 26's table)
 
 ``--idle`` measures the other side of the same workload: S streams (default 10,000) that are running but quiet
 (each producer yields one token, then waits without yielding until the end), one reader each. After every reader has
@@ -47,12 +54,16 @@ was delivered and producers kept their pace (lag p99 under one period); the goal
 
 ``--shared`` (idle): every reader reads the same quiet stream instead of one each.
 
-``--gc-threshold N [N N]`` runs every server (each row's, the baseline's included) with ``gc.set_threshold(...)``
-set at its start: what a deployment that tunes the garbage collector gets. With the defaults (700, 10, 10), a
-thousand concurrent streams hold a few hundred thousand objects, and the full collections that walk all of them
-pause the event loop for 50 to 150 ms: those pauses, not the library's work, decide the p99 there.
+``--gc-threshold N [N N]`` runs every Python server (each row's, the baseline's included; not rs-node's) with
+``gc.set_threshold(...)`` set at its start: what a deployment that tunes the garbage collector gets. With the
+defaults (700, 10, 10), a thousand concurrent streams hold a few hundred thousand objects, and the full collections
+that walk all of them pause the event loop for 50 to 150 ms: those pauses, not the library's work, decide the p99
+there.
 
     python benchmarks/fleet.py --streams 1000 1250 --gc-threshold 20000 50 50
+
+``--profile DIR`` records each Python server with py-spy (``--native``) through its run, into ``DIR/ROW-S.txt``
+(collapsed stacks): where its CPU per token goes. The sampling costs the server CPU: profile, then measure apart.
 
 ``--json`` prints every figure as one JSON document on stdout (the table then goes to stderr). Linux only (/proc).
 One reader process holds all S connections, so S is bounded by its file descriptor limit (raised to the hard limit).
@@ -67,6 +78,8 @@ import gc
 import json
 import os
 import re
+import shutil
+import signal
 import sys
 import threading
 import time
@@ -76,13 +89,15 @@ from pathlib import Path
 from typing import Any
 
 from _bench import cpu_seconds, raise_fd_limit, rss_bytes
+from _fleet_peers import PEERS, node_command, rs_python
 from aiohttp import ClientSession, web
 from aiohttp_sse import sse_response
 
 from resumable_sse import MemoryStore, RedisStore, Streamer, resumable_handler, setup
 
-ROWS = ("baseline", "memory", "redis", "memory-metrics", "redis-metrics")
+ROWS = ("baseline", "memory", "redis", "memory-metrics", "redis-metrics", *PEERS)
 DEFAULT_ROWS = ("baseline", "memory", "redis")
+REDIS_ROWS = {"redis", "redis-metrics", *PEERS}  # rows served on the private redis-server
 TESTS = str(Path(__file__).resolve().parent.parent / "tests")  # for tests/redis_servers.py
 TOKEN_RE = re.compile(rb"data: tok (\d+)")
 TERMINAL_RE = re.compile(rb"^event: (done|error|cancelled|lost)", re.MULTILINE)
@@ -207,6 +222,8 @@ async def serve(
     app = web.Application()
     if row == "baseline":
         app.router.add_get("/s/{stream_id}", _baseline(source))
+    elif row == "rs-python":
+        rs_python(app, source, redis_url, streams)
     else:
         if row.startswith("memory"):
             store: MemoryStore | RedisStore = MemoryStore(max_streams=max(10_000, streams + 10))
@@ -492,9 +509,16 @@ class Proc:
         self.name = name
 
     @classmethod
-    async def start(cls, name: str, *args: str) -> Proc:
+    async def start(
+        cls, name: str, *args: str, command: list[str] | None = None, env: dict[str, str] | None = None
+    ) -> Proc:
+        """This script with ``args`` (or ``command`` with them: the rs-node server)."""
         process = await asyncio.create_subprocess_exec(
-            sys.executable, __file__, *args, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
+            *(command or [sys.executable, __file__]),
+            *args,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            env=env,
         )
         return cls(process, name)
 
@@ -542,7 +566,7 @@ class Driver:
         self.redis = RedisServer(binary).start()
 
     def redis_cpu(self, row: str) -> float | None:
-        if not row.startswith("redis") or self.redis is None or self.redis.process is None:
+        if row not in REDIS_ROWS or self.redis is None or self.redis.process is None:
             return None
         return cpu_seconds(self.redis.process.pid)
 
@@ -554,21 +578,31 @@ class Driver:
         client.close()
 
     async def _server(self, row: str, streams: int) -> tuple[Proc, int]:
-        if row.startswith("redis"):
+        if row in REDIS_ROWS:
             self.flush_redis()
         args = self.args
         url = self.redis.url if self.redis is not None else ""
-        server = await Proc.start(
-            f"{row} server", "--serve", row, "--streams", str(streams), "--tokens", str(args.tokens),
-            "--rate", str(args.rate), "--stagger", str(args.stagger), "--redis-url", url,
-            *(["--idle"] if args.idle else []),
-            *(["--gc-threshold", *map(str, args.gc_threshold)] if args.gc_threshold else []),
-        )  # fmt: skip
+        if row == "rs-node":
+            server = await Proc.start(
+                f"{row} server", str(streams), str(args.tokens), str(args.rate), str(args.stagger),
+                "1" if args.idle else "0", command=node_command(), env={**os.environ, "REDIS_URL": url},
+            )  # fmt: skip
+        else:
+            server = await self._python_server(row, streams, url)
         line = await server.line(30)
         if not line.startswith("PORT "):
             await server.end()
             raise SystemExit(f"{row} server: unexpected {line!r}")
         return server, int(line.split()[1])
+
+    async def _python_server(self, row: str, streams: int, url: str) -> Proc:
+        args = self.args
+        return await Proc.start(
+            f"{row} server", "--serve", row, "--streams", str(streams), "--tokens", str(args.tokens),
+            "--rate", str(args.rate), "--stagger", str(args.stagger), "--redis-url", url,
+            *(["--idle"] if args.idle else []),
+            *(["--gc-threshold", *map(str, args.gc_threshold)] if args.gc_threshold else []),
+        )  # fmt: skip
 
     async def _clients(self, row: str, streams: int, port: int) -> tuple[Proc, list[str]]:
         self.runs += 1
@@ -583,6 +617,19 @@ class Driver:
             raise SystemExit(f"{row} readers: unexpected {connected!r}")
         return reader, connected
 
+    async def _profile(self, row: str, streams: int, pid: int) -> asyncio.subprocess.Process | None:
+        """``--profile DIR``: py-spy records the (Python) server through the run, ``DIR/ROW-S.txt`` (collapsed
+        stacks, native frames too). A diagnosis: sampling costs the server some CPU, so the run's figures are not
+        the row's."""
+        if not self.args.profile or row == "rs-node":
+            return None
+        spy = shutil.which("py-spy", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+        if spy is None:
+            raise SystemExit("--profile needs py-spy (pip install py-spy)")
+        out = os.path.join(self.args.profile, f"{row}-{streams}.txt")
+        command = [spy, "record", "--native", "--format", "raw", "-p", str(pid), "-o", out]
+        return await asyncio.create_subprocess_exec(*command, stdout=asyncio.subprocess.DEVNULL)
+
     async def tokens(self, row: str, streams: int) -> TokenResult:
         args = self.args
         server, port = await self._server(row, streams)
@@ -592,6 +639,7 @@ class Driver:
             if int(connected[1]) < streams:
                 log(f"  {row} S={streams}: only {connected[1]} of {streams} readers connected ({connected[2]} failed)")
             pid = server.process.pid
+            profiler = await self._profile(row, streams, pid)
             cpu0, redis0, wall0 = cpu_seconds(pid), self.redis_cpu(row), time.monotonic()
             async with ClientSession() as session, session.post(f"http://127.0.0.1:{port}/control/go") as reply:
                 start_ns = (await reply.json())["start_ns"]
@@ -599,6 +647,9 @@ class Driver:
             await reader.send(f"GO {start_ns + int((run_s + GRACE) * 1e9)}")
             out = json.loads(await reader.line(run_s + GRACE + 60))
             cpu1, redis1, wall1 = cpu_seconds(pid), self.redis_cpu(row), time.monotonic()
+            if profiler is not None:
+                profiler.send_signal(signal.SIGINT)
+                await profiler.wait()
             async with ClientSession() as session, session.get(f"http://127.0.0.1:{port}/control/stats") as reply:
                 stats = await reply.json()
         finally:
@@ -786,12 +837,17 @@ def print_capacity(results: list[TokenResult], rate: float, out: Any) -> dict[st
 
 async def main(args: argparse.Namespace) -> None:
     limit = raise_fd_limit()
-    rows = [row for row in ROWS if row in args.only] if args.only else list(DEFAULT_ROWS)
+    chosen = set(args.only or DEFAULT_ROWS) | (set(PEERS) if args.peers else set())
+    rows = [row for row in ROWS if row in chosen]
     streams: list[int] = args.streams or ([10_000] if args.idle else [100, 1000])
     if max(streams) + 500 > limit:
         raise SystemExit(f"{max(streams)} connections in one reader process need more than the fd limit ({limit})")
     driver = Driver(args)
-    if any(row.startswith("redis") for row in rows):
+    if args.profile:
+        os.makedirs(args.profile, exist_ok=True)
+    if "rs-node" in rows:
+        node_command()  # node and its packages are there (npm ci) before the first row runs
+    if REDIS_ROWS.intersection(rows):
         driver.start_redis()
     table = sys.stderr if args.json else sys.stdout
     mode = (
@@ -864,6 +920,8 @@ if __name__ == "__main__":
     parser.add_argument("--rate", type=float, default=20.0, help="tokens per second per stream")
     parser.add_argument("--stagger", type=float, default=1.0, help="seconds over which the streams start")
     parser.add_argument("--only", nargs="+", choices=ROWS, help="rows to run")
+    parser.add_argument("--profile", metavar="DIR", help="py-spy each Python server through its run into DIR")
+    parser.add_argument("--peers", action="store_true", help="add the peers' rows (rs-python, rs-node) to the rows")
     parser.add_argument("--idle", action="store_true", help="quiet running streams: idle CPU and RSS per connection")
     parser.add_argument("--window", type=float, default=15.0, help="idle: seconds of quiet measured")
     parser.add_argument("--json", action="store_true", help="every figure as JSON on stdout (the table to stderr)")

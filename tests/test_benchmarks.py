@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -48,8 +50,17 @@ def _run(name: str, out: Path) -> dict[str, object]:
     return dict(document)
 
 
+def _require_node() -> None:
+    """node and npm for the rs-node row: a failure in CI (which installs them), a skip elsewhere."""
+    missing = [tool for tool in ("node", "npm") if shutil.which(tool) is None]
+    if missing:
+        if os.environ.get("CI"):
+            pytest.fail(f"{' and '.join(missing)} missing: the fleet's rs-node row needs them in CI")
+        pytest.skip(f"{' and '.join(missing)} not installed (the fleet's rs-node row)")
+
+
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("name", list(SUITE))
+@pytest.mark.parametrize("name", [name for name in SUITE if name != "fleet_peers"])  # (its own test below)
 def test_benchmark_runs_and_prints_json(name: str, tmp_path: Path) -> None:
     require_server_binary()
     for module in NEEDS.get(name, ()):
@@ -76,6 +87,25 @@ def test_storm_resumes_every_reader_on_the_other_process(tmp_path: Path) -> None
     assert row["ends"] == {"done": streams}
     assert row["a_exit"] == 0
     assert row["steady"]["n"] > 0 and row["during"]["n"] + row["after"]["n"] > 0
+
+
+@pytest.mark.timeout(300)
+def test_fleet_peers_rows_deliver_every_token(tmp_path: Path) -> None:
+    """The fleet beside the peers: resumable-stream 0.2 (Python) and 2.x (Node, npm ci'd from the lock file) serve
+    the same paced streams as the library's rows, and the same readers receive every token of every row, each
+    stream ending with its done event."""
+    require_server_binary()
+    pytest.importorskip("resumable_stream")
+    _require_node()
+    document = _run("fleet_peers", tmp_path)
+    rows = {row["row"]: row for row in document["results"]}
+    assert list(rows) == ["baseline", "memory", "redis", "rs-python", "rs-node"]
+    for name, row in rows.items():
+        assert row["delivered"] == row["expected"] > 0, name
+        assert row["end_types"] == {"done": row["streams"]}, name
+        assert row["failed"] == row["lost"] == 0, name
+        assert row["cpu_us_per_token"] > 0 and row["cpu_vs_baseline"] is not None, name
+    assert rows["rs-node"]["redis_cpu_pct"] is not None  # its server touched the private redis-server
 
 
 @pytest.mark.timeout(300)
