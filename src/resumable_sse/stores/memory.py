@@ -72,6 +72,14 @@ class _Stream:
         epoch, seq = self.epoch, self.base + start
         return [Entry(epoch, seq + i, event, data) for i, (event, data) in enumerate(events)]
 
+    def entries_from(self, start: int) -> list[Entry]:
+        """The events at index ``start`` on, as entries (what an append just added)."""
+        events = self.events
+        if start == len(events) - 1:  # one paced token an append: no slice, no comprehension (benchmarks/fleet.py)
+            event, data = events[start]
+            return [Entry(self.epoch, self.base + start, event, data)]
+        return self.entries(start, events[start:])
+
 
 class _MemoryWatch:
     """A :class:`~resumable_sse.Watch` on a memory store: the store calls it from its writes."""
@@ -148,8 +156,9 @@ class MemoryStore:
 
     # -- bookkeeping ------------------------------------------------------------------------------------------
 
-    def _sweep(self) -> None:
-        now = self._clock()
+    def _sweep(self, now: float | None = None) -> None:
+        if now is None:
+            now = self._clock()
         while self._finished:
             stream_id = next(iter(self._finished))
             if self._streams[stream_id].expires_at > now:
@@ -167,25 +176,28 @@ class MemoryStore:
         for watch in self._watches:
             if stream_id in watch.followed:
                 if page is None:
-                    added = () if start is None else stream.events[start:]
-                    page = Page(self._state(stream_id, stream), stream.entries(start or 0, added))
+                    page = Page(self._state(stream_id, stream), () if start is None else stream.entries_from(start))
                 watch.on_change(stream_id, page)
 
     def _get(self, stream_id: str) -> _Stream | None:
         # Every operation sweeps (O(1) when nothing expired), so a busy store frees expired streams as it goes, not
-        # only when their own id is touched again; after it, a finished stream still held has not expired.
-        self._sweep()
+        # only when their own id is touched again; after it, a finished stream still held has not expired. One clock
+        # read serves both checks.
+        now = self._clock()
+        if self._finished:
+            self._sweep(now)
         stream = self._streams.get(stream_id)
         if stream is None:
             return None
-        if stream.status == "running" and stream.lease_until + self.ttl <= self._clock():
+        if stream.status == "running" and stream.lease_until + self.ttl <= now:
             # A producer that vanished long ago and that nobody marked lost: forget it like a finished stream.
             self._forget(stream_id)
             return None
         return stream
 
     def _state(self, stream_id: str, stream: _Stream) -> StreamState:
-        return StreamState(stream_id, stream.epoch, stream.status, stream.first_seq, stream.last_seq)
+        base = stream.base  # first_seq and last_seq inlined: this runs for every append
+        return StreamState(stream_id, stream.epoch, stream.status, base + stream.head, base + len(stream.events) - 1)
 
     def _add(self, stream_id: str, stream: _Stream, events: Sequence[NewEvent]) -> int:
         kept = stream.events
