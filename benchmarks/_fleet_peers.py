@@ -1,14 +1,15 @@
 """The peers' rows of ``fleet.py``: resumable-stream 0.2 (Python) and 2.x (Node) on the same paced workload.
 
-Both keep the tokens in the producer's memory and touch Redis once or twice per stream (an ``INCR`` that claims it,
-a ``SUBSCRIBE`` for resume requests, a ``SET`` at the end): the work they do for a stream nobody resumes, which is
-what the fleet measures. Each serves fleet.py's wire data (``data: ready``, then ``data: tok <epoch ns>`` per token,
-then ``event: done``), so fleet.py's readers take the same yield-to-receipt latency from every row.
+Both keep the tokens in the producer's memory and send Redis a few commands per stream and none per token (an
+``INCR`` that claims it, a ``SUBSCRIBE`` for resume requests, a ``SET`` that marks it done, an ``UNSUBSCRIBE``): the
+work they do for a stream nobody resumes, which is what the fleet measures. Each serves fleet.py's wire data
+(``data: ready``, then ``data: tok <epoch ns>`` per token, then ``event: done``), so fleet.py's readers take the same
+yield-to-receipt latency from every row.
 
   rs-python  resumable-stream 0.2 from PyPI (the ``bench`` extra) on aiohttp, in fleet.py's server process: its
              ``RedisPublisher`` with a connection pool of S + 100 (a claim per stream at once), its ``RedisSubscriber``
   rs-node    resumable-stream 2.x from npm (``rs_node/package.json``, pinned by its lock file; ``npm ci`` runs here
-             when ``node_modules`` is missing or older than the lock file) on node's http server: ``rs_node/server.js``
+             when ``node_modules`` does not hold what the lock file says) on node's http server: ``rs_node/server.js``
 """
 
 from __future__ import annotations

@@ -15,8 +15,9 @@ Rows (each measured on a fresh server process, in the same run):
              or with ``--peers``; see ``_fleet_peers.py``)
   rs-node    resumable-stream 2.x (Node, npm) on the same redis-server, on node's http server (``rs_node/server.js``;
              the same; needs node and npm: ``npm ci`` runs in ``rs_node/`` when its packages are missing)
-             The peers keep the tokens in the producer's memory and touch Redis once or twice per stream, where the
-             other rows write every token to the log; they serve the same wire data, so the same readers measure them
+             The peers keep the tokens in the producer's memory and send Redis a few commands per stream, none per
+             token, where the other rows write every token to the log; they serve the same wire data, so the same
+             readers measure them
   memory-metrics, redis-metrics (only when named in ``--only``)
              the same with Prometheus metrics on (``Streamer(observer=PrometheusMetrics(...))``, the ``prometheus``
              extra); a last line compares each with its row without metrics: what the metrics cost

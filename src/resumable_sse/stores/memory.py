@@ -75,7 +75,7 @@ class _Stream:
     def entries_from(self, start: int) -> list[Entry]:
         """The events at index ``start`` on, as entries (what an append just added)."""
         events = self.events
-        if start == len(events) - 1:  # one paced token an append: no slice, no comprehension (benchmarks/fleet.py)
+        if start == len(events) - 1:  # a paced token's append: no slice, no comprehension (fleet.py --profile)
             event, data = events[start]
             return [Entry(self.epoch, self.base + start, event, data)]
         return self.entries(start, events[start:])
