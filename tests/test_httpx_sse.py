@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TypeAlias
 
 import httpx
 import pytest
@@ -21,7 +22,7 @@ from resumable_sse import Event, MemoryStore, Streamer, resumable_handler, setup
 from ._adapters import ADAPTERS, Harness, Route
 from .helpers import Gate
 
-ClientFactory = Callable[[web.Application], Awaitable[TestClient[web.Request, web.Application]]]
+ClientFactory: TypeAlias = Callable[[web.Application], Awaitable["TestClient[web.Request, web.Application]"]]
 
 
 async def hello(_request: web.Request) -> AsyncIterator[str | Event]:

@@ -9,7 +9,7 @@ import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import pytest
 from aiohttp import web
@@ -23,7 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SOURCE = ROOT / "src" / "resumable_sse"
 LEVELS = {"debug", "info", "warning", "error", "exception", "critical", "log"}
 
-Client = TestClient[web.Request, web.Application]
+# a string: TestClient is generic only from aiohttp 3.11 (the lowest env runs an older one)
+Client: TypeAlias = "TestClient[web.Request, web.Application]"
 ClientFactory = Callable[[web.Application], Awaitable[Client]]
 
 

@@ -12,7 +12,7 @@ import asyncio
 import collections
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, TypeAlias
 
 import pytest
 from aiohttp import web
@@ -39,7 +39,8 @@ from resumable_sse.prometheus import PrometheusMetrics
 from .conftest import StoreFactory
 from .helpers import Gate, parse
 
-Client = TestClient[web.Request, web.Application]
+# a string: TestClient is generic only from aiohttp 3.11 (the lowest env runs an older one)
+Client: TypeAlias = "TestClient[web.Request, web.Application]"
 ClientFactory = Callable[[web.Application], Awaitable[Client]]
 
 ISSUE_METRICS = [

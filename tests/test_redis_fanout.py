@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import TypeAlias
 
 import aiohttp
 import pytest
@@ -18,7 +19,7 @@ from .redis_servers import RedisServer, require_server_binary, unique_prefix
 
 pytestmark = pytest.mark.redis
 
-ClientFactory = Callable[[web.Application], Awaitable[TestClient[web.Request, web.Application]]]
+ClientFactory: TypeAlias = Callable[[web.Application], Awaitable["TestClient[web.Request, web.Application]"]]
 EVENTS = 60
 IGNORED = {"cmdstat_info", "cmdstat_config|resetstat", "cmdstat_config", "cmdstat_client|setinfo", "cmdstat_hello"}
 

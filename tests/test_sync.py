@@ -19,7 +19,7 @@ import textwrap
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from typing import Any, TypeVar
+from typing import Any, TypeAlias, TypeVar
 
 import pytest
 from aiohttp import ClientResponse, web
@@ -45,7 +45,8 @@ from resumable_sse.exceptions import InvalidStreamId, StreamAlreadyClaimed
 from .conftest import StoreFactory
 from .helpers import SSE, parse
 
-Client = TestClient[web.Request, web.Application]
+# a string: TestClient is generic only from aiohttp 3.11 (the lowest env runs an older one)
+Client: TypeAlias = "TestClient[web.Request, web.Application]"
 ClientFactory = Callable[[web.Application], Awaitable[Client]]
 
 T = TypeVar("T")
