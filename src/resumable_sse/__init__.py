@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from .stores.redis import RedisStore
     from .sync import SyncStreamer, SyncWriter
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 
 def __getattr__(name: str) -> object:
