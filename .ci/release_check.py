@@ -3,7 +3,7 @@
 1. Build the sdist, then the wheel from that sdist (``python -m build``), so that the sdist alone is enough to build.
 2. ``twine check --strict`` both.
 3. Check their contents: the wheel holds the package with its JS helper, Lua scripts, ``py.typed`` and the license,
-   and no tests; the sdist holds the sources, tests, docs and what building the docs needs.
+   and nothing else; the sdist holds every file of the checkout (sources, tests, examples, docs, mkdocs.yml).
 4. Install the wheel (never the checkout, never editable) with the ``redis`` extra into a fresh virtual environment and
    run ``wheel_smoke.py`` there, from a temporary directory with ``python -I`` so that ``src/`` cannot be imported.
 
@@ -77,28 +77,19 @@ def check_sdist(sdist: Path, version: str) -> None:
     top = f"resumable_sse-{version}/"
     with tarfile.open(sdist) as archive:
         names = {name.removeprefix(top) for name in archive.getnames()}
-    wanted = {
-        "pyproject.toml",
-        "README.md",
-        "CHANGELOG.md",
-        "LICENSE",
-        "tox.ini",
-        "mkdocs.yml",
-        "docs/index.md",
-        "tests/conftest.py",
-        "tests/redis_servers.py",
-        "src/resumable_sse/static/resumable-sse.js",
-        *(path.relative_to(ROOT).as_posix() for path in (ROOT / "tests").glob("test_*.py")),
-        *(path.relative_to(ROOT).as_posix() for path in (ROOT / "docs").glob("*.md")),
-        *(path.relative_to(ROOT).as_posix() for path in (PACKAGE / "stores" / "lua").glob("*.lua")),
-    }
+    # every file of the checkout (the tests, the examples they serve, the docs and mkdocs.yml among them), so that the
+    # sdist alone can run the suite and build the documentation
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=False)
+    if tracked.returncode != 0:
+        fail(f"git ls-files: {tracked.stderr.strip()} (the release check runs in a git checkout)")
+    wanted = {"PKG-INFO", "CHANGELOG.md", "LICENSE", "mkdocs.yml", "tests/conftest.py", *tracked.stdout.splitlines()}
     if not wanted <= names:
         fail(f"{sdist.name} lacks {sorted(wanted - names)}")
     local = (".venv/", ".tox/", ".git/", "node_modules/")
     strays = sorted(name for name in names if name.startswith(local) or "/node_modules/" in name)
     if strays:
         fail(f"{sdist.name} holds local files: {strays[:10]}")
-    print(f"release check: {sdist.name}: {len(names)} files, the tests and docs included")
+    print(f"release check: {sdist.name}: {len(names)} files, every file of the checkout")
 
 
 def main() -> None:
