@@ -164,3 +164,37 @@ async def test_renewing_leases_whose_tokens_exceed_the_limit_renews_every_one(sm
         assert await store.renew([("s0", "not the token")], LEASE) == [-1]
     finally:
         await store.close()
+
+
+async def test_where_the_limit_is_assumed_a_connection_broken_while_a_long_argument_was_sent_is_its_refusal() -> None:
+    """Redis may close the connection before its "invalid bulk length" is read (the client is still writing the
+    argument), so the store sees a broken connection, not the refusal. Where CONFIG is refused (the limit assumed),
+    that break is taken as the refusal: the limit becomes 1 MiB at once (not asked again, not assumed 512 MiB again,
+    which would send the same argument for ever), an append that fits in parts fails as unreachable so that its
+    retry goes split, and one whose event cannot fit 1 MiB is refused. A break with no long argument on its way is an
+    outage: the limit is asked again."""
+    from redis.exceptions import ResponseError
+
+    from resumable_sse.stores._redis_bulk import BulkLimit
+    from resumable_sse.stores._redis_format import LEAST_BULK_LEN, Pending
+
+    def pending(size: int) -> Pending:
+        return Pending("s", [(None, "x")], None, (b"k",), b"t\n0\n\n1\n1\n" + b"x" * size)
+
+    bulk = BulkLimit((ConnectionError,), ResponseError)
+    bulk.value, bulk.assumed = 512 * 1024 * 1024, True
+    splittable, whole = pending(3 * LEAST_BULK_LEN), pending(LEAST_BULK_LEN)
+    splittable.args = (b"\xff".join([b"x" * 1000] * 3000),)  # (its parts are what split() makes of .arg)
+    splittable.arg = b"t\n0\n\n3000\n3000\n" + splittable.args[0]
+    bulk.failed(StoreUnavailable("Redis is unreachable: Connection reset by peer"), [splittable, whole])
+    assert bulk.value == LEAST_BULK_LEN
+    with pytest.raises(StoreUnavailable, match="too long"):
+        await splittable.future
+    with pytest.raises(EventTooLarge, match=str(LEAST_BULK_LEN)):
+        await whole.future
+
+    small = pending(10)
+    bulk.failed(StoreUnavailable("Redis is unreachable: Connection reset by peer"), [small])
+    assert bulk.value is None  # an outage: asked again before the next append
+    with pytest.raises(StoreUnavailable, match="unreachable"):
+        await small.future

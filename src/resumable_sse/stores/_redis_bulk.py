@@ -8,9 +8,10 @@ is split to fit it (:func:`~._redis_format.split`), and one whose event alone ca
 :class:`~resumable_sse.EventTooLarge`, naming the limit.
 
 Where ``CONFIG`` is refused (disabled, renamed, or not allowed to the user), Redis's default (512 MiB) is assumed
-until Redis answers an append with "invalid bulk length": from then on every argument is kept within 1 MiB, the
-least any Redis takes, and the appends of that call fail, refused when an event of theirs cannot fit 1 MiB, else
-as unreachable (the producer retries them, split).
+until Redis answers an append with "invalid bulk length", or drops the connection while an argument longer than
+1 MiB is on its way (that answer, when Redis closes before it is read): from then on every argument is kept within
+1 MiB, the least any Redis takes, and the appends of that call fail, refused when an event of theirs cannot fit
+1 MiB, else as unreachable (the producer retries them, split).
 """
 
 from __future__ import annotations
@@ -80,9 +81,13 @@ class BulkLimit:
         """A call of appends failed with ``error``: settle each append not yet settled. A broken connection makes
         the limit be asked again; Redis refusing an argument as too long (only where the limit is assumed: a known
         one is never exceeded) makes it 1 MiB from now on, see the module docstring."""
-        if isinstance(error, StoreUnavailable):
-            self.value = None
         too_long = isinstance(error, self.refused) and "invalid bulk length" in str(error)
+        if isinstance(error, StoreUnavailable):
+            # Redis may close the connection before its refusal is read (the client is still writing the argument):
+            # where the limit is assumed, a break while an argument over the least limit was sent is that refusal.
+            too_long = self.assumed and any(len(arg) > LEAST_BULK_LEN for item in items for arg in item.args)
+            if not too_long:
+                self.value = None
         if too_long:
             self.value = LEAST_BULK_LEN
         for item in items:
