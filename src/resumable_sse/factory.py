@@ -14,7 +14,7 @@ many requests ask (the generator object a later request passes is closed unused)
 from the log instead of generating it again, ``last_id`` resumes exactly after that event, and a finished session is
 replayed, never generated again. :func:`get_streamer` warns with :class:`DeprecationWarning`; new code uses
 :func:`resumable_sse.starlette.resumable_endpoint` (or :class:`~resumable_sse.Streamer` directly), which also
-answers ``204``/``410`` and reads ``Last-Event-ID`` by itself. The README's "Migrating from 0.1" says what changed.
+answers ``204``/``410`` and reads ``Last-Event-ID`` by itself; "Migrating from 0.1" (docs/migration.md) has the rest.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def get_streamer(
     warnings.warn(
         "resumable_sse.factory.get_streamer() is the resumable-sse 0.1 API and is deprecated: serve streams with "
         "resumable_sse.starlette.resumable_endpoint(producer) (FastAPI/Starlette) or resumable_sse.resumable_handler "
-        "(aiohttp); see 'Migrating from 0.1' in the README",
+        "(aiohttp); see 'Migrating from 0.1' (docs/migration.md)",
         DeprecationWarning,
         stacklevel=2,
     )
