@@ -704,13 +704,17 @@ async def test_stream_ids_made_only_of_dots_are_400_and_nothing_started(http: Ha
 
 
 class _Unreachable(MemoryStore):
-    """A memory store whose reads fail as an unreachable Redis would, while ``down`` is set."""
+    """A memory store whose reads fail as an unreachable Redis would, while ``down`` is set (after ``reads_left``
+    more reads succeed, when it is not None)."""
 
     down = False
+    reads_left: int | None = None
 
     async def read(self, stream_id: str, after: int, limit: int, *, epoch: str | None = None) -> Any:
         if self.down:
-            raise StoreUnavailable("the store is down (test)")
+            if self.reads_left is None or self.reads_left <= 0:
+                raise StoreUnavailable("the store is down (test)")
+            self.reads_left -= 1
         return await super().read(stream_id, after, limit, epoch=epoch)
 
 
@@ -719,25 +723,28 @@ async def test_a_store_outage_while_serving_ends_the_body_properly(http: Harness
     response", the client: an incomplete chunked body). On both adapters the body now ends cleanly, and the client
     gets the stream once the store is back."""
     store = _Unreachable()
-    streamer = Streamer(store)
+    streamer = Streamer(store, batch_size=1, window=1)  # a first page of one event: the next one is read again
     gate = asyncio.Event()
 
     async def producer(request: Any = None) -> AsyncIterator[str]:
         yield "a"
         yield "b"
+        yield "c"
         await gate.wait()
 
     client = await http.serve([Route("/stream/{stream_id}", http.endpoint(producer))], streamer)
     await streamer.start("s", producer)
-    while (state := await streamer.status("s")) is None or state.last_seq < 2:  # noqa: ASYNC110 (the store, no event)
+    while (state := await streamer.status("s")) is None or state.last_seq < 3:  # noqa: ASYNC110 (the store, no event)
         await asyncio.sleep(0.01)
-    store.down = True  # the request's first read of the store fails
-    # (With a position: a request with none reads its first page before it is answered, and would get 503.)
+    # The request's first read (its subscription's first page, of one event) succeeds; the next read of the store
+    # fails, after the response started. (A first read that fails gets 503 instead.)
+    store.down, store.reads_left = True, 1
     response = await client.get("/stream/s", headers={"Last-Event-ID": f"{state.epoch}-1"})
     assert response.status == 200
-    assert await asyncio.wait_for(response.read(), 10) == b""  # ended, cleanly: no incomplete chunked body
+    body = parse(await asyncio.wait_for(response.read(), 10))  # ended, cleanly: no incomplete chunked body
+    assert [event.data for event in body] == ["b"]
     store.down = False
     gate.set()
     again = await client.get("/stream/s")
     events = parse(await asyncio.wait_for(again.read(), 10))
-    assert [event.data for event in events] == ["a", "b", '{"state":"done"}']
+    assert [event.data for event in events] == ["a", "b", "c", '{"state":"done"}']

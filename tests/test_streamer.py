@@ -254,15 +254,21 @@ async def test_an_expired_stream_is_freed_by_work_on_other_streams() -> None:
 
 
 async def test_a_subscription_that_meets_a_new_epoch_follows_it_to_its_end() -> None:
-    # Subscribed (after the first event) while the first life of the stream was finished; by the time it reads, the
-    # stream expired and was created again. It must say reset, then follow the new life live until its terminal
-    # entry, not stop early. (A subscription with no position reads its first page when it is made.)
+    # Subscribed (after the first event) while the first life of the stream ran, at its newest event; by the time
+    # it is iterated, that life finished, expired and the stream was created again. It must say reset, then follow
+    # the new life live until its terminal entry, not stop early. (A subscription reads its first page when it is
+    # made: here that page is empty, and the iteration finds the new life.)
     now = [0.0]
     async with Streamer(MemoryStore(ttl=10, clock=lambda: now[0])) as streamer:
-        first = await streamer.start("e", lambda: tokens(2))
+        life = Gate(["x", "y"])
+        first = await streamer.start("e", life.produce)
         assert first is not None
-        assert await first.wait() == "done"
+        life.release(1)
+        while (state := await streamer.status("e")) is None or state.last_seq < 1:  # noqa: ASYNC110
+            await asyncio.sleep(0.001)
         batches = (await streamer.subscribe("e", f"{first.epoch}-1")).batches()
+        life.release(1)
+        assert await first.wait() == "done"
         now[0] = 11.0  # the first life expires
         gate = Gate(["a", "b", "c"])
         second = await streamer.start("e", gate.produce)

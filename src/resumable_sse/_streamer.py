@@ -15,7 +15,7 @@ from types import MappingProxyType
 from typing import Final
 
 from ._event import EventId, Status
-from ._log import EventLog, NewEvent, Page, StreamState
+from ._log import EventLog, NewEvent, StreamState
 from ._observe import GuardedObserver, HookFailures, ObservedLog, Observer
 from ._producer import Factory, Source
 from ._producers import Producer, Producers, check_factory
@@ -253,22 +253,21 @@ class Streamer:
         self.bind_loop()
         if self.readers_ended:
             raise StreamerClosed("the Streamer is closing")
-        first: Page | None = None
-        if position is None:
-            # With no position the first page is read now, in place of the state: the store's one answer says whether
-            # the stream exists and gives its first events, so a finished stream that expires meanwhile is absent
-            # (StreamNotFound: a new request may claim it) rather than present, then gone at the first read (which
-            # would end the response with ``lost``). The iteration starts with this page: no call is added.
-            first = await self.log.read(stream_id, 0, self.batch_size)
-            state = None if first is None else first.state
-        else:
-            state = await self.log.state(stream_id)
-        if state is None:
+        # One read answers both questions: the stream's shape (does it exist, does the position continue it) and its
+        # first page, from the position when it does, else from the earliest retained entry (where a reset resumes):
+        # a resume costs the store one call, not a state read and then a read (a deploy's reconnect storm makes
+        # thousands at once; benchmarks/storm.py counts them). With no position, a finished stream that expires
+        # meanwhile is absent (StreamNotFound: a new request may claim it) rather than present, then gone at the
+        # first read (which would end the response with ``lost``). The iteration starts with this page.
+        after, epoch = (0, None) if position is None else (position.seq, position.epoch)
+        first = await self.log.read(stream_id, after, self.batch_size, epoch=epoch)
+        if first is None:
             raise StreamNotFound(stream_id)
+        state = first.state
         reset: Reset | None = None
         cursor = state.first_seq - 1
         if position is not None:
-            reason = judge(state, position.epoch, position.seq)
+            reason = judge(state, position.epoch, position.seq, first.entries)
             if reason is None:
                 cursor = position.seq
             else:
