@@ -151,6 +151,27 @@ async def test_end_only_if_expired_respects_the_lease(make_store: StoreFactory) 
     assert await renew_one(store, "short", "t1", 5) is False
 
 
+async def test_one_audit_of_many_streams_answers_each_and_ends_only_the_dead(make_store: StoreFactory) -> None:
+    # A process audits the streams it follows together (a reconnect storm starts following thousands at once): each
+    # gets its own answer, in order, and only a running stream whose producer's lease ran out is ended lost, once.
+    store = await make_store()
+    assert (await store.claim("dead", "t1", 0.2)).acquired
+    assert (await store.claim("live", "t2", 30)).acquired
+    assert (await store.claim("done", "t3", 30)).acquired
+    await store.append("done", "t3", [(None, "a"), ("done", "{}")], after=0, final="done")
+    await asyncio.sleep(0.4)
+    lost = '{"state":"lost"}'
+    dead, unknown, live, done = await store.audit(["dead", "nope", "live", "done"], lost)
+    assert unknown is None
+    assert dead is not None and (dead.stream_id, dead.status, dead.last_seq) == ("dead", "lost", 1)
+    assert live is not None and (live.stream_id, live.status, live.last_seq) == ("live", "running", 0)
+    assert done is not None and (done.stream_id, done.status, done.last_seq) == ("done", "done", 2)
+    assert [(entry.event, entry.data) for entry in await read_entries(store, "dead")] == [("lost", lost)]
+    again = await store.audit(["dead", "live"], lost)
+    assert again == [dead, live]  # nothing written twice
+    assert await renew_one(store, "live", "t2", 30)
+
+
 async def test_renew_keeps_a_live_producer(make_store: StoreFactory) -> None:
     store = await make_store()
     assert (await store.claim("live", "t1", 0.3)).acquired

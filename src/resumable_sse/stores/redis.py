@@ -407,7 +407,7 @@ class RedisStore:
 
     async def end(self, stream_id: str, status: Status, data: str) -> bool:
         """See :meth:`EventLog.end <resumable_sse.EventLog.end>`."""
-        reply = await self._eval("end", self.keys(stream_id), self._end_args(status, data, False))
+        (reply,) = await self._eval("end", self.keys(stream_id), self._end_args(status, data, False))
         return bool(reply) and bool(int(reply[0]))
 
     async def abandon(self, stream_id: str, token: str, data: str) -> StreamState | None:
@@ -422,8 +422,13 @@ class RedisStore:
         """See :meth:`EventLog.audit <resumable_sse.EventLog.audit>`: the lease is judged by the Redis clock."""
         if not stream_ids:
             return []
-        calls = [(self.keys(stream_id), self._end_args("lost", lost, True)) for stream_id in stream_ids]
-        replies = await self._pipelined("end", calls)
+        args = self._end_args("lost", lost, True)
+        if self._is_cluster:  # one call per stream (a call's keys share a hash slot), pipelined
+            calls = [(self.keys(stream_id), args) for stream_id in stream_ids]
+            replies = [reply for replies in await self._pipelined("end", calls) for reply in replies]
+        else:  # one call for all of them: a reconnect storm audits the streams it starts following in a few commands
+            keys = [key for stream_id in stream_ids for key in self.keys(stream_id)]
+            replies = await self._eval("end", keys, args)
         return [
             StreamState(sid, text(reply[1]), status_of(reply[2]), int(reply[3]), int(reply[4])) if reply else None
             for sid, reply in zip(stream_ids, replies, strict=True)
