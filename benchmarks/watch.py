@@ -3,7 +3,8 @@
 A private redis-server; another process publishes ``--messages`` messages of 200 bytes (about one token's change)
 over ``--channels`` channels the follower subscribed to; the follower's CPU time per message is printed for each way,
 over ``--rounds`` rounds, alternating:
-  watch    the loop of ``resumable_sse._compat_redis.Listener``: one connection, ``read_response`` per message
+  watch    the loop of ``resumable_sse._compat_redis.Listener``: one connection, ``read_response`` per message (no
+           timeout: the listener judges silence apart)
   pubsub   redis-py's ``redis.asyncio.client.PubSub.get_message``, the public way
 
 Why the watch keeps a connection of its own: every paced token is echoed to the process that appended it, so this
@@ -71,11 +72,12 @@ async def watch_way(url: str, messages: int, channels: int) -> float:
         await connection.read_response(disable_decoding=True, timeout=5)
 
     async def receive() -> bool | None:
-        message: Any = await connection.read_response(disable_decoding=True, timeout=5)
-        return None if message is None else message[0] == b"message"
+        # No timeout, as the watch reads (a timer per read would be most of the cost); the whole run has one.
+        message: Any = await connection.read_response(disable_decoding=True)
+        return message[0] == b"message"
 
     try:
-        return await _measure(url, messages, channels, receive)
+        return await asyncio.wait_for(_measure(url, messages, channels, receive), 600)
     finally:
         await connection.disconnect()
         await client.aclose()

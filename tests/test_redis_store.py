@@ -344,6 +344,34 @@ async def test_a_quiet_watch_outlives_the_socket_timeout() -> None:
     await store.close()
 
 
+async def test_a_watch_connection_that_stops_answering_is_replaced(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Its reads have no timeout (a timer per message is most of their cost): the silence is judged apart, every
+    # ping interval. A Redis that stops answering (SIGSTOP: its sockets stay open) is pinged, then given up on; once
+    # it answers again the watch reconnects, says the stream must be read again, and follows it as before.
+    monkeypatch.setattr("resumable_sse._compat_redis._PING_EVERY", 0.2)
+    with RedisServer(require_server_binary()) as server:
+        store = RedisStore.from_url(server.url, key_prefix=unique_prefix())
+        await store.claim("s", "t", LEASE)
+        changes: list[Page | None] = []
+        watch = store.watch(lambda _sid, page: changes.append(page))
+        watch.follow("s")
+        await _until(lambda: None in changes)
+        server.pause()
+        try:
+            await _until(lambda: any("interrupted" in r.getMessage() for r in caplog.records))
+        finally:
+            server.resume()
+        changes.clear()
+        await _until(lambda: None in changes)  # followed again: read what may have been missed
+        await store.append("s", "t", [(None, "after")], after=0)
+        await _until(lambda: bool(changes) and changes[-1] is not None)
+        page = changes[-1]
+        assert page is not None and [e.data for e in page.entries] == ["after"]
+        await store.close()
+
+
 async def _until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():

@@ -1,7 +1,7 @@
 """The Redis watch's own pub/sub connection: where resumable-sse relies on how redis-py works inside.
 
 redis-py's async ``PubSub`` would do this job, but costs the process that follows a stream about twice the CPU per
-message (``benchmarks/watch.py``: 18-21 us against 8.6-13 us for this loop, 100,000 messages over 1,000 channels);
+message (``benchmarks/watch.py``: 18-24 us against 2.5-3.5 us for this loop, 100,000 messages over 1,000 channels);
 every paced token is echoed to the process that appended it, and the fleet benchmark's Redis row spends 34-45 us of
 CPU per token in all, so that would be a quarter more per token. The watch keeps one connection per node of its own,
 and assumes of redis-py:
@@ -9,8 +9,9 @@ and assumes of redis-py:
 1. A connection made by a pool's (or a cluster node's) ``connection_class`` from its ``connection_kwargs`` with
    ``socket_timeout=None``, ``health_check_interval=0`` and ``protocol=2`` (and without
    ``maint_notifications_config``, which needs RESP3) is a plain RESP2 connection of that pool's server.
-2. ``Connection.read_response(timeout=)`` returns None after ``timeout`` seconds of silence (no error, the
-   connection still usable), and returns pub/sub messages as replies (RESP2).
+2. ``Connection.read_response()`` with no ``timeout`` on such a connection (``socket_timeout=None``) waits for the
+   next reply however long it takes, with no timer of its own (a timer per read would cost two thirds of the loop's
+   CPU per message), and returns pub/sub messages as replies (RESP2).
 3. ``Connection.send_command`` may run while a ``read_response`` is pending on the same connection: a write never
    disturbs the read (true while health checks are off: a health check would read a reply from under the reader).
 
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from asyncio import FIRST_COMPLETED
 from collections.abc import Callable
 from typing import Any, Final, Protocol
 
@@ -75,6 +77,7 @@ class Listener:
         self.sharded = sharded
         self.wanted: set[bytes] = set()
         self.changed = asyncio.Event()
+        self.heard = 0  # replies read so far (messages, confirmations, pongs): the silence watch compares it
         self.task = spawn(self.run(), "resumable-sse redis watch")
 
     def want(self, channel: bytes, on: bool) -> None:
@@ -120,31 +123,42 @@ class Listener:
                 failing = False
 
     async def serve(self, connection: Any, subscribed: set[bytes]) -> None:
-        """Dispatch the connection's messages, one read each, while :meth:`subscribe` keeps its subscriptions.
+        """Dispatch the connection's messages (:meth:`read`) while :meth:`subscribe` keeps its subscriptions, and
+        ping a connection that has been silent for ``_PING_EVERY`` seconds (one that stays silent as long is dead).
 
         Subscriptions are sent while a read is pending (a write never disturbs the read of a reply), so a new follow
-        takes effect in one round trip; the reading loop itself costs no task or future per message.
+        takes effect in one round trip. Silence is judged here, every ``_PING_EVERY`` seconds, rather than by a
+        timeout on each read: a read's timeout costs a timer per message, two thirds of the reading loop's CPU
+        (``benchmarks/watch.py``), and every followed token is a message.
         """
         self.changed.set()  # a new connection subscribes to everything wanted
         writer = asyncio.ensure_future(self.subscribe(connection, subscribed))
-        silent = 0
+        reader = asyncio.ensure_future(self.read(connection, subscribed))
+        silent, heard = 0, self.heard
         try:
             while True:
-                message = await connection.read_response(disable_decoding=True, timeout=_PING_EVERY)
-                if writer.done():
-                    writer.result()  # its failure is the connection's
-                if message is None:  # silence: ping, and give up on a connection that stays silent
-                    silent += 1
-                    if silent > 1:
-                        raise ConnectionError("Redis did not answer a ping on the watch connection")
-                    await connection.send_command(b"PING")
+                done, _ = await asyncio.wait((writer, reader), timeout=_PING_EVERY, return_when=FIRST_COMPLETED)
+                for task in done:
+                    task.result()  # its failure is the connection's (the reader never returns)
+                if self.heard != heard:
+                    silent, heard = 0, self.heard
                     continue
-                silent = 0
-                if isinstance(message, list) and message:
-                    self.dispatch(message, subscribed)
+                silent += 1  # silence: ping, and give up on a connection that stays silent
+                if silent > 1:
+                    raise ConnectionError("Redis did not answer a ping on the watch connection")
+                await connection.send_command(b"PING")
         finally:
             writer.cancel()
-            await asyncio.gather(writer, return_exceptions=True)
+            reader.cancel()
+            await asyncio.gather(writer, reader, return_exceptions=True)
+
+    async def read(self, connection: Any, subscribed: set[bytes]) -> None:
+        """Read and dispatch every message, for as long as the connection lasts: no task or future per message."""
+        while True:
+            message = await connection.read_response(disable_decoding=True)  # no timeout (socket_timeout is None)
+            self.heard += 1
+            if isinstance(message, list) and message:
+                self.dispatch(message, subscribed)
 
     async def subscribe(self, connection: Any, subscribed: set[bytes]) -> None:
         """Send (S)SUBSCRIBE and (S)UNSUBSCRIBE whenever :attr:`wanted` changes; on a failure, drop the connection
