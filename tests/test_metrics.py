@@ -327,6 +327,11 @@ class FailingMemoryStore(MemoryStore):
             raise StoreUnavailable("the store is down")
         return await super().state(stream_id)
 
+    async def read(self, stream_id: str, after: int, limit: int, *, epoch: str | None = None) -> Any:
+        if self.down:
+            raise StoreUnavailable("the store is down")
+        return await super().read(stream_id, after, limit, epoch=epoch)
+
 
 def _closed_port() -> int:
     with socket.socket() as sock:
@@ -359,13 +364,13 @@ async def test_store_errors_and_the_requests_they_refuse_are_counted(
     client = await aiohttp_client(app)
 
     assert (await client.get("/stream/a")).status == 503  # the claim fails
-    assert (await client.get("/stream/a", headers={"Last-Event-ID": "abc-1"})).status == 503  # the state read fails
+    assert (await client.get("/stream/a", headers={"Last-Event-ID": "abc-1"})).status == 503  # the first read fails
     assert (await client.get("/stream/b")).status == 503
 
     assert metrics("resumable_sse_requests_total", outcome="unavailable") == 3
     timed, errors = metrics.store_calls()
-    assert timed == {"claim": 2, "state": 1} == dict(log.calls)
-    assert errors == {"claim": 2, "state": 1} == dict(log.errors)
+    assert timed == {"claim": 2, "read": 1} == dict(log.calls)
+    assert errors == {"claim": 2, "read": 1} == dict(log.errors)
     assert metrics("resumable_sse_streams_started_total") == 0
 
 
