@@ -742,16 +742,17 @@ def collecting(subscription: Subscription) -> tuple[list[Entry | Reset | Gone], 
 
 async def test_a_live_reader_whose_first_read_follows_a_recreation_hears_of_the_next_loss() -> None:
     """Found by the model (memory store only): a subscription made while the stream was finished, iterated only
-    after the stream was created again, seeds the hub's tail with the finished state; a finished tail is never
-    audited and the memory watch asks for no re-read when it starts following, so when the store then loses the new
-    life, the reader waits forever instead of getting ``Gone`` within half a lease."""
+    after the stream was created again, seeded the hub's tail with the finished state; a finished tail is never
+    audited and the memory watch asks for no re-read when it starts following, so when the store then lost the new
+    life, the reader waited forever instead of getting ``Gone`` within half a lease. (A subscription now reads its
+    first page when it is made, and one made while the stream was finished serves that life to its end; here it is
+    made while life 1 runs, at its newest event: its first page is empty and its tail is seeded with life 1.)"""
     store = MemoryStore()
     streamer = Streamer(store, lease=0.2)
     epoch = (await store.claim("s", "t1", LONG_LEASE)).state.epoch
     await store.append("s", "t1", [(None, "a")], after=0)
-    await streamer.cancel("s")  # life 1 is finished
-    # (After its first event: a subscription with no position reads its first page, life 1's, when it is made.)
     subscription = await streamer.subscribe("s", f"{epoch}-1")
+    await streamer.cancel("s")  # life 1 is finished
     await lose(store, "s")
     await store.claim("s", "t2", LONG_LEASE)  # life 2, before the reader's first read
     items, task = collecting(subscription)
