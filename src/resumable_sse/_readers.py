@@ -146,7 +146,7 @@ class Tail:
         state, entries = page.state, page.entries
         old = self.state
         same_epoch = old is not None and old.epoch == state.epoch
-        if state == old and not entries:
+        if not entries and state == old:  # entries first: a state compares field by field (fleet.py --profile)
             return  # nothing new
         written = bool(entries and self.parked and same_epoch and not state.finished)
         if written:
