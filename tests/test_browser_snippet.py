@@ -23,7 +23,6 @@ import pytest
 
 from ._proxy import CuttableProxy
 from .snippets import ROOT, collect
-from .test_chat_browser import CHROMIUM, CHROMIUM_ARGS, _missing
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page
@@ -38,23 +37,6 @@ def browser_snippet() -> str:
     found = [s for s in collect() if s.is_browser]
     assert [s.path for s in found] == ["README.md"], [s.id for s in found]
     return found[0].code
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    reason = _missing()
-    if reason is not None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"browser tests must run in CI: {reason}")
-        pytest.skip(reason)
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
 
 
 class SnippetPage:
