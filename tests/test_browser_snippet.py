@@ -23,9 +23,12 @@ import pytest
 
 from ._proxy import CuttableProxy
 from .snippets import ROOT, collect
+from .test_chat_browser import browser
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page
+
+__all__ = ["browser"]  # (a fixture: Debian's Chromium, launched once per module, imported to be found here)
 
 pytestmark = pytest.mark.browser
 
