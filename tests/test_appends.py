@@ -10,7 +10,16 @@ from typing import Any
 
 import pytest
 
-from resumable_sse import EventLog, MemoryStore, Page, Streamer, StreamFenced, StreamNotFound, SubmitsAppends
+from resumable_sse import (
+    EventLog,
+    MemoryStore,
+    Page,
+    StoreUnavailable,
+    Streamer,
+    StreamFenced,
+    StreamNotFound,
+    SubmitsAppends,
+)
 from resumable_sse.stores.redis import RedisStore
 
 from .helpers import read_entries
@@ -81,6 +90,56 @@ async def test_the_memory_store_appends_before_submit_append_returns() -> None:
     assert refused.done() and isinstance(refused.exception(), StreamFenced)
 
 
+async def test_the_memory_store_applies_append_at_once_before_it_returns() -> None:
+    """The producer's way on the memory store (no future per append): numbered, notified and fenced like append."""
+    store = MemoryStore()
+    pages: list[Page | None] = []
+    watch = store.watch(lambda _stream_id, page: pages.append(page))
+    assert (await store.claim("s1", "t1", LEASE)).acquired
+    watch.follow("s1")
+    assert store.append_at_once("s1", "t1", [(None, "a"), ("note", "b")], after=0) == 2
+    assert store.append_at_once("s1", "t1", [(None, "a"), ("note", "b")], after=0) == 2  # a retry: nothing written
+    page = pages[-1]
+    assert page is not None and [(e.seq, e.event, e.data) for e in page.entries] == [(1, None, "a"), (2, "note", "b")]
+    with pytest.raises(StreamFenced):
+        store.append_at_once("s1", "intruder", [(None, "c")], after=2)
+    with pytest.raises(StreamNotFound):
+        store.append_at_once("nope", "t1", [(None, "c")], after=0)
+    assert store.append_at_once("s1", "t1", [("done", "{}")], after=2, final="done") == 3
+    state = await store.state("s1")
+    assert state is not None and state.status == "done" and state.last_seq == 3
+    await watch.close()
+
+
+async def test_an_append_at_once_that_finds_the_store_unreachable_is_retried() -> None:
+    """An in-process store that raises StoreUnavailable from append_at_once is retried through the Streamer (with
+    backoff), like a submitted append: every event once, in order, and the stream ends done."""
+
+    class Flaky(MemoryStore):
+        failures = 2
+
+        def append_at_once(self, *args: Any, **kwargs: Any) -> int:
+            if self.failures:
+                self.failures -= 1
+                raise StoreUnavailable("not now")
+            return super().append_at_once(*args, **kwargs)
+
+    store = Flaky()
+    streamer = Streamer(store, store_retry_timeout=10)
+
+    async def produce() -> AsyncIterator[str]:
+        for token in ("a", "b", "c", "d"):
+            await asyncio.sleep(0)
+            yield token
+
+    producer = await streamer.start("s", produce)
+    assert producer is not None and await producer.wait() == "done"
+    page = await store.read("s", 0, 100)
+    assert page is not None and [e.data for e in page.entries][:4] == ["a", "b", "c", "d"]
+    assert page.entries[-1].event == "done" and page.state.last_seq == 5 and store.failures == 0
+    await streamer.close()
+
+
 async def test_a_yielded_token_is_in_the_store_before_the_producer_runs_again() -> None:
     """The run appends in the step that pulled the event: no writer task between the producer and its readers."""
     store = MemoryStore()
@@ -107,9 +166,9 @@ async def test_a_producer_that_never_waits_is_batched_and_does_not_hold_the_loop
     served while a producer runs flat out."""
     store = MemoryStore(max_events=30_000)
     appends: list[int] = []
-    original = store.submit_append
+    original = store.append_at_once  # the producer's appends come this way on the memory store
 
-    def recorded(stream_id: str, token: str, events: Any, **kwargs: Any) -> asyncio.Future[int]:
+    def recorded(stream_id: str, token: str, events: Any, **kwargs: Any) -> int:
         appends.append(len(events))
         return original(stream_id, token, events, **kwargs)
 
@@ -118,7 +177,7 @@ async def test_a_producer_that_never_waits_is_batched_and_does_not_hold_the_loop
         return await original_final(stream_id, token, events, **kwargs)
 
     original_final = store.append  # the run's last append (what is pending, and the terminal) comes this way
-    store.submit_append = recorded  # type: ignore[method-assign]
+    store.append_at_once = recorded  # type: ignore[method-assign]
     store.append = recorded_final  # type: ignore[method-assign]
     streamer = Streamer(store)
     turns = 0

@@ -110,10 +110,10 @@ async def test_a_lone_surrogate_ends_the_stream_with_error_after_everything_befo
 async def test_appends_are_bounded_by_bytes_on_the_memory_store() -> None:
     store = MemoryStore()
     sizes: list[int] = []
-    original = store.submit_append  # the producer's appends come this way (and the final one through append)
+    original = store.append_at_once  # the producer's appends come this way (and the final one through append)
     original_final = store.append
 
-    def recorded(stream_id: str, token: str, events: Any, **kwargs: Any) -> asyncio.Future[int]:
+    def recorded(stream_id: str, token: str, events: Any, **kwargs: Any) -> int:
         sizes.append(sum(len(data.encode()) for _, data in events))
         return original(stream_id, token, events, **kwargs)
 
@@ -121,7 +121,7 @@ async def test_appends_are_bounded_by_bytes_on_the_memory_store() -> None:
         sizes.append(sum(len(data.encode()) for _, data in events))
         return await original_final(stream_id, token, events, **kwargs)
 
-    store.submit_append = recorded  # type: ignore[method-assign]
+    store.append_at_once = recorded  # type: ignore[method-assign]
     store.append = recorded_final  # type: ignore[method-assign]
     streamer = Streamer(store, max_event_bytes=10_000, max_batch_bytes=50_000)
     chunk = "é" * 4_000  # 8,000 bytes, 4,000 characters: the byte count, not the length, must be bounded

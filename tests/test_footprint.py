@@ -151,3 +151,16 @@ def test_a_burst_of_first_requests_leaves_no_writer_with_a_dict_of_its_own() -> 
     counts = json.loads(done.stdout)
     assert counts["writers"] >= 60  # the server's writers of the burst, each holding an open event stream
     assert counts["own_dicts"] == 0
+
+
+async def test_the_memory_store_keeps_events_the_collector_does_not_track() -> None:
+    """The memory store keeps each event as the producer's plain tuple, which the garbage collector leaves untracked
+    once it has looked at it: a store holding millions of events adds nothing to the full collections that pause the
+    event loop (entries are made when read)."""
+    store = MemoryStore()
+    assert (await store.claim("s", "t", 30.0)).acquired
+    store.append_at_once("s", "t", [(None, "a"), ("note", "b")], after=0)
+    await store.append("s", "t", [(None, f"token {i}") for i in range(100)], after=2)
+    gc.collect()
+    kept = store._streams["s"].events
+    assert len(kept) == 102 and not any(gc.is_tracked(event) for event in kept)

@@ -21,13 +21,13 @@ from collections.abc import Sequence
 from typing import Final, Protocol
 
 from ._event import Entry
-from ._log import EventLog, Page, StreamState, Watch
+from ._log import EventLog, NewEvent, Page, StreamState, Watch
 from ._logger import logger
 from ._observe import Observer
 from ._tasks import spawn
 from .exceptions import StoreUnavailable
 
-__all__ = ["Hub", "Owner", "Reader", "Tail", "data_size", "judge", "terminal_data", "within"]
+__all__ = ["Hub", "Owner", "Reader", "Tail", "data_size", "judge", "take_within", "terminal_data", "within"]
 
 
 _AUDIT_CHUNK: Final = 1000  # streams per audit call
@@ -95,6 +95,25 @@ def data_size(entries: Sequence[Entry]) -> int:
     if len(entries) == 1:
         return len(entries[0].data)
     return sum([len(entry.data) for entry in entries])
+
+
+def take_within(pending: list[NewEvent], budget: int) -> list[NewEvent]:
+    """Take from ``pending`` the events of a producer's next append: all of them, or as many as fit ``budget`` bytes
+    of data (at least one: a single event is never larger than ``max_event_bytes``, which is at most that)."""
+    if len(pending) == 1 or 4 * sum([len(data) for _, data in pending]) <= budget:  # (UTF-8: <= 4 bytes a char)
+        batch = pending.copy()  # the pump keeps appending to the same list object
+        pending.clear()
+        return batch
+    size = 0
+    cut = 0
+    for _, data in pending:
+        size += len(data) if data.isascii() else len(data.encode("utf-8"))
+        if size > budget and cut:
+            break
+        cut += 1
+    batch = pending[:cut]
+    del pending[:cut]
+    return batch
 
 
 def within(entries: Sequence[Entry], budget: int) -> Sequence[Entry]:

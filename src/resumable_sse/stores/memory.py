@@ -253,6 +253,13 @@ class MemoryStore:
             future.set_exception(exc)
         return future
 
+    def append_at_once(
+        self, stream_id: str, token: str, events: Sequence[NewEvent], *, after: int, final: Status | None = None
+    ) -> int:
+        """:meth:`append`, applied and notified before it returns, without a future (what a producer in this
+        process calls when nothing observes the Streamer)."""
+        return self._append(stream_id, token, events, after, final)
+
     def _append(self, stream_id: str, token: str, events: Sequence[NewEvent], after: int, final: Status | None) -> int:
         stream = self._get(stream_id)
         if stream is None:
