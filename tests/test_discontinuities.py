@@ -38,7 +38,7 @@ async def lose(store: EventLog, stream_id: str) -> None:
 async def snapshot(store: EventLog, stream_id: str) -> Any:
     if isinstance(store, MemoryStore):
         stream = copy.copy(store._streams[stream_id])
-        stream.events = list(stream.events)
+        stream.types, stream.texts = list(stream.types), list(stream.texts)
         return stream
     client: Any = store.client  # type: ignore[attr-defined]
     return [(key, await client.dump(key)) for key in store.keys(stream_id)[:2]]  # type: ignore[attr-defined]

@@ -95,7 +95,7 @@ async def rewind(store: EventLog, stream_id: str, saved: Any) -> None:
     finished streams, which ``test_discontinuities.restore`` leaves as it was."""
     if isinstance(store, MemoryStore):
         stream = copy.copy(saved)  # the saved copy stays as it was: it may be restored again
-        stream.events = list(saved.events)
+        stream.types, stream.texts = list(saved.types), list(saved.texts)
         store._streams[stream_id] = stream
         store._finished.pop(stream_id, None)
         if stream.status != "running":

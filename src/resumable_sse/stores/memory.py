@@ -1,10 +1,10 @@
 """The embedded memory store: one process, no dependencies, bounded.
 
-Streams live in a dict; each keeps its retained events (the producer's ``(event type, data)`` tuples, untracked by the
-garbage collector) in a list with a moving head so that appends, trims and reads from any position are O(1) amortized
-plus the entries returned. Nothing runs in the background: expired streams are swept when the store is used, so an idle
-store holds no task, no timer and no future. An append is its own notification: it calls the watches that follow the
-stream, with the new entries, before it returns.
+Streams live in a dict; each keeps its retained events as two lists of strings (event types and data), with a moving
+head so that appends, trims and reads from any position are O(1) amortized plus the entries returned. Nothing runs in
+the background: expired streams are swept when the store is used, so an idle store holds no task, no timer and no
+future. An append is its own notification: it calls the watches that follow the stream, with the new entries, before
+it returns.
 """
 
 from __future__ import annotations
@@ -23,24 +23,26 @@ __all__ = ["MemoryStore"]
 
 
 class _Stream:
-    """One stream's events and state: ``events[i]`` is the event of sequence number ``base + i``; ``events[head:]``
-    are retained.
+    """One stream's events and state: ``types[i]`` and ``texts[i]`` are the event type and data of sequence number
+    ``base + i``; from index ``head`` on they are retained.
 
-    Events are kept as the ``(event type, data)`` tuples the producer appended, not as :class:`Entry` objects: tuples
-    of strings are untracked by the garbage collector after its first look, so a store holding millions of events
-    adds nothing to the full collections that pause the event loop. Entries are made when read.
+    Rule: an event is kept as its two strings, never as an object of its own (an :class:`Entry`, or the producer's
+    tuple). Strings are not tracked by the garbage collector, so a kept event adds nothing to the count that starts
+    a collection, nor to the full collections that pause the event loop; a kept tuple did, once per token until
+    the collector untracked it (``benchmarks/fleet.py``: memory row, XXX). Entries are made when read.
     """
 
     __slots__ = (
         "base",
         "epoch",
-        "events",
         "expires_at",
         "head",
         "last_token",
         "lease_until",
         "status",
+        "texts",
         "token",
+        "types",
     )
 
     def __init__(self, epoch: str, token: str, lease_until: float) -> None:
@@ -50,13 +52,14 @@ class _Stream:
         self.last_token: str | None = None  # who made the last append (to recognise a retried append)
         self.lease_until = lease_until
         self.expires_at = 0.0  # set when the stream finishes
-        self.events: list[NewEvent] = []
+        self.types: list[str | None] = []
+        self.texts: list[str] = []
         self.base = 1
         self.head = 0
 
     @property
     def last_seq(self) -> int:
-        return self.base + len(self.events) - 1
+        return self.base + len(self.texts) - 1
 
     @property
     def first_seq(self) -> int:
@@ -65,20 +68,33 @@ class _Stream:
     def after(self, after: int, limit: int) -> list[Entry]:
         # Sequence numbers are contiguous, so an event's index follows from its seq.
         start = max(self.head, after + 1 - self.base)
-        return self.entries(start, self.events[start : start + limit])
+        return self.entries(start, start + limit)
 
-    def entries(self, start: int, events: Sequence[NewEvent]) -> list[Entry]:
-        """``events``, the ones at index ``start`` on, as entries."""
+    def entries(self, start: int, stop: int | None = None) -> list[Entry]:
+        """The events at indexes ``start`` to ``stop`` (the last, by default) as entries."""
+        texts = self.texts
         epoch, seq = self.epoch, self.base + start
-        return [Entry(epoch, seq + i, event, data) for i, (event, data) in enumerate(events)]
+        if start == len(texts) - 1:  # a paced token's append: no slice, no comprehension (fleet.py --profile)
+            return [Entry(epoch, seq, self.types[start], texts[start])]
+        pairs = zip(self.types[start:stop], texts[start:stop], strict=True)
+        return [Entry(epoch, seq + i, event, data) for i, (event, data) in enumerate(pairs)]
 
-    def entries_from(self, start: int) -> list[Entry]:
-        """The events at index ``start`` on, as entries (what an append just added)."""
-        events = self.events
-        if start == len(events) - 1:  # a paced token's append: no slice, no comprehension (fleet.py --profile)
-            event, data = events[start]
-            return [Entry(self.epoch, self.base + start, event, data)]
-        return self.entries(start, events[start:])
+    def keep(self, events: Sequence[NewEvent]) -> None:
+        """Add ``events`` at the end (their strings: see the class docstring)."""
+        if len(events) == 1:
+            event, data = events[0]
+            self.types.append(event)
+            self.texts.append(data)
+        else:
+            self.types.extend([event for event, _ in events])
+            self.texts.extend([data for _, data in events])
+
+    def drop(self, count: int) -> None:
+        """Let go of the first ``count`` kept events (trimmed ones: ``count`` is at most :attr:`head`)."""
+        del self.types[:count]
+        del self.texts[:count]
+        self.base += count
+        self.head -= count
 
 
 class _MemoryWatch:
@@ -176,7 +192,7 @@ class MemoryStore:
         for watch in self._watches:
             if stream_id in watch.followed:
                 if page is None:
-                    page = Page(self._state(stream_id, stream), () if start is None else stream.entries_from(start))
+                    page = Page(self._state(stream_id, stream), () if start is None else stream.entries(start))
                 watch.on_change(stream_id, page)
 
     def _get(self, stream_id: str) -> _Stream | None:
@@ -197,20 +213,17 @@ class MemoryStore:
 
     def _state(self, stream_id: str, stream: _Stream) -> StreamState:
         base = stream.base  # first_seq and last_seq inlined: this runs for every append
-        return StreamState(stream_id, stream.epoch, stream.status, base + stream.head, base + len(stream.events) - 1)
+        return StreamState(stream_id, stream.epoch, stream.status, base + stream.head, base + len(stream.texts) - 1)
 
     def _add(self, stream_id: str, stream: _Stream, events: Sequence[NewEvent]) -> int:
-        kept = stream.events
-        start = len(kept)
-        kept.extend(events)
-        excess = len(kept) - stream.head - self.max_events
+        start = len(stream.texts)
+        stream.keep(events)
+        excess = len(stream.texts) - stream.head - self.max_events
         if excess > 0:
             stream.head += excess
-            if stream.head > len(kept) // 2:  # compact now and then: amortized O(1) per event
-                del kept[: stream.head]
-                stream.base += stream.head
+            if stream.head > len(stream.texts) // 2:  # compact now and then: amortized O(1) per event
                 start -= stream.head
-                stream.head = 0
+                stream.drop(stream.head)
         self._notify(stream_id, stream, max(start, stream.head))
         return stream.last_seq
 
