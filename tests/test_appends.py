@@ -20,6 +20,7 @@ from resumable_sse import (
     StreamNotFound,
     SubmitsAppends,
 )
+from resumable_sse._log import Outcome
 from resumable_sse.stores.redis import RedisStore
 
 from .helpers import read_entries
@@ -212,15 +213,14 @@ async def test_the_producer_is_pulled_while_its_append_travels(cluster: bool) ->
     """(Redis: the memory store appends synchronously, so no append of it is ever in flight.)"""
     url = shared_cluster().url if cluster else shared_server().url
     store = RedisStore.from_url(url, cluster=cluster, key_prefix=unique_prefix())
-    submitted: list[asyncio.Future[int]] = []
-    original = store.submit_append
+    submitted: list[Outcome] = []
+    original = store.append_then  # the producer's appends come this way on the Redis store
 
-    def recorded(*args: Any, **kwargs: Any) -> asyncio.Future[int]:
-        future = original(*args, **kwargs)
-        submitted.append(future)
-        return future
+    def recorded(*args: Any, outcome: Outcome, **kwargs: Any) -> None:
+        original(*args, outcome=outcome, **kwargs)
+        submitted.append(outcome)
 
-    store.submit_append = recorded  # type: ignore[method-assign]
+    store.append_then = recorded  # type: ignore[method-assign]
     streamer = Streamer(store)
     in_flight: list[bool] = []
 

@@ -200,15 +200,16 @@ def hold_appends(
     monkeypatch.setattr(store, "append", held_final if final else held)
     if not final:
         monkeypatch.setattr(store, "submit_append", submit)
-        with_appends_in_flight(store, monkeypatch)
+        through_submit_append(store, monkeypatch)
     return gate, started
 
 
-def with_appends_in_flight(store: EventLog, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Make the producer submit its appends (and wait for their futures) on a store that would apply them at once
-    (the memory store's append_at_once): the patched submit_append is then the way they go."""
-    if hasattr(store, "append_at_once"):
-        monkeypatch.setattr(store, "append_at_once", None)
+def through_submit_append(store: EventLog, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make the producer's run append through submit_append (patched by the test) and wait on its futures, where it
+    would take the store's own faster ways (the memory store's append_at_once, the Redis store's append_then)."""
+    for way in ("append_at_once", "append_then"):
+        if hasattr(store, way):
+            monkeypatch.setattr(store, way, None)
 
 
 # -- a cancel from outside in each state ------------------------------------------------------------------------------
@@ -347,7 +348,7 @@ async def test_a_cancel_while_an_unreachable_store_is_retried(
 
     monkeypatch.setattr(store, "append", unreachable)
     monkeypatch.setattr(store, "submit_append", submit)
-    with_appends_in_flight(store, monkeypatch)
+    through_submit_append(store, monkeypatch)
     streamer = Streamer(store, store_retry_timeout=10)
 
     async def produce() -> AsyncIterator[str]:
@@ -545,7 +546,7 @@ async def test_the_run_waits_for_the_callback_of_an_append_that_completed_in_its
         return future
 
     monkeypatch.setattr(store, "submit_append", later)
-    with_appends_in_flight(store, monkeypatch)
+    through_submit_append(store, monkeypatch)
     streamer = Streamer(store)
 
     async def produce() -> AsyncIterator[str]:

@@ -19,7 +19,19 @@ from typing import NamedTuple, Protocol, runtime_checkable
 
 from ._event import Entry, EventId, Status
 
-__all__ = ["Claim", "EventLog", "NewEvent", "OnChange", "Page", "StreamState", "SubmitsAppends", "Watch"]
+__all__ = [
+    "AppendsAtOnce",
+    "AppendsThen",
+    "Claim",
+    "EventLog",
+    "NewEvent",
+    "OnChange",
+    "Outcome",
+    "Page",
+    "StreamState",
+    "SubmitsAppends",
+    "Watch",
+]
 
 NewEvent = tuple[str | None, str]
 """An event to append: ``(event type or None, data text)``; the store assigns its sequence number."""
@@ -237,3 +249,34 @@ class AppendsAtOnce(Protocol):
     def __call__(
         self, stream_id: str, token: str, events: Sequence[NewEvent], *, after: int, final: Status | None = None
     ) -> int: ...
+
+
+class Outcome(Protocol):
+    """Where an append's outcome goes: an :class:`asyncio.Future` (what :meth:`SubmitsAppends.submit_append` returns)
+    or an object of the same three methods that takes it in the store's own step (see :class:`AppendsThen`).
+
+    Rule: ``set_result`` and ``set_exception`` never raise (the store settles a whole group of appends in a row)."""
+
+    def done(self) -> bool: ...
+    def set_result(self, result: int, /) -> None: ...
+    def set_exception(self, exception: BaseException, /) -> None: ...
+
+
+class AppendsThen(Protocol):
+    """A store's ``append_then`` method, which a store that replies later may offer beside :class:`SubmitsAppends`
+    (internal: the Redis store's): :meth:`SubmitsAppends.submit_append`, its outcome given to ``outcome`` in the
+    step that learns it (the group commit's), not a step later through a future's callbacks. A producer's run then
+    appends what it has pending in that very step (the same group commit goes on with it), and makes no future per
+    append. Used when the store has it and nothing observes the Streamer. It never settles ``outcome`` before it
+    returns (a store that knows at once offers :class:`AppendsAtOnce`)."""
+
+    def __call__(
+        self,
+        stream_id: str,
+        token: str,
+        events: Sequence[NewEvent],
+        *,
+        after: int,
+        final: Status | None = None,
+        outcome: Outcome,
+    ) -> None: ...

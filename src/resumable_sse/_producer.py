@@ -19,17 +19,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import sys
 import time
 from collections.abc import AsyncIterable, Iterable, Sequence
 from typing import Any
 
 from ._event import Status, normalize
-from ._feed import call_in_thread, pump_in_thread
-from ._log import AppendsAtOnce, NewEvent, StreamState, SubmitsAppends
+from ._feed import pump_in_thread
+from ._log import AppendsAtOnce, AppendsThen, NewEvent, StreamState, SubmitsAppends
 from ._logger import logger
 from ._readers import take_within, terminal_data
+from ._receiver import Receiver
 from ._run_state import (
     DRAINING,
     ENDED,
@@ -47,10 +47,13 @@ from ._run_state import (
     Source,
     State,
     Stop,
+    append_refused,
     check_move,
+    open_source,
+    producer_failed,
 )
 from ._tasks import spawn
-from .exceptions import EventTooLarge, InvalidEventData, ProducerError, StoreUnavailable, StreamFenced, StreamNotFound
+from .exceptions import EventTooLarge, ProducerError, StoreUnavailable, StreamFenced, StreamNotFound
 
 __all__ = ["Factory", "IllegalMove", "Registry", "Run", "Settings", "Source", "State"]
 
@@ -77,6 +80,7 @@ class Run:
         "outside_cancel",
         "pending",
         "producers",
+        "receiver",
         "retrying",
         "space",
         "state",
@@ -86,6 +90,7 @@ class Run:
         "submitter",
         "tail",
         "task",
+        "then",
         "token",
         "writing",
         "written",
@@ -105,7 +110,7 @@ class Run:
         self.in_step = False  # an append was started in this turn of the loop: what follows in it is batched
         # The append in flight: its future, its events (sent again by a retry; let go once appended), and whether
         # it is a retry through Streamer.append (which retries an unreachable store itself: never retried again).
-        self.writing: asyncio.Future[int] | None = None
+        self.writing: asyncio.Future[int] | Receiver | None = None
         self.written: Sequence[NewEvent] = ()
         self.retrying = False
         self.last_seq = 0  # what the log holds of this run; appends name it so that a retry cannot duplicate
@@ -119,6 +124,8 @@ class Run:
         log = streamer.log
         self.submitter = log if streamer.observer is None and isinstance(log, SubmitsAppends) else None
         self.at_once: AppendsAtOnce | None = getattr(log, "append_at_once", None) if self.submitter else None
+        self.then: AppendsThen | None = getattr(log, "append_then", None) if self.submitter else None
+        self.receiver: Receiver | None = None  # made at the first append through then
         # The run follows its stream, like a reader would, until it ends: an end written by another process (cancel)
         # then stops the producer at once instead of at its next append or lease renewal.
         self.tail = streamer.hub.attach(shape, producer=True)
@@ -182,6 +189,13 @@ class Run:
                 else:
                     self.progressed(last_seq)
                 continue
+            if self.at_once is None and self.then is not None:  # settled in the store's step, see _receiver.py
+                receiver = self.receiver
+                if receiver is None:
+                    receiver = self.receiver = Receiver(self.stream_id, self.received, self.not_received)
+                self.then(self.stream_id, self.token, batch, after=self.last_seq, outcome=receiver.start())
+                self.writing, self.written, self.retrying = receiver, batch, False  # (then never settles at once)
+                return
             if self.submitter is not None:
                 future = self.submitter.submit_append(self.stream_id, self.token, batch, after=self.last_seq)
             else:
@@ -200,6 +214,18 @@ class Run:
     def appended(self, future: asyncio.Future[int]) -> None:
         """The append in flight completed (a done callback)."""
         self.settle(future)
+        self.kick()
+
+    def received(self, last_seq: int) -> None:
+        """The append in flight through :attr:`then` was applied (in the store's step)."""
+        self.writing = None
+        self.progressed(last_seq)
+        self.kick()
+
+    def not_received(self, error: BaseException) -> None:
+        """The append in flight through :attr:`then` failed (in the store's step)."""
+        self.writing = None
+        self.refused(error)
         self.kick()
 
     def settle(self, future: asyncio.Future[int]) -> None:
@@ -278,18 +304,12 @@ class Run:
     # -- the run ----------------------------------------------------------------------------------------------------
 
     async def open(self) -> object:
-        """Call the factory, once: the run lets go of it (and of what it binds: the request that claimed the stream)
-        rather than hold it for as long as it runs; the source holds whatever it needs."""
+        """Call the factory, once (:func:`~._run_state.open_source`): the run lets go of it (and of what it binds: the
+        request that claimed the stream) rather than hold it for as long as it runs; the source holds what it needs."""
         factory, self.factory = self.factory, None
         if factory is None:
             raise RuntimeError("a producer run opens its source once")
-        if inspect.iscoroutinefunction(factory):
-            return await factory()
-        if inspect.isasyncgenfunction(factory):
-            return factory()
-        # A plain function may block before it returns (a legacy SDK's create(stream=True) connects first): it is
-        # called in a thread of its own, never on the event loop.
-        return await call_in_thread(factory, f"resumable-sse producer {self.stream_id}")
+        return await open_source(factory, self.stream_id)
 
     async def main(self) -> Status:
         """The run's task: pull the source, settle the end (:meth:`finish`), then re-raise a cancel from outside.
@@ -346,7 +366,7 @@ class Run:
             except ProducerError as exc:
                 status, message = "error", str(exc)
             except Exception as exc:
-                status, message = "error", self._failed(exc)
+                status, message = "error", producer_failed(self.stream_id, exc, self.streamer.error_message)
             else:
                 status, message = self.asked("done", "")
             finally:
@@ -378,27 +398,6 @@ class Run:
             self.outside_cancel = None  # 3.10 counts no cancels: one landing with it is not told apart
         self.move(DRAINING)
 
-    def _failed(self, exc: Exception) -> str:
-        """Log a producer's failure; what clients are told of it."""
-        extra = {"stream_id": self.stream_id}
-        if isinstance(exc, (EventTooLarge, InvalidEventData)):
-            said = "an event was too large" if isinstance(exc, EventTooLarge) else "an event was not valid text"
-            logger.error("stream %r: %s; it ends with error (clients get %r)", self.stream_id, exc, said, extra=extra)
-            return said
-        logger.error(
-            "producer of stream %r raised; the stream ends with error (clients get the generic message)",
-            self.stream_id,
-            exc_info=exc,
-            extra=extra,
-        )
-        return self.streamer.error_message
-
-    def _refused(self, exc: EventTooLarge) -> str:
-        """Log the store's refusal of an append (an event longer than it takes); what clients are told of it."""
-        extra = {"stream_id": self.stream_id}
-        logger.error("stream %r: the store refused an append: %s; it ends with error", self.stream_id, exc, extra=extra)
-        return str(exc)
-
     async def _outlast(self, future: asyncio.Future[Any]) -> None:
         """Wait until ``future`` (a store call) is done and its callbacks ran (:meth:`appended` comes first: always
         wait, even for a done future). A cancel from outside is kept for :meth:`main` to re-raise: it never cuts a
@@ -413,8 +412,8 @@ class Run:
 
     async def _settled(self) -> None:
         """Wait until no append is in flight (nor the retry that follows an unreachable store's refusal)."""
-        while self.writing is not None:
-            await self._outlast(self.writing)
+        while (writing := self.writing) is not None:
+            await self._outlast(writing.wait() if isinstance(writing, Receiver) else writing)
 
     async def finish(self, status: Status, message: str) -> Status:
         """Settle the append in flight, then append what is pending with the terminal entry ``status`` last; return
@@ -429,7 +428,7 @@ class Run:
                 if isinstance(failure, EventTooLarge):  # the store refused an append for its size: the end says why
                     self.failure = None
                     self.pending.clear()  # (nothing after the refused event is written, as after a raise)
-                    status, message = "error", self._refused(failure)
+                    status, message = "error", append_refused(self.stream_id, failure)
                     if not draining:  # one of the final appends was refused: the end alone
                         self.pending.append((status, terminal_data(status, message)))
                 elif failure is not None:

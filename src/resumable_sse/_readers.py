@@ -167,7 +167,7 @@ class Tail:
         same_epoch = old is not None and old.epoch == state.epoch
         if not entries and state == old:  # entries first: a state compares field by field (fleet.py --profile)
             return  # nothing new
-        written = bool(entries and self.parked and same_epoch and not state.finished)
+        written = bool(entries and self.parked and same_epoch and state.status == "running")  # (not .finished: a call)
         if written:
             self.deliver(state, entries)
         if entries and self.readers > self.producing:  # a producer alone needs no window

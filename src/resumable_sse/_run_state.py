@@ -13,13 +13,17 @@ The factory failing: OPENING -> DRAINING. An end written elsewhere: DRAINING or 
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Sequence
 from typing import Any, Final, NamedTuple, Protocol, Union, final
 
 from ._event import Status
+from ._feed import call_in_thread
 from ._log import EventLog, NewEvent
+from ._logger import logger
 from ._observe import Observer
 from ._readers import Hub
+from .exceptions import EventTooLarge, InvalidEventData
 
 __all__ = [
     "DRAINING",
@@ -40,7 +44,10 @@ __all__ = [
     "Source",
     "State",
     "Stop",
+    "append_refused",
     "check_move",
+    "open_source",
+    "producer_failed",
 ]
 
 
@@ -150,3 +157,39 @@ class Registry(Protocol):
     def forget(self, run: Any) -> None:
         """The run (a :class:`~._producer.Run`, which imports this module) ended: drop it, if it is still the one
         kept for its stream and epoch."""
+
+
+async def open_source(factory: Factory, stream_id: str) -> object:
+    """Call a producer's factory and return its source: a coroutine function is awaited, an async generator function
+    called; a plain function may block before it returns (a legacy SDK's ``create(stream=True)`` connects first), so
+    it is called in a thread of its own, never on the event loop."""
+    if inspect.iscoroutinefunction(factory):
+        return await factory()
+    if inspect.isasyncgenfunction(factory):
+        return factory()
+    return await call_in_thread(factory, f"resumable-sse producer {stream_id}")
+
+
+def producer_failed(stream_id: str, exc: Exception, generic: str) -> str:
+    """Log a producer's failure, once, with the stream id; what clients are told of it (``generic`` unless the event
+    itself was refused)."""
+    extra = {"stream_id": stream_id}
+    if isinstance(exc, (EventTooLarge, InvalidEventData)):
+        said = "an event was too large" if isinstance(exc, EventTooLarge) else "an event was not valid text"
+        logger.error("stream %r: %s; it ends with error (clients get %r)", stream_id, exc, said, extra=extra)
+        return said
+    logger.error(
+        "producer of stream %r raised; the stream ends with error (clients get the generic message)",
+        stream_id,
+        exc_info=exc,
+        extra=extra,
+    )
+    return generic
+
+
+def append_refused(stream_id: str, exc: EventTooLarge) -> str:
+    """Log the store's refusal of an append (an event longer than it takes); what clients are told of it."""
+    logger.error(
+        "stream %r: the store refused an append: %s; it ends with error", stream_id, exc, extra={"stream_id": stream_id}
+    )
+    return str(exc)

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any, Final
 
 from .._event import Entry, Status
-from .._log import NewEvent, Page, StreamState
+from .._log import NewEvent, Outcome, Page, StreamState
 from ..exceptions import EventTooLarge
 
 __all__ = [
@@ -115,7 +115,13 @@ class Pending:
     __slots__ = ("arg", "args", "events", "final", "future", "keys", "stream_id")
 
     def __init__(
-        self, stream_id: str, events: Sequence[NewEvent], final: Status | None, keys: tuple[bytes, ...], arg: bytes
+        self,
+        stream_id: str,
+        events: Sequence[NewEvent],
+        final: Status | None,
+        keys: tuple[bytes, ...],
+        arg: bytes,
+        outcome: Outcome | None = None,
     ) -> None:
         self.stream_id = stream_id
         self.events = events
@@ -123,7 +129,8 @@ class Pending:
         self.keys = keys
         self.arg = arg
         self.args: tuple[bytes, ...] = (arg,)
-        self.future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        # Where the outcome goes (a future unless the caller takes it in the committer's step: AppendsThen).
+        self.future: Outcome = asyncio.get_running_loop().create_future() if outcome is None else outcome
 
 
 def split(item: Pending, limit: int) -> tuple[bytes, ...]:
@@ -214,6 +221,10 @@ def pack(events: Sequence[NewEvent]) -> bytes:
     """Events as one argument: ``<type>\\xfe<data>`` each, joined by ``\\xff`` (bytes UTF-8 text never has)."""
     if not events:
         return b""
+    if len(events) == 1:
+        event, data = events[0]
+        if event is None and data.isascii():  # a paced token: 0.3 us instead of 1.6 (no 0xFE or 0xFF in ASCII)
+            return b"\xfe" + data.encode("ascii")
     text = "\udcff".join([f"{event or ''}\udcfe{data}" for event, data in events])
     packed = text.encode("utf-8", "surrogateescape")
     if packed.count(b"\xff") != len(events) - 1 or packed.count(b"\xfe") != len(events):

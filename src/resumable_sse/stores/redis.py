@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from .._compat_redis import connection_factory
 from .._event import Entry, Status, new_epoch
-from .._log import Claim, NewEvent, OnChange, Page, StreamState
+from .._log import Claim, NewEvent, OnChange, Outcome, Page, StreamState
 from .._logger import logger
 from ..exceptions import StoreUnavailable, StreamFenced, StreamNotFound
 from ._redis_bulk import BulkLimit
@@ -341,23 +341,44 @@ class RedisStore:
     ) -> asyncio.Future[int]:
         """See :meth:`SubmitsAppends.submit_append <resumable_sse.SubmitsAppends.submit_append>`: queued for the
         next group commit before it returns."""
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._submit(stream_id, token, events, after, final, future)
+        return future
+
+    def append_then(
+        self,
+        stream_id: str,
+        token: str,
+        events: Sequence[NewEvent],
+        *,
+        after: int,
+        final: Status | None = None,
+        outcome: Outcome,
+    ) -> None:
+        """:meth:`submit_append`, its outcome given to ``outcome`` in the group commit's step, before the append is
+        delivered to this process's readers (see ``AppendsThen`` in ``_log.py``: what a producer's run uses)."""
+        self._submit(stream_id, token, events, after, final, outcome)
+
+    def _submit(
+        self, stream_id: str, token: str, events: Sequence[NewEvent], after: int, final: Status | None, outcome: Outcome
+    ) -> None:
         if final is not None and not events:
             raise ValueError("a final append needs the terminal entry")
         count, status = len(events), (final or "").encode()
         arg = b"%s\n%d\n%s\n%d\n%d\n%s" % (token.encode(), after, status, count, after + count, pack(events))
         tag = f"{{{self.key_prefix}:{stream_id}}}".encode()  # bytes: nothing for redis-py to encode
-        item = Pending(stream_id, events, final, (tag + b":m", tag + b":e", tag + b":c"), arg)
-        self._commit.add(item)
-        return item.future
+        self._commit.add(Pending(stream_id, events, final, (tag + b":m", tag + b":e", tag + b":c"), arg, outcome))
 
     def _applied(self, item: Pending, reply: Any) -> None:
-        """An append's reply came: its future is settled first, then the append is given to the local watches as its
-        own notification in this process (see RedisWatch.follow), in the committer, before the appending producer
-        even hears of it (a future's callbacks run a step later).
+        """An append's reply came: its outcome is settled first, then the append is given to the local watches as its
+        own notification in this process (see RedisWatch.follow), in the committer. A future's callbacks run a step
+        later; a producer run's outcome (``append_then``) goes on at once, queueing what its producer has pending
+        for the group that follows this one.
 
         Rule: nothing that can reach an application's code (delivery to local readers reports to the observer, and
-        logs) runs before the future is settled, and a failure of delivery stays here: every append of the group is
-        settled whatever a reader or hook does, so no producer, and no ``close()``, waits on it for ever."""
+        logs) runs before the outcome is settled, and a failure of delivery stays here: every append of the group is
+        settled whatever a reader or hook does, so no producer, and no ``close()``, waits on it for ever (an
+        outcome's own methods never raise: see ``Outcome``)."""
         code = int(reply[0])
         if code == -1:
             item.future.set_exception(StreamNotFound(item.stream_id))
@@ -368,11 +389,15 @@ class RedisStore:
         seq = int(reply[1])
         item.future.set_result(seq)
         if self._watches and code == 0 and item.events:  # (code 1: a retry of an append applied before)
-            epoch, first = text(reply[2]), int(reply[3])
-            start = seq - len(item.events) + 1
-            entries = [Entry(epoch, start + i, event or None, data) for i, (event, data) in enumerate(item.events)]
-            state = StreamState(item.stream_id, epoch, item.final or "running", first, seq)
-            page = Page(state, entries[max(0, first - start) :])
+            epoch, first, events = text(reply[2]), int(reply[3]), item.events
+            if len(events) == 1:  # a paced token's append: no comprehension, no slice (fleet.py --profile)
+                event, data = events[0]
+                entries = [Entry(epoch, seq, event or None, data)] if first <= seq else []
+            else:
+                start = seq - len(events) + 1
+                entries = [Entry(epoch, start + i, event or None, data) for i, (event, data) in enumerate(events)]
+                del entries[: max(0, first - start)]
+            page = Page(StreamState(item.stream_id, epoch, item.final or "running", first, seq), entries)
             for watch in self._watches:
                 try:
                     watch.local(item.stream_id, page)
