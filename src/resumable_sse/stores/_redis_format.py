@@ -81,6 +81,9 @@ def parse_change(stream_id: str, message: bytes) -> Page:
     state = StreamState(stream_id, epoch, status_of(status_b), first, last)
     if not count:
         return Page(state)
+    if count == 1 and first <= last:  # a paced token's append: no split, no loop (storm.py --profile, server B)
+        event, _, data = packed.partition(b"\xfe")
+        return Page(state, [Entry(epoch, last, event.decode() or None, data.decode())])
     start = last - count + 1
     skip = max(0, first - start)  # events of this append already trimmed (a batch larger than max_events)
     return Page(state, unpack(epoch, start, packed, skip, count))
