@@ -201,7 +201,7 @@ class Tail:
     def deliver(self, state: StreamState, entries: Sequence[Entry]) -> None:
         """Write ``entries`` for each waiting reader that takes them (:meth:`Reader.deliver`), in the step that
         appended them, encoded once for all of them. Those go on waiting; the others are woken now."""
-        chunk = b"".join([entry.wire() for entry in entries])
+        chunk = entries[0].wire() if len(entries) == 1 else b"".join([entry.wire() for entry in entries])
         after, last = entries[0].seq - 1, entries[-1].seq
         parked = self.parked
         refused = [reader for reader in parked if not reader.deliver(state, after, last, chunk)]
