@@ -22,11 +22,13 @@ __all__ = [
     "Call",
     "Pending",
     "Script",
+    "applied_page",
     "bounded",
     "merged",
     "ms",
     "pack",
     "parse_change",
+    "pending",
     "renewal",
     "split",
     "status_of",
@@ -89,6 +91,20 @@ def parse_change(stream_id: str, message: bytes) -> Page:
     return Page(state, unpack(epoch, start, packed, skip, count))
 
 
+def applied_page(item: Pending, seq: int, epoch: str, first: int) -> Page:
+    """What an applied append (``item``, its last event numbered ``seq``) tells this process's readers: the stream's
+    new shape and the append's entries still retained (``first`` is the first retained seq)."""
+    events = item.events
+    if len(events) == 1:  # a paced token's append: no comprehension, no slice (fleet.py --profile)
+        event, data = events[0]
+        entries = [Entry(epoch, seq, event or None, data)] if first <= seq else []
+    else:
+        start = seq - len(events) + 1
+        entries = [Entry(epoch, start + i, event or None, data) for i, (event, data) in enumerate(events)]
+        del entries[: max(0, first - start)]
+    return Page(StreamState(item.stream_id, epoch, item.final or "running", first, seq), entries)
+
+
 def text(value: bytes | str) -> str:
     """A reply element as text, whatever the client's ``decode_responses``."""
     return value.decode("utf-8") if isinstance(value, bytes) else value
@@ -134,6 +150,24 @@ class Pending:
         self.args: tuple[bytes, ...] = (arg,)
         # Where the outcome goes (a future unless the caller takes it in the committer's step: AppendsThen).
         self.future: Outcome = asyncio.get_running_loop().create_future() if outcome is None else outcome
+
+
+def pending(
+    key_prefix: str,
+    stream_id: str,
+    token: str,
+    events: Sequence[NewEvent],
+    after: int,
+    final: Status | None,
+    outcome: Outcome,
+) -> Pending:
+    """An append of ``events`` after ``after`` as it waits for the group commit, its outcome to go to ``outcome``."""
+    if final is not None and not events:
+        raise ValueError("a final append needs the terminal entry")
+    count, status = len(events), (final or "").encode()
+    arg = b"%s\n%d\n%s\n%d\n%d\n%s" % (token.encode(), after, status, count, after + count, pack(events))
+    tag = f"{{{key_prefix}:{stream_id}}}".encode()  # bytes: nothing for redis-py to encode
+    return Pending(stream_id, events, final, (tag + b":m", tag + b":e", tag + b":c"), arg, outcome)
 
 
 def split(item: Pending, limit: int) -> tuple[bytes, ...]:

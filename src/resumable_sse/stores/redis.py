@@ -36,13 +36,26 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 from .._compat_redis import connection_factory
-from .._event import Entry, Status, new_epoch
+from .._event import Status, new_epoch
 from .._log import Claim, NewEvent, OnChange, Outcome, Page, StreamState
 from .._logger import logger
 from ..exceptions import StoreUnavailable, StreamFenced, StreamNotFound
 from ._redis_bulk import BulkLimit
 from ._redis_commit import GroupCommit
-from ._redis_format import Call, Pending, Script, bounded, merged, ms, pack, renewal, status_of, text, unpack
+from ._redis_format import (
+    Call,
+    Pending,
+    Script,
+    applied_page,
+    bounded,
+    merged,
+    ms,
+    pending,
+    renewal,
+    status_of,
+    text,
+    unpack,
+)
 from ._redis_watch import RedisWatch
 
 if TYPE_CHECKING:
@@ -346,7 +359,7 @@ class RedisStore:
         """See :meth:`SubmitsAppends.submit_append <resumable_sse.SubmitsAppends.submit_append>`: queued for the
         next group commit before it returns."""
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._submit(stream_id, token, events, after, final, future)
+        self._commit.add(pending(self.key_prefix, stream_id, token, events, after, final, future))
         return future
 
     def append_then(
@@ -361,17 +374,7 @@ class RedisStore:
     ) -> None:
         """:meth:`submit_append`, its outcome given to ``outcome`` in the group commit's step, before the append is
         delivered to this process's readers (see ``AppendsThen`` in ``_log.py``: what a producer's run uses)."""
-        self._submit(stream_id, token, events, after, final, outcome)
-
-    def _submit(
-        self, stream_id: str, token: str, events: Sequence[NewEvent], after: int, final: Status | None, outcome: Outcome
-    ) -> None:
-        if final is not None and not events:
-            raise ValueError("a final append needs the terminal entry")
-        count, status = len(events), (final or "").encode()
-        arg = b"%s\n%d\n%s\n%d\n%d\n%s" % (token.encode(), after, status, count, after + count, pack(events))
-        tag = f"{{{self.key_prefix}:{stream_id}}}".encode()  # bytes: nothing for redis-py to encode
-        self._commit.add(Pending(stream_id, events, final, (tag + b":m", tag + b":e", tag + b":c"), arg, outcome))
+        self._commit.add(pending(self.key_prefix, stream_id, token, events, after, final, outcome))
 
     def _applied(self, item: Pending, reply: Any) -> None:
         """An append's reply came: its outcome is settled first, then the append is given to the local watches as its
@@ -393,15 +396,7 @@ class RedisStore:
         seq = int(reply[1])
         item.future.set_result(seq)
         if self._watches and code == 0 and item.events:  # (code 1: a retry of an append applied before)
-            epoch, first, events = text(reply[2]), int(reply[3]), item.events
-            if len(events) == 1:  # a paced token's append: no comprehension, no slice (fleet.py --profile)
-                event, data = events[0]
-                entries = [Entry(epoch, seq, event or None, data)] if first <= seq else []
-            else:
-                start = seq - len(events) + 1
-                entries = [Entry(epoch, start + i, event or None, data) for i, (event, data) in enumerate(events)]
-                del entries[: max(0, first - start)]
-            page = Page(StreamState(item.stream_id, epoch, item.final or "running", first, seq), entries)
+            page = applied_page(item, seq, text(reply[2]), int(reply[3]))
             for watch in self._watches:
                 try:
                     watch.local(item.stream_id, page)
