@@ -179,7 +179,7 @@ class Run:
             space = self.space
             if space is not None and not space.done():
                 space.set_result(None)
-            if self.at_once is not None:  # applied now, with no future per append (fleet.py: 1.5 us a token)
+            if self.at_once is not None:  # applied now: no future per append, 1 to 2.5 us a token less (memory store)
                 self.retrying = False
                 try:
                     last_seq = self.at_once(self.stream_id, self.token, batch, after=self.last_seq)
@@ -189,7 +189,7 @@ class Run:
                 else:
                     self.progressed(last_seq)
                 continue
-            if self.at_once is None and self.then is not None:  # settled in the store's step, see _receiver.py
+            if self.then is not None:  # settled in the store's own step, see _receiver.py
                 receiver = self.receiver
                 if receiver is None:
                     receiver = self.receiver = Receiver(self.stream_id, self.received, self.not_received)

@@ -1,5 +1,6 @@
 """A producer run's frame (:class:`~._producer.Run`): its life (the states, and the moves between them, in one
-place), and what it needs of the engine that owns it (:class:`Settings`, :class:`Registry`).
+place), what it needs of the engine that owns it (:class:`Settings`, :class:`Registry`), how it opens its source
+(:func:`open_source`) and what it says of a failure (:func:`producer_failed`, :func:`append_refused`).
 
 A run is in exactly one :class:`State` (:data:`STATES`). It moves only as :data:`MOVES` lists; :func:`check_move`
 refuses any other move with :class:`IllegalMove`: a bug in the runtime, never the user's. What is not part of the

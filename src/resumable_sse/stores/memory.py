@@ -29,7 +29,8 @@ class _Stream:
     Rule: an event is kept as its two strings, never as an object of its own (an :class:`Entry`, or the producer's
     tuple). Strings are not tracked by the garbage collector, so a kept event adds nothing to the count that starts
     a collection, nor to the full collections that pause the event loop; a kept tuple did, once per token until
-    the collector untracked it (``benchmarks/fleet.py``: memory row, XXX). Entries are made when read.
+    the collector untracked it (``benchmarks/fleet.py --streams 500 --only memory``: 194 collections and a 73 ms full
+    one with tuples, 18 to 28 and no full one without). Entries are made when read.
     """
 
     __slots__ = (
