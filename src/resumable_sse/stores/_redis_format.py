@@ -24,6 +24,7 @@ __all__ = [
     "Script",
     "applied_page",
     "bounded",
+    "hash_tag",
     "merged",
     "ms",
     "pack",
@@ -105,6 +106,12 @@ def applied_page(item: Pending, seq: int, epoch: str, first: int) -> Page:
     return Page(StreamState(item.stream_id, epoch, item.final or "running", first, seq), entries)
 
 
+def hash_tag(key_prefix: str, stream_id: str) -> str:
+    """``{<key_prefix>:<stream_id>}``: what every key and channel of a stream starts with (``:m`` its state hash,
+    ``:e`` its entries, ``:c`` and ``:x`` its channels), so that on a cluster they all hash to one slot."""
+    return f"{{{key_prefix}:{stream_id}}}"
+
+
 def text(value: bytes | str) -> str:
     """A reply element as text, whatever the client's ``decode_responses``."""
     return value.decode("utf-8") if isinstance(value, bytes) else value
@@ -166,7 +173,7 @@ def pending(
         raise ValueError("a final append needs the terminal entry")
     count, status = len(events), (final or "").encode()
     arg = b"%s\n%d\n%s\n%d\n%d\n%s" % (token.encode(), after, status, count, after + count, pack(events))
-    tag = f"{{{key_prefix}:{stream_id}}}".encode()  # bytes: nothing for redis-py to encode
+    tag = hash_tag(key_prefix, stream_id).encode()  # bytes: nothing for redis-py to encode
     return Pending(stream_id, events, final, (tag + b":m", tag + b":e", tag + b":c"), arg, outcome)
 
 
@@ -237,7 +244,7 @@ def renewal(key_prefix: str, leases: Sequence[tuple[str, str]]) -> list[tuple[li
     as bytes, not an argument per token: 10,000 leases renew in 12 ms of CPU instead of 21."""
     keys: list[bytes] = []
     for stream_id, _ in leases:
-        tag = f"{{{key_prefix}:{stream_id}}}".encode()
+        tag = hash_tag(key_prefix, stream_id).encode()
         keys += (tag + b":m", tag + b":e")
     tokens = [token.encode() for _, token in leases]
     joined = b"\xff".join(tokens)

@@ -48,6 +48,7 @@ from ._redis_format import (
     Script,
     applied_page,
     bounded,
+    hash_tag,
     merged,
     ms,
     pending,
@@ -182,7 +183,7 @@ class RedisStore:
     def keys(self, stream_id: str) -> tuple[str, str, str, str]:
         """The keys of ``stream_id``: its state hash, its entries stream, its channel of every change and its channel
         of ends written from outside the producer (cancel, lost)."""
-        tag = f"{{{self.key_prefix}:{stream_id}}}"
+        tag = hash_tag(self.key_prefix, stream_id)
         return f"{tag}:m", f"{tag}:e", f"{tag}:c", f"{tag}:x"
 
     def pubsub_connection(self, channel: str) -> tuple[Any, Callable[[], Any]]:
