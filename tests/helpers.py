@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -109,3 +109,14 @@ async def body_of(handler: Any) -> bytes:
             return await response.read()
     finally:
         await runner.cleanup()
+
+
+async def until(condition: Callable[[], object], what: str, *, timeout: float = 5.0) -> None:
+    """Wait until ``condition()`` is true, looking every 5 ms for at most ``timeout`` seconds of the loop's clock (for
+    facts a task reports a step or two after the test's last await); else fail, naming ``what``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        if loop.time() >= deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.005)

@@ -20,7 +20,7 @@ from resumable_sse import Entry, Streamer, resumable_handler, setup
 from resumable_sse.aiohttp import ResumableResponse
 
 from .conftest import StoreFactory
-from .helpers import body_of, parse, serve
+from .helpers import body_of, parse, serve, until
 
 
 class Writes:
@@ -49,14 +49,6 @@ async def gated(streamer: Streamer, stream_id: str) -> asyncio.Queue[str | None]
     return gate
 
 
-async def wait_until(predicate: Any, timeout: float = 10.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        assert loop.time() < deadline, "timed out"
-        await asyncio.sleep(0.005)
-
-
 async def test_a_waiting_reader_takes_appended_entries_through_its_writer_and_the_rest_by_iteration(
     make_store: StoreFactory,
 ) -> None:
@@ -73,10 +65,10 @@ async def test_a_waiting_reader_takes_appended_entries_through_its_writer_and_th
 
         reader = asyncio.create_task(iterate())
         await gate.put("first")
-        await wait_until(lambda: iterated and subscription.waiting)
+        await until(lambda: iterated and subscription.waiting, "the reader to wait", timeout=10.0)
         for seq, token in enumerate("abc", start=2):
             await gate.put(token)
-            await wait_until(lambda seq=seq: subscription.cursor >= seq)
+            await until(lambda seq=seq: subscription.cursor >= seq, f"the cursor at {seq}", timeout=10.0)
         assert [entry.data for entry in iterated[0]] == ["first"]
         assert len(iterated) == 1, "the tokens went through the writer, not the iteration"
         assert b"".join(writes.chunks) == b"".join(
@@ -110,7 +102,7 @@ async def test_a_writer_is_not_used_for_what_does_not_continue_the_reader(make_s
         subscription.write_directly(writes)
         assert not subscription.deliver(state, 1, 2, b"x")  # not waiting: the iteration serves it
         waiting = asyncio.ensure_future(batches.__anext__())
-        await wait_until(lambda: subscription.waiting)
+        await until(lambda: subscription.waiting, "the reader to wait", timeout=10.0)
         assert not subscription.deliver(state, 5, 6, b"x")  # a gap: never written across it
         other = type(state)(state.stream_id, "another-epoch", state.status, 1, 2)
         assert not subscription.deliver(other, 1, 2, b"x")  # another epoch: the iteration sends a reset
@@ -144,7 +136,7 @@ async def test_a_writer_that_raises_fails_neither_the_producer_nor_the_reader(
                 subscription.write_directly(broken)
 
         reader = asyncio.create_task(iterate())
-        await wait_until(lambda: got == ["first"] and subscription.waiting)
+        await until(lambda: got == ["first"] and subscription.waiting, "the first entry", timeout=10.0)
         for token in ("a", "b", "c"):
             await gate.put(token)
         await gate.put(None)
@@ -254,7 +246,7 @@ async def test_readers_that_come_and_go_on_a_quiet_stream_are_not_collected(make
             assert [entry.data for entry in await batches.__anext__()] == ["first"]
             subscription.write_directly(Writes())
             waiting = asyncio.ensure_future(batches.__anext__())
-            await wait_until(lambda subscription=subscription: subscription.waiting)
+            await until(lambda subscription=subscription: subscription.waiting, "each reader to wait", timeout=10.0)
             tail = streamer.hub.tails["s"]
             subscription.close()
             with contextlib.suppress(StopAsyncIteration):

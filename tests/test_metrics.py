@@ -37,7 +37,7 @@ from resumable_sse._readers import terminal_data
 from resumable_sse.prometheus import PrometheusMetrics
 
 from .conftest import StoreFactory
-from .helpers import Gate, parse
+from .helpers import Gate, parse, until
 
 # a string: TestClient is generic only from aiohttp 3.11 (the lowest env runs an older one)
 Client: TypeAlias = "TestClient[web.Request, web.Application]"
@@ -103,15 +103,6 @@ class Metrics:
         timed = {op: int(self("resumable_sse_store_seconds_count", operation=op)) for op in STORE_OPERATIONS}
         errors = {op: int(self("resumable_sse_store_errors_total", operation=op)) for op in STORE_OPERATIONS}
         return {op: n for op, n in timed.items() if n}, {op: n for op, n in errors.items() if n}
-
-
-async def until(condition: Callable[[], bool], what: str) -> None:
-    """Wait (bounded) until ``condition()``; for facts reported by a task that ends after the client has its bytes."""
-    for _ in range(500):
-        if condition():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"never: {what}")
 
 
 async def hello(_request: web.Request | None = None) -> AsyncIterator[str]:

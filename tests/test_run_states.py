@@ -22,7 +22,7 @@ from resumable_sse._producers import Producer
 from resumable_sse._run_state import MOVES, STATES, IllegalMove, State, check_move
 from resumable_sse.exceptions import StoreUnavailable
 
-from .helpers import read_entries
+from .helpers import read_entries, until
 
 COUNTS_CANCELS = sys.version_info >= (3, 11)  # Task.cancelling()/uncancel(): 3.10 cannot tell two cancels apart
 
@@ -113,14 +113,6 @@ async def started(streamer: Streamer, produce: Factory, appended: int = 0) -> tu
 async def one_then_wait() -> AsyncIterator[str]:
     yield "a"
     await asyncio.Event().wait()
-
-
-async def until(condition: Callable[[], bool], what: str) -> None:
-    for _ in range(1000):
-        if condition():
-            return
-        await asyncio.sleep(0.005)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 async def cancelled_from_outside(run: Run, *, held: asyncio.Event | None = None) -> None:
